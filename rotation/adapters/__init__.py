@@ -1,0 +1,1 @@
+"""Adapters: each wraps one SDK, imports it lazily, and translates its errors into core.errors."""

@@ -1,0 +1,1 @@
+"""The pure core: decisions only. Standard library imports only; time is always a parameter."""

@@ -1,0 +1,65 @@
+"""Error taxonomy that decides retry behaviour.
+
+Every failure the service sees is either *permanent* (bad input: retrying cannot help, so the event
+path logs and returns) or *transient* (an upstream hiccup: the event path raises so Event Grid
+redelivers). Adapters translate SDK exceptions into these so the service never imports an SDK.
+Messages must never contain a token value.
+"""
+
+from __future__ import annotations
+
+
+class RotationError(Exception):
+    """Base of every error the rotator raises on purpose."""
+
+
+class PermanentError(RotationError):
+    """Retrying the same input cannot succeed."""
+
+
+class TransientError(RotationError):
+    """Retrying later may succeed (5xx, 429, timeouts, connection failures, conflicts)."""
+
+
+class InvalidInput(PermanentError):
+    """A value from outside (id, name, event, request body) is malformed or hostile."""
+
+
+class InvalidGatewayId(InvalidInput):
+    """Not a well-formed ARM id of an APIM self-hosted gateway."""
+
+
+class InvalidToken(InvalidInput):
+    """Not a gateway token of the form `{gateway}&{yyyyMMddHHmm}&{signature}`."""
+
+
+class InvalidEvent(InvalidInput):
+    """An Event Grid / CloudEvents payload that cannot be understood."""
+
+
+class RegistryError(PermanentError):
+    """The registry document is invalid; the message names the JSON path and the bad value."""
+
+
+class SettingsError(PermanentError):
+    """An app setting is missing or invalid; the message names the setting."""
+
+
+class UnknownGateway(PermanentError):
+    """The gateway is not in the registry, so the rotator has no business touching it."""
+
+
+class NotFound(PermanentError):
+    """An upstream object (gateway, Secret, workload) does not exist."""
+
+
+class AccessDenied(PermanentError):
+    """The app's identity is not allowed to do this (401/403): a deployment problem, not a blip."""
+
+
+class UpstreamError(TransientError):
+    """An upstream service failed in a way that may heal (5xx, 429, timeout, unreachable)."""
+
+
+class Conflict(TransientError):
+    """An optimistic-concurrency precondition failed (Kubernetes 409 on resourceVersion)."""

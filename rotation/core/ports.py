@@ -1,0 +1,85 @@
+"""The ports the service drives. Adapters implement them over the SDKs; tests over memory.
+
+Every method may raise only `rotation.core.errors` types. `timeout` is the seconds left in the
+caller's deadline: adapters pass it to the SDK as the request timeout so a slow upstream cannot hold
+a reconcile past its budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from rotation.core.model import (
+    Cluster,
+    GatewayRef,
+    KeyType,
+    RolloutState,
+    RotationReport,
+    SecretState,
+    TokenInfo,
+    TokenRecord,
+    Workload,
+)
+
+
+class TokenIssuer(Protocol):
+    """APIM through ARM."""
+
+    def generate_token(self, gateway: GatewayRef, key_type: KeyType, expiry: datetime,
+                       timeout: float | None = None) -> str:
+        """A new token signed with `key_type`, valid until `expiry` (whole minutes, UTC)."""
+        ...
+
+    def regenerate_key(self, gateway: GatewayRef, key_type: KeyType, timeout: float | None = None) -> None:
+        """Invalidates every token signed with `key_type`."""
+        ...
+
+
+class TokenStore(Protocol):
+    """Key Vault: the source of truth for each gateway's current token."""
+
+    def get(self, secret_name: str, timeout: float | None = None) -> TokenRecord | None:
+        """The latest version, or None when the secret does not exist."""
+        ...
+
+    def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:
+        """Writes a new version (value, expires_on, tags); returns the version id."""
+        ...
+
+    def list(self, timeout: float | None = None) -> Sequence[TokenInfo]:
+        """Every token secret's properties in one paged listing (no values)."""
+        ...
+
+
+class ClusterClient(Protocol):
+    """One Kubernetes cluster, as the app's least-privilege identity."""
+
+    def read_secret(self, namespace: str, name: str, key: str, timeout: float | None = None) -> SecretState:
+        """Raises NotFound when the Secret does not exist; `value` is None when only the key is missing."""
+        ...
+
+    def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
+                         timeout: float | None = None) -> None:
+        """Patches one key with a resourceVersion precondition; raises Conflict on 409."""
+        ...
+
+    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None) -> None:
+        """Sets `kubectl.kubernetes.io/restartedAt` on the pod template."""
+        ...
+
+    def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        ...
+
+
+class Clusters(Protocol):
+    def client(self, cluster: Cluster) -> ClusterClient:
+        """The cached client of a cluster (built on first use)."""
+        ...
+
+
+class OutcomePublisher(Protocol):
+    def publish(self, report: RotationReport) -> None:
+        """Best effort: must not raise."""
+        ...
