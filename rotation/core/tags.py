@@ -1,0 +1,78 @@
+"""How a token record is described in Key Vault tags.
+
+Tags make one listing of secret properties enough to know every gateway's expiry, key type and
+fingerprint (status and sweep never read values they do not need). Tag values are never secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from rotation.core.model import KeyType, TokenInfo, TokenRecord
+from rotation.core.token import GatewayToken
+
+CONTENT_TYPE = "application/vnd.apim-gateway-token"
+TAG_MANAGED_BY = "managedBy"
+MANAGED_BY = "apim-token-rotator"
+TAG_GATEWAY = "gatewayId"
+TAG_KEY_TYPE = "keyType"
+TAG_EXPIRES = "expiresAt"
+TAG_FINGERPRINT = "fingerprint"
+TAG_ROLL_FROM = "keyRollFrom"
+
+
+def _key_type(value: str | None) -> KeyType | None:
+    try:
+        return KeyType(value) if value else None
+    except ValueError:
+        return None
+
+
+def _when(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def tags_for(record: TokenRecord) -> dict[str, str]:
+    tags = {
+        TAG_MANAGED_BY: MANAGED_BY,
+        TAG_GATEWAY: record.gateway_id,
+        TAG_KEY_TYPE: record.key_type.value,
+        TAG_EXPIRES: record.token.expires_at.isoformat(),
+        TAG_FINGERPRINT: record.token.fingerprint,
+    }
+    if record.roll_from is not None:
+        tags[TAG_ROLL_FROM] = record.roll_from.value
+    return tags
+
+
+def record_from(value: str, tags: Mapping[str, str] | None, version: str | None) -> TokenRecord:
+    """Rebuild a record from a secret; raises InvalidToken if the value is not a token."""
+    tags = tags or {}
+    token = GatewayToken.parse(value)
+    return TokenRecord(
+        token=token,
+        key_type=_key_type(tags.get(TAG_KEY_TYPE)) or KeyType.PRIMARY,
+        gateway_id=tags.get(TAG_GATEWAY, ""),
+        version=version,
+        roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
+    )
+
+
+def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: datetime | None) -> TokenInfo:
+    tags = tags or {}
+    return TokenInfo(
+        secret_name=secret_name,
+        gateway_id=tags.get(TAG_GATEWAY),
+        key_type=_key_type(tags.get(TAG_KEY_TYPE)),
+        expires_at=_when(tags.get(TAG_EXPIRES)) or expires_on,
+        fingerprint=tags.get(TAG_FINGERPRINT),
+        roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
+    )
+
+
+def is_managed(tags: Mapping[str, str] | None) -> bool:
+    return bool(tags) and (tags or {}).get(TAG_MANAGED_BY) == MANAGED_BY
