@@ -63,3 +63,7 @@ class UpstreamError(TransientError):
 
 class Conflict(TransientError):
     """An optimistic-concurrency precondition failed (Kubernetes 409 on resourceVersion)."""
+
+
+class IgnoredEvent(PermanentError):
+    """A well-formed event this app does not act on (another event type)."""

@@ -11,7 +11,7 @@ from enum import StrEnum
 from rotation.core.errors import InvalidGatewayId, InvalidInput
 from rotation.core.token import DEFAULT_FORMAT, GatewayToken
 
-DEFAULT_SECRET_KEY = "config.service.auth.key"
+DEFAULT_SECRET_KEY = "config.service.auth.key"  # noqa: S105 - a key name, not a secret
 
 # Names that reach URLs, Key Vault secret names and Kubernetes objects. Deliberately stricter than
 # ARM: a name that could traverse a path or smuggle an encoded separator never gets that far.
@@ -226,6 +226,7 @@ class SecretState:
 
     resource_version: str
     value: str | None = field(repr=False)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ a reconcile past its budget.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -61,8 +61,15 @@ class ClusterClient(Protocol):
         ...
 
     def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
-                         timeout: float | None = None) -> None:
-        """Patches one key with a resourceVersion precondition; raises Conflict on 409."""
+                         timeout: float | None = None, annotations: Mapping[str, str | None] | None = None,
+                         ) -> None:
+        """Patches one key (and optionally annotations; None removes one) with a resourceVersion
+        precondition; raises Conflict on 409."""
+        ...
+
+    def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
+                        timeout: float | None = None) -> None:
+        """Sets (or with None removes) annotations on the Secret, without touching its data."""
         ...
 
     def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None) -> None:

@@ -1,0 +1,78 @@
+"""The decisions of a reconcile, as pure functions of what was gathered and the time.
+
+Modelled on cert-manager's renewal policy: renew a fixed window before expiry, never hand out
+something that expires sooner than what a target already holds, and keep the signing key stable
+unless a key roll explicitly moves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from rotation.core.model import KeyType, TokenRecord
+from rotation.core.token import parse_stored
+
+MAX_LIFETIME = timedelta(days=30)
+
+
+def renewal_reason(current: TokenRecord | None, now: datetime, renew_before: timedelta,
+                   force: bool = False) -> str | None:
+    """Why a new token is needed, or None when the stored one is good for longer than the window."""
+    if force:
+        return "forced"
+    if current is None:
+        return "no token in Key Vault"
+    left = current.token.expires_at - now
+    if left <= timedelta(0):
+        return "stored token has expired"
+    if left <= renew_before:
+        return f"stored token expires in {_human(left)} (renew window {_human(renew_before)})"
+    return None
+
+
+def new_expiry(now: datetime, lifetime: timedelta) -> datetime:
+    """now + lifetime, capped at APIM's 30 days and truncated to whole minutes (the token's precision)."""
+    return (now + min(lifetime, MAX_LIFETIME)).replace(second=0, microsecond=0)
+
+
+def key_type_for(configured: KeyType | None, current: TokenRecord | None) -> KeyType:
+    """Registry choice first, else stay on the key that signed the current token, else primary."""
+    if configured is not None:
+        return configured
+    if current is not None:
+        return current.key_type
+    return KeyType.PRIMARY
+
+
+class TargetAction(StrEnum):
+    IN_SYNC = "in_sync"
+    NEWER = "newer"
+    WRITE = "write"
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """What every target should hold, known without the token value (fingerprint and expiry)."""
+
+    gateway: str
+    fingerprint: str
+    expires_at: datetime
+
+
+def target_action(secret_value: str | None, desired: Desired, fmt: str) -> TargetAction:
+    """In sync only when the exact formatted token is there; never replace a later-expiring token."""
+    current = parse_stored(secret_value)
+    if current is None or current.gateway.lower() != desired.gateway.lower():
+        return TargetAction.WRITE
+    if current.fingerprint == desired.fingerprint:
+        return TargetAction.IN_SYNC if secret_value == current.formatted(fmt) else TargetAction.WRITE
+    if current.expires_at > desired.expires_at:
+        return TargetAction.NEWER
+    return TargetAction.WRITE
+
+
+def _human(delta: timedelta) -> str:
+    hours = int(delta.total_seconds() // 3600)
+    return f"{hours // 24}d{hours % 24}h" if hours >= 24 else f"{hours}h{int(delta.total_seconds() % 3600 // 60)}m"

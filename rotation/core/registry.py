@@ -1,0 +1,225 @@
+"""Loading the registry: which gateways to rotate and where each one runs.
+
+The registry is operator-written JSON, so every error names the JSON path and the offending value
+(`gateways[0].targets[1].namespace: 'Prod_NS' is not a valid Kubernetes namespace`). Unknown fields
+are errors too: a misspelt `restart` must not silently mean "restart nothing".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from rotation.core.errors import InvalidInput, RegistryError
+from rotation.core.model import (
+    DEFAULT_SECRET_KEY,
+    AksAuth,
+    Cluster,
+    GatewayConfig,
+    GatewayRef,
+    KeyType,
+    KubeconfigAuth,
+    Registry,
+    Target,
+    Workload,
+    WorkloadKind,
+)
+from rotation.core.token import DEFAULT_FORMAT
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_VAULT_SECRET = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+
+T = TypeVar("T")
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+class _Reader:
+    """Walks the JSON document, remembering where it is for error messages."""
+
+    def __init__(self, path: str, value: object) -> None:
+        self.path = path
+        self.value = value
+
+    def fail(self, message: str) -> RegistryError:
+        return RegistryError(f"registry: {self.path or '$'}: {message}")
+
+    def obj(self, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(self.value, dict):
+            raise self.fail(f"expected an object, got {_show(self.value)}")
+        unknown = sorted(set(self.value) - allowed)
+        if unknown:
+            raise self.fail(f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        return self.value
+
+    def child(self, key: str | int) -> _Reader:
+        path = f"{self.path}[{key}]" if isinstance(key, int) else (f"{self.path}.{key}" if self.path else key)
+        if isinstance(key, int) and isinstance(self.value, list):
+            return _Reader(path, self.value[key])
+        return _Reader(path, self.value.get(str(key)) if isinstance(self.value, dict) else None)
+
+    def items(self) -> list[_Reader]:
+        if not isinstance(self.value, list):
+            raise self.fail(f"expected a list, got {_show(self.value)}")
+        return [self.child(i) for i in range(len(self.value))]
+
+    def string(self, pattern: re.Pattern[str] | None = None, what: str = "value",
+               default: str | None = None) -> str:
+        if self.value is None and default is not None:
+            return default
+        if self.value is None:
+            raise self.fail("is required")
+        if not isinstance(self.value, str) or not self.value:
+            raise self.fail(f"expected a non-empty string, got {_show(self.value)}")
+        if pattern is not None and not pattern.match(self.value):
+            raise self.fail(f"{_show(self.value)} is not a valid {what}")
+        return self.value
+
+    def parsed(self, parse: Callable[[str], T]) -> T:
+        text = self.string()
+        try:
+            return parse(text)
+        except InvalidInput as exc:
+            raise self.fail(str(exc)) from None
+
+
+def _cluster(r: _Reader) -> Cluster:
+    fields = r.obj({"name", "auth", "server", "caData", "kubeconfigSecret"})
+    name = r.child("name").string(_CLUSTER_NAME, "cluster name")
+    auth = r.child("auth").string()
+    if auth == "aks":
+        for extra in ("kubeconfigSecret",):
+            if extra in fields:
+                raise r.child(extra).fail("only allowed with auth 'kubeconfig'")
+        server = r.child("server").string()
+        if not server.startswith("https://"):
+            raise r.child("server").fail(f"{_show(server)} must be an https:// URL")
+        ca_reader = r.child("caData")
+        ca = ca_reader.string()
+        try:
+            pem = base64.b64decode(ca, validate=True)
+        except (binascii.Error, ValueError):
+            raise ca_reader.fail("is not base64") from None
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise ca_reader.fail("does not decode to a PEM certificate")
+        return Cluster(name=name, auth=AksAuth(server=server, ca_data=ca))
+    if auth == "kubeconfig":
+        for extra in ("server", "caData"):
+            if extra in fields:
+                raise r.child(extra).fail("only allowed with auth 'aks'")
+        secret = r.child("kubeconfigSecret").string(_VAULT_SECRET, "Key Vault secret name")
+        return Cluster(name=name, auth=KubeconfigAuth(secret_name=secret))
+    raise r.child("auth").fail(f"{_show(auth)} must be 'aks' or 'kubeconfig'")
+
+
+def _workload(r: _Reader) -> Workload:
+    text = r.string()
+    kind, sep, name = text.partition("/")
+    kinds = ", ".join(k.value for k in WorkloadKind)
+    if not sep or kind not in {k.value for k in WorkloadKind}:
+        raise r.fail(f"{_show(text)} must be KIND/NAME with KIND one of {kinds}")
+    if not _DNS_SUBDOMAIN.match(name):
+        raise r.fail(f"{_show(name)} is not a valid Kubernetes object name")
+    return Workload(WorkloadKind(kind), name)
+
+
+def _target(r: _Reader, clusters: Mapping[str, Cluster]) -> Target:
+    r.obj({"cluster", "namespace", "secret", "key", "format", "restart"})
+    cluster = r.child("cluster").string()
+    if cluster not in clusters:
+        known = ", ".join(sorted(clusters)) or "none"
+        raise r.child("cluster").fail(f"unknown cluster {_show(cluster)} (known: {known})")
+    fmt_reader = r.child("format")
+    fmt = fmt_reader.string(default=DEFAULT_FORMAT)
+    if fmt.count("{token}") != 1:
+        raise fmt_reader.fail(f"{_show(fmt)} must contain {{token}} exactly once")
+    restart_reader = r.child("restart")
+    restart = () if restart_reader.value is None else tuple(_workload(w) for w in restart_reader.items())
+    if len(set(restart)) != len(restart):
+        raise restart_reader.fail("lists a workload twice")
+    return Target(
+        cluster=cluster,
+        namespace=r.child("namespace").string(_DNS_LABEL, "Kubernetes namespace"),
+        secret=r.child("secret").string(_DNS_SUBDOMAIN, "Kubernetes Secret name"),
+        key=r.child("key").string(_SECRET_KEY, "Secret key", default=DEFAULT_SECRET_KEY),
+        format=fmt,
+        restart=restart,
+    )
+
+
+def default_secret_name(ref: GatewayRef) -> str:
+    """Key Vault secret holding the gateway's token: `apim-{service}-{gateway}-token`."""
+    return f"apim-{ref.service}-{ref.gateway}-token".replace("_", "-").lower()[:127]
+
+
+def _gateway(r: _Reader, clusters: Mapping[str, Cluster]) -> GatewayConfig:
+    r.obj({"id", "keyVaultSecret", "keyType", "targets"})
+    ref = r.child("id").parsed(GatewayRef.parse)
+    key_type_reader = r.child("keyType")
+    key_type: KeyType | None = None
+    if key_type_reader.value is not None:
+        text = key_type_reader.string()
+        if text not in {k.value for k in KeyType}:
+            raise key_type_reader.fail(f"{_show(text)} must be 'primary' or 'secondary'")
+        key_type = KeyType(text)
+    targets_reader = r.child("targets")
+    targets = tuple(_target(t, clusters) for t in targets_reader.items())
+    if not targets:
+        raise targets_reader.fail("needs at least one target")
+    seen: set[tuple[str, str, str, str]] = set()
+    for i, t in enumerate(targets):
+        where = (t.cluster, t.namespace, t.secret, t.key)
+        if where in seen:
+            raise targets_reader.child(i).fail(f"duplicates another target ({t}, key {t.key!r})")
+        seen.add(where)
+    return GatewayConfig(
+        ref=ref,
+        key_vault_secret=r.child("keyVaultSecret").string(
+            _VAULT_SECRET, "Key Vault secret name", default=default_secret_name(ref)
+        ),
+        key_type=key_type,
+        targets=targets,
+    )
+
+
+def load_registry(document: str | Mapping[str, object]) -> Registry:
+    """Parse and validate a registry; raises RegistryError naming the first problem."""
+    if isinstance(document, str):
+        try:
+            data: object = json.loads(document)
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno} column {exc.colno}"
+            raise RegistryError(f"registry: not valid JSON: {exc.msg} at {where}") from None
+    else:
+        data = dict(document)
+    root = _Reader("", data)
+    root.obj({"clusters", "gateways", "$schema"})
+    clusters: dict[str, Cluster] = {}
+    for r in root.child("clusters").items():
+        cluster = _cluster(r)
+        if cluster.name in clusters:
+            raise r.child("name").fail(f"duplicate cluster name {_show(cluster.name)}")
+        clusters[cluster.name] = cluster
+    gateways: list[GatewayConfig] = []
+    gateways_reader = root.child("gateways")
+    for i, r in enumerate(gateways_reader.items()):
+        gateway = _gateway(r, clusters)
+        for other in gateways:
+            if other.ref.key == gateway.ref.key:
+                raise r.child("id").fail(f"gateway {gateway.ref} is registered twice")
+            if other.key_vault_secret.lower() == gateway.key_vault_secret.lower():
+                raise gateways_reader.child(i).fail(
+                    f"Key Vault secret {gateway.key_vault_secret!r} is already used by {other.ref}"
+                )
+        gateways.append(gateway)
+    return Registry(clusters=clusters, gateways=tuple(gateways))

@@ -1,0 +1,302 @@
+"""The reconcile loop every entry point ends in: gather → decide → act, over the ports.
+
+Gather reads Key Vault (or takes what a sweep's listing already told) and each target's Secret;
+decide is `rotation.core.policies`; act writes Key Vault first, then fans out to the targets in
+parallel under one deadline. Nothing here imports an SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from rotation.core.errors import (
+    Conflict,
+    InvalidToken,
+    NotFound,
+    RotationError,
+    TransientError,
+    UnknownGateway,
+    UpstreamError,
+)
+from rotation.core.model import (
+    GatewayConfig,
+    KeyType,
+    Outcome,
+    Registry,
+    RotationReport,
+    Target,
+    TargetReport,
+    TokenInfo,
+    TokenRecord,
+)
+from rotation.core.policies import Desired, TargetAction, key_type_for, new_expiry, renewal_reason, target_action
+from rotation.core.ports import ClusterClient, Clusters, OutcomePublisher, TokenIssuer, TokenStore
+from rotation.core.token import GatewayToken
+
+log = logging.getLogger("rotation")
+
+# Set on a Secret between its token write and the end of its workloads' restart, so a restart that
+# failed (or a process that died) is redone by the next reconcile even though the token is in sync.
+RESTART_PENDING = "apim-token-rotator/restart-pending"
+MAX_FANOUT = 128
+
+Clock = Callable[[], datetime]
+
+
+def emit(event: str, fields: Mapping[str, object], level: int = logging.INFO) -> None:
+    """One structured record: `event {json}`. The JSON is what App Insights queries parse."""
+    log.log(level, "%s %s", event, json.dumps(fields, default=str, sort_keys=True),
+            extra={"custom_dimensions": {"event": event, **fields}})
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def check(self, what: str) -> float:
+        left = self.left()
+        if left <= 0:
+            raise UpstreamError(f"deadline passed before {what}")
+        return left
+
+
+@dataclass
+class _TokenSource:
+    """The token targets should hold; its value is fetched from Key Vault only if a target needs it."""
+
+    desired: Desired
+    load: Callable[[], GatewayToken]
+    _token: GatewayToken | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def token(self) -> GatewayToken:
+        with self._lock:
+            if self._token is None:
+                self._token = self.load()
+            return self._token
+
+
+@dataclass
+class Rotator:
+    registry: Registry
+    issuer: TokenIssuer
+    store: TokenStore
+    clusters: Clusters
+    clock: Clock
+    token_lifetime: timedelta = timedelta(days=29)
+    renew_before: timedelta = timedelta(days=7)
+    publisher: OutcomePublisher | None = None
+    sweep_concurrency: int = 8
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- lookup -----------------------------------------------------------------------------------
+
+    def gateway(self, service: str, gateway: str) -> GatewayConfig:
+        config = self.registry.find(service, gateway)
+        if config is None:
+            raise UnknownGateway(f"gateway {service}/{gateway} is not in the registry")
+        return config
+
+    @contextmanager
+    def _exclusive(self, config: GatewayConfig, deadline: _Deadline) -> Iterator[None]:
+        """Per-instance events for one gateway arrive together: serialise them in this worker."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(config.ref.key, threading.Lock())
+        if not lock.acquire(timeout=deadline.left()):
+            raise UpstreamError(f"{config.ref}: another reconcile of this gateway is still running")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # --- reconcile --------------------------------------------------------------------------------
+
+    def reconcile(self, config: GatewayConfig, *, reason: str, deadline_seconds: float,
+                  force: bool = False, dry_run: bool = False, known: TokenInfo | None = None,
+                  key_type: KeyType | None = None) -> RotationReport:
+        """Bring every target of one gateway to the Key Vault token, renewing it first if due.
+
+        Raises a RotationError when Key Vault or ARM fail (nothing reached a cluster); target
+        failures are reported per target instead.
+        """
+        started = time.monotonic()
+        deadline = _Deadline(deadline_seconds)
+        with self._exclusive(config, deadline):
+            source, rotated, chosen_key = self._gather_and_renew(config, deadline, force, dry_run, known, key_type)
+            targets = self._fan_out(config, source, deadline, dry_run or source is None)
+        report = RotationReport(
+            gateway_id=config.ref.id,
+            rotated=rotated,
+            expires_at=source.desired.expires_at if source else None,
+            key_type=chosen_key,
+            fingerprint=source.desired.fingerprint if source else None,
+            reason=reason,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            targets=targets,
+            dry_run=dry_run,
+        )
+        self._record(config, report)
+        return report
+
+    def _gather_and_renew(
+        self, config: GatewayConfig, deadline: _Deadline, force: bool, dry_run: bool,
+        known: TokenInfo | None, key_type: KeyType | None,
+    ) -> tuple[_TokenSource | None, bool, KeyType]:
+        now = self.clock()
+        secret = config.key_vault_secret
+        if (known is not None and not force and key_type is None and known.fingerprint
+                and known.expires_at is not None and known.expires_at - now > self.renew_before):
+            # The sweep's one listing already says the stored token is fresh: no per-gateway read.
+            desired = Desired(config.ref.gateway, known.fingerprint, known.expires_at)
+            return (_TokenSource(desired, lambda: self._load(config, deadline)), False,
+                    known.key_type or KeyType.PRIMARY)
+
+        current = self.store.get(secret, timeout=deadline.check("reading Key Vault"))
+        why = renewal_reason(current, now, self.renew_before, force)
+        if key_type is not None and current is not None and current.key_type is not key_type:
+            why = why or f"key roll to {key_type.value}"
+        chosen = key_type or key_type_for(config.key_type, current)
+        if why is None and current is not None:
+            token = current.token
+            return _TokenSource(_desired(token), lambda: token, token), False, chosen
+        if dry_run:
+            return None, False, chosen
+
+        expiry = new_expiry(now, self.token_lifetime)
+        value = self.issuer.generate_token(config.ref, chosen, expiry, timeout=deadline.check("generateToken"))
+        try:
+            token = GatewayToken.parse(value)
+        except InvalidToken as exc:
+            raise UpstreamError(f"ARM generateToken for {config.ref} returned an unusable token: {exc}") from None
+        if token.gateway.lower() != config.ref.gateway.lower():
+            raise UpstreamError(f"ARM generateToken for {config.ref} returned a token for another gateway")
+        record = TokenRecord(token=token, key_type=chosen, gateway_id=config.ref.id)
+        # Key Vault before any cluster: a target never holds a token Key Vault does not.
+        self.store.put(secret, record, timeout=deadline.check("writing Key Vault"))
+        emit("rotation.token", {"gatewayId": config.ref.id, "fingerprint": token.fingerprint,
+                                "expiresAt": token.expires_at.isoformat(), "keyType": chosen.value,
+                                "why": why})
+        return _TokenSource(_desired(token), lambda: token, token), True, chosen
+
+    def _load(self, config: GatewayConfig, deadline: _Deadline) -> GatewayToken:
+        record = self.store.get(config.key_vault_secret, timeout=deadline.check("reading Key Vault"))
+        if record is None:
+            raise NotFound(f"Key Vault secret {config.key_vault_secret} disappeared")
+        return record.token
+
+    def _fan_out(self, config: GatewayConfig, source: _TokenSource | None, deadline: _Deadline,
+                 plan_only: bool) -> tuple[TargetReport, ...]:
+        targets = config.targets
+        started = time.monotonic()
+        pool = ThreadPoolExecutor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
+        try:
+            futures: list[Future[TargetReport]] = [
+                pool.submit(self._sync_target, config, t, source, deadline, plan_only) for t in targets
+            ]
+            wait(futures, timeout=deadline.left())
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return tuple(
+            f.result() if f.done() and not f.cancelled()
+            else TargetReport(t.cluster, t.namespace, t.secret, Outcome.TIMEOUT,
+                              error="deadline passed before the target answered",
+                              duration_ms=int((time.monotonic() - started) * 1000))
+            for t, f in zip(targets, futures, strict=True)
+        )
+
+    def _sync_target(self, config: GatewayConfig, target: Target, source: _TokenSource | None,
+                     deadline: _Deadline, plan_only: bool) -> TargetReport:
+        started = time.monotonic()
+
+        def done(outcome: Outcome, restarted: Sequence[str] = (), error: str | None = None) -> TargetReport:
+            return TargetReport(target.cluster, target.namespace, target.secret, outcome, tuple(restarted),
+                                error, int((time.monotonic() - started) * 1000))
+
+        try:
+            client = self.clusters.client(self.registry.clusters[target.cluster])
+            for attempt in (1, 2):
+                state = client.read_secret(target.namespace, target.secret, target.key,
+                                           timeout=deadline.check("reading the Secret"))
+                pending = RESTART_PENDING in state.annotations
+                if source is None:
+                    return done(Outcome.PLANNED, [str(w) for w in target.restart])
+                action = target_action(state.value, source.desired, target.format)
+                if action is TargetAction.NEWER:
+                    return done(Outcome.NEWER)
+                if action is TargetAction.IN_SYNC and not (pending and target.restart):
+                    return done(Outcome.IN_SYNC)
+                if plan_only:
+                    return done(Outcome.PLANNED, [str(w) for w in target.restart])
+                if action is TargetAction.WRITE:
+                    value = source.token().formatted(target.format)
+                    marker = {RESTART_PENDING: source.desired.fingerprint} if target.restart else None
+                    try:
+                        client.write_secret_key(target.namespace, target.secret, target.key, value,
+                                                state.resource_version,
+                                                timeout=deadline.check("writing the Secret"), annotations=marker)
+                    except Conflict:
+                        if attempt == 2:
+                            raise
+                        continue  # someone else wrote meanwhile: re-read and decide again
+                restarted = self._restart(client, target, deadline)
+                return done(Outcome.UPDATED if action is TargetAction.WRITE else Outcome.IN_SYNC, restarted)
+            raise Conflict("unreachable")  # pragma: no cover - the loop always returns or raises
+        except RotationError as exc:
+            return done(Outcome.TIMEOUT if deadline.left() <= 0 else Outcome.FAILED, error=str(exc))
+        except Exception as exc:  # a bug must not take the other targets down with it
+            log.exception("unexpected error syncing %s", target)
+            return done(Outcome.FAILED, error=f"internal error: {type(exc).__name__}")
+
+    def _restart(self, client: ClusterClient, target: Target, deadline: _Deadline) -> list[str]:
+        if not target.restart:
+            return []
+        at = self.clock()
+        restarted = []
+        for workload in target.restart:
+            client.restart(target.namespace, workload, at, timeout=deadline.check(f"restarting {workload}"))
+            restarted.append(str(workload))
+        client.annotate_secret(target.namespace, target.secret, {RESTART_PENDING: None},
+                                       timeout=deadline.check("clearing the restart marker"))
+        return restarted
+
+    # --- reporting --------------------------------------------------------------------------------
+
+    def _record(self, config: GatewayConfig, report: RotationReport) -> None:
+        base = {"gatewayId": report.gateway_id, "service": config.ref.service, "gateway": config.ref.gateway,
+                "rotated": report.rotated, "fingerprint": report.fingerprint, "keyType":
+                report.key_type.value if report.key_type else None,
+                "expiresAt": report.expires_at.isoformat() if report.expires_at else None,
+                "reason": report.reason, "dryRun": report.dry_run}
+        for t in report.targets:
+            emit("rotation.target", {**base, **t.to_dict()},
+                 logging.INFO if t.outcome.ok else logging.WARNING)
+        emit("rotation.reconcile", {**base, "durationMs": report.duration_ms,
+                                    "outcome": "ok" if report.ok else "failed",
+                                    "failed": len(report.failed_targets)},
+             logging.INFO if report.ok else logging.WARNING)
+        if self.publisher is not None and not report.dry_run and (report.rotated or not report.ok):
+            self.publisher.publish(report)
+
+
+def _desired(token: GatewayToken) -> Desired:
+    return Desired(token.gateway, token.fingerprint, token.expires_at)
+
+
+def is_transient(report: RotationReport) -> bool:
+    """A report the event path should answer with an error so Event Grid redelivers."""
+    return not report.ok
+
+
+__all__ = ["Rotator", "TransientError", "emit", "is_transient"]

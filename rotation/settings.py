@@ -1,0 +1,117 @@
+"""App settings, read from an environment mapping on first use (never at import time).
+
+An import-time failure would hide every function in the portal; a bad setting must instead surface
+as a clear error from the function that needs it and from `/api/health`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from rotation.core.errors import RegistryError, SettingsError
+from rotation.core.model import Registry
+from rotation.core.registry import load_registry
+
+log = logging.getLogger("rotation.settings")
+
+DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+DEFAULT_SWEEP_SCHEDULE = "0 0 * * * *"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    registry: Registry
+    key_vault_url: str
+    arm_endpoint: str = DEFAULT_ARM_ENDPOINT
+    token_lifetime: timedelta = timedelta(days=29)
+    renew_before: timedelta = timedelta(days=7)
+    deadline_seconds: float = 20.0
+    sweep_schedule: str = DEFAULT_SWEEP_SCHEDULE
+    outcome_topic_endpoint: str | None = None
+    client_id: str | None = None
+    deadletter_blob_url: str | None = None
+    sweep_concurrency: int = 8
+    local_emulators: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        def text(name: str, default: str | None = None) -> str | None:
+            value = env.get(name, "").strip()
+            return value or default
+
+        def https_url(name: str, default: str | None = None, required: bool = False) -> str | None:
+            value = text(name, default)
+            if value is None:
+                if required:
+                    raise SettingsError(f"{name} is required")
+                return None
+            if not value.startswith("https://") or " " in value:
+                raise SettingsError(f"{name} must be an https:// URL, got {value[:80]!r}")
+            return value.rstrip("/")
+
+        def number(name: str, default: float, low: float, high: float) -> float:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {raw[:40]!r}") from None
+            if not low <= value <= high:
+                raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
+            return value
+
+        raw_registry = text("ROTATION_REGISTRY")
+        if raw_registry is None:
+            raise SettingsError("ROTATION_REGISTRY is required (the registry JSON)")
+        if raw_registry.startswith("@Microsoft.KeyVault("):
+            raise SettingsError(
+                "ROTATION_REGISTRY is an unresolved Key Vault reference: grant the app's identity "
+                "'Key Vault Secrets User' on the vault and check the reference"
+            )
+        try:
+            registry = load_registry(raw_registry)
+        except RegistryError as exc:
+            raise SettingsError(f"ROTATION_REGISTRY: {exc}") from None
+
+        lifetime = number("TOKEN_LIFETIME_DAYS", 29, 1, 30)
+        renew = number("RENEW_BEFORE_DAYS", 7, 0, 29)
+        if renew >= lifetime:
+            raise SettingsError(
+                f"RENEW_BEFORE_DAYS ({renew:g}) must be less than TOKEN_LIFETIME_DAYS ({lifetime:g}), "
+                "or every run would renew"
+            )
+        local = (text("ROTATION_LOCAL_EMULATORS") or "").lower()
+        if local not in _TRUE | _FALSE:
+            raise SettingsError(f"ROTATION_LOCAL_EMULATORS must be true or false, got {local[:20]!r}")
+        local_emulators = local in _TRUE
+        if local_emulators and text("WEBSITE_INSTANCE_ID"):
+            raise SettingsError(
+                "ROTATION_LOCAL_EMULATORS relaxes Key Vault challenge checks for the local stack and is "
+                "refused in Azure (WEBSITE_INSTANCE_ID is set): remove the setting"
+            )
+        if local_emulators:
+            log.warning(
+                "ROTATION_LOCAL_EMULATORS is on: Key Vault challenge resource verification is OFF. "
+                "This is for the local devstack only and is refused in Azure."
+            )
+        return cls(
+            registry=registry,
+            key_vault_url=https_url("KEY_VAULT_URL", required=True) or "",
+            arm_endpoint=https_url("ARM_ENDPOINT", DEFAULT_ARM_ENDPOINT) or DEFAULT_ARM_ENDPOINT,
+            token_lifetime=timedelta(days=lifetime),
+            renew_before=timedelta(days=renew),
+            deadline_seconds=number("ROTATION_DEADLINE_SECONDS", 20, 1, 25),
+            sweep_schedule=text("SWEEP_SCHEDULE", DEFAULT_SWEEP_SCHEDULE) or DEFAULT_SWEEP_SCHEDULE,
+            outcome_topic_endpoint=https_url("OUTCOME_TOPIC_ENDPOINT"),
+            client_id=text("AZURE_CLIENT_ID"),
+            deadletter_blob_url=https_url("DEADLETTER_BLOB_URL") if not local_emulators
+            else text("DEADLETTER_BLOB_URL"),
+            sweep_concurrency=int(number("SWEEP_CONCURRENCY", 8, 1, 64)),
+            local_emulators=local_emulators,
+        )
