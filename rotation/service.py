@@ -12,10 +12,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from rotation.core.errors import (
     Conflict,
@@ -32,6 +33,7 @@ from rotation.core.model import (
     Outcome,
     Registry,
     RotationReport,
+    SyncState,
     Target,
     TargetReport,
     TokenInfo,
@@ -39,7 +41,8 @@ from rotation.core.model import (
 )
 from rotation.core.policies import Desired, TargetAction, key_type_for, new_expiry, renewal_reason, target_action
 from rotation.core.ports import ClusterClient, Clusters, OutcomePublisher, TokenIssuer, TokenStore
-from rotation.core.token import GatewayToken
+from rotation.core.status import GatewayStatus, SweepReport, TargetStatus, sync_state
+from rotation.core.token import GatewayToken, parse_stored
 
 log = logging.getLogger("rotation")
 
@@ -270,6 +273,97 @@ class Rotator:
         client.annotate_secret(target.namespace, target.secret, {RESTART_PENDING: None},
                                        timeout=deadline.check("clearing the restart marker"))
         return restarted
+
+    # --- sweep and status -------------------------------------------------------------------------
+
+    def sweep(self, *, deadline_seconds: float, dry_run: bool = False,
+              progress: Callable[[RotationReport], None] | None = None) -> SweepReport:
+        """Reconcile every registered gateway; one Key Vault listing decides which need a token read."""
+        started = time.monotonic()
+        infos = self._listing(deadline_seconds)
+        now = self.clock()
+        for config in self.registry.gateways:
+            info = infos.get(config.key_vault_secret.lower())
+            if info is not None and info.expires_at is not None:
+                emit("rotation.expiry", {"gatewayId": config.ref.id, "expiresAt": info.expires_at.isoformat(),
+                                         "hoursLeft": round((info.expires_at - now).total_seconds() / 3600, 1)})
+        reports: list[RotationReport] = []
+        with ThreadPoolExecutor(max_workers=self.sweep_concurrency, thread_name_prefix="sweep") as pool:
+            futures = [
+                pool.submit(self.reconcile_safely, config, reason="sweep", deadline_seconds=deadline_seconds,
+                            dry_run=dry_run, known=infos.get(config.key_vault_secret.lower()))
+                for config in self.registry.gateways
+            ]
+            for future in as_completed(futures):
+                report = future.result()
+                reports.append(report)
+                if progress is not None:
+                    progress(report)
+        order = {c.ref.id: i for i, c in enumerate(self.registry.gateways)}
+        reports.sort(key=lambda r: order.get(r.gateway_id, 0))
+        return SweepReport(tuple(reports), int((time.monotonic() - started) * 1000))
+
+    def reconcile_safely(self, config: GatewayConfig, **kwargs: Any) -> RotationReport:
+        """reconcile(), with a failure before the targets turned into a report instead of raised."""
+        started = time.monotonic()
+        try:
+            return self.reconcile(config, **kwargs)
+        except RotationError as exc:
+            report = RotationReport(
+                gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None,
+                reason=str(kwargs.get("reason", "")), duration_ms=int((time.monotonic() - started) * 1000),
+                targets=(), dry_run=bool(kwargs.get("dry_run", False)), error=str(exc),
+            )
+            self._record(config, report)
+            return report
+
+    def _listing(self, timeout: float) -> dict[str, TokenInfo]:
+        return {i.secret_name.lower(): i for i in self.store.list(timeout=timeout)}
+
+    def status(self, configs: Sequence[GatewayConfig] | None = None, *, timeout: float = 20.0,
+               ) -> list[GatewayStatus]:
+        """Token expiry from one Key Vault listing; every target read in parallel, compared by fingerprint."""
+        configs = list(self.registry.gateways if configs is None else configs)
+        infos = self._listing(timeout)
+        jobs = [(c, t) for c in configs for t in c.targets]
+        deadline = _Deadline(timeout)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), MAX_FANOUT)),
+                                thread_name_prefix="status") as pool:
+            futures = [pool.submit(self._target_status, t, infos.get(c.key_vault_secret.lower()), deadline)
+                       for c, t in jobs]
+            results = iter([f.result() for f in futures])
+        out = []
+        for config in configs:
+            info = infos.get(config.key_vault_secret.lower())
+            out.append(GatewayStatus(
+                gateway_id=config.ref.id, service=config.ref.service, gateway=config.ref.gateway,
+                key_vault_secret=config.key_vault_secret,
+                expires_at=info.expires_at if info else None, key_type=info.key_type if info else None,
+                fingerprint=info.fingerprint if info else None,
+                targets=tuple(next(results) for _ in config.targets),
+                key_roll_pending=info.roll_from if info else None,
+                error=None if info else "no token in Key Vault",
+            ))
+        return out
+
+    def _target_status(self, target: Target, info: TokenInfo | None, deadline: _Deadline) -> TargetStatus:
+        def status(state: SyncState, **kw: Any) -> TargetStatus:
+            return TargetStatus(target.cluster, target.namespace, target.secret, state, **kw)
+
+        try:
+            client = self.clusters.client(self.registry.clusters[target.cluster])
+            secret = client.read_secret(target.namespace, target.secret, target.key,
+                                        timeout=deadline.check("reading the Secret"))
+            rollouts = tuple(client.rollout(target.namespace, w, timeout=deadline.check("reading rollout"))
+                             for w in target.restart)
+        except NotFound as exc:
+            return status(SyncState.MISSING, error=str(exc))
+        except RotationError as exc:
+            return status(SyncState.UNREACHABLE, error=str(exc))
+        held = parse_stored(secret.value)
+        return status(sync_state(secret.value, info.fingerprint if info else None, target.format),
+                      fingerprint=held.fingerprint if held else None,
+                      expires_at=held.expires_at if held else None, rollouts=rollouts)
 
     # --- reporting --------------------------------------------------------------------------------
 

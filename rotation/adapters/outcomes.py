@@ -1,0 +1,50 @@
+"""Outcome events: CloudEvents to an Event Grid topic, so other systems can react to rotations.
+
+Publishing is best effort by contract: a rotation that reached every cluster must not be reported
+as failed, or retried, because a notification could not be sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from rotation.core.model import RotationReport
+
+log = logging.getLogger("rotation.outcomes")
+
+TOKEN_ROTATED = "ApimTokenRotator.TokenRotated"  # noqa: S105 - an event type name
+ROTATION_FAILED = "ApimTokenRotator.RotationFailed"
+SOURCE = "/apim-token-rotator"
+
+
+class EventGridOutcomePublisher:
+    def __init__(self, endpoint: str, credential: Any) -> None:
+        self._endpoint = endpoint
+        self._credential = credential
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from azure.eventgrid import EventGridPublisherClient
+
+                self._client = EventGridPublisherClient(self._endpoint, self._credential)
+            return self._client
+
+    def publish(self, report: RotationReport) -> None:
+        try:
+            from azure.core.messaging import CloudEvent
+
+            event_type = TOKEN_ROTATED if report.ok else ROTATION_FAILED
+            event = CloudEvent(source=SOURCE, type=event_type, subject=report.gateway_id, data=report.to_dict())
+            self._get_client().send([event])
+        except Exception as exc:  # noqa: BLE001 - best effort by contract
+            log.warning("could not publish the outcome event for %s: %s", report.gateway_id,
+                        type(exc).__name__)
+
+
+def build_publisher(endpoint: str | None, credential: Any) -> EventGridOutcomePublisher | None:
+    return EventGridOutcomePublisher(endpoint, credential) if endpoint else None

@@ -1,0 +1,122 @@
+"""Composition root: settings → adapters → service, built on first use and cached per worker.
+
+Nothing here runs at import time. The SDK-backed adapters are imported inside the builders, so
+importing the function app costs no more than azure.functions, and a bad setting surfaces as a clear
+error from the function that needs it rather than as an app that fails to index.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rotation.service import Rotator
+from rotation.settings import Settings
+
+if TYPE_CHECKING:
+    from rotation.adapters.keyvault import KeyVaultTokenStore
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Container:
+    """Holds the lazily built objects of one configuration."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._lock = threading.RLock()
+        self._built: dict[str, Any] = {}
+
+    def _once(self, name: str, build: Any) -> Any:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = build()
+            return self._built[name]
+
+    @property
+    def settings(self) -> Settings:
+        return self._once("settings", lambda: Settings.from_env(self._env))  # type: ignore[no-any-return]
+
+    @property
+    def credential(self) -> Any:
+        def build() -> Any:
+            from rotation.adapters.credential import build_credential
+
+            return build_credential(self.settings.client_id)
+
+        return self._once("credential", build)
+
+    @property
+    def store(self) -> KeyVaultTokenStore:
+        def build() -> Any:
+            from rotation.adapters.keyvault import KeyVaultTokenStore
+
+            s = self.settings
+            return KeyVaultTokenStore(self.credential, s.key_vault_url,
+                                      verify_challenge_resource=not s.local_emulators)
+
+        return self._once("store", build)  # type: ignore[no-any-return]
+
+    @property
+    def rotator(self) -> Rotator:
+        def build() -> Rotator:
+            from rotation.adapters.arm import ArmTokenIssuer
+            from rotation.adapters.kubernetes import KubernetesClusters
+            from rotation.adapters.outcomes import build_publisher
+
+            s = self.settings
+            return Rotator(
+                registry=s.registry,
+                issuer=ArmTokenIssuer(self.credential, s.arm_endpoint),
+                store=self.store,
+                clusters=KubernetesClusters(self.credential, self.store.read_text),
+                clock=utcnow,
+                token_lifetime=s.token_lifetime,
+                renew_before=s.renew_before,
+                publisher=build_publisher(s.outcome_topic_endpoint, self.credential),
+                sweep_concurrency=s.sweep_concurrency,
+            )
+
+        return self._once("rotator", build)  # type: ignore[no-any-return]
+
+
+_current: Container | None = None
+_current_lock = threading.Lock()
+
+
+def container() -> Container:
+    """The worker's container, built from the process environment on first use."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = Container(os.environ)
+        return _current
+
+
+def reset(env: Mapping[str, str] | None = None) -> Container:
+    """Drop cached clients (tests, or after settings changed); optionally pin an environment."""
+    global _current
+    with _current_lock:
+        _current = Container(env if env is not None else os.environ)
+        return _current
+
+
+@contextmanager
+def using(rotator: Rotator, settings: Settings) -> Iterator[Container]:
+    """Run the entry points over a given service (tests with in-memory ports)."""
+    global _current
+    box = Container({})
+    box._built.update(settings=settings, rotator=rotator)
+    with _current_lock:
+        previous, _current = _current, box
+    try:
+        yield box
+    finally:
+        with _current_lock:
+            _current = previous

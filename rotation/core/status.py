@@ -1,0 +1,91 @@
+"""What status reports: where each gateway's token stands, compared by fingerprint only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rotation.core.model import KeyType, RolloutState, RotationReport, SyncState
+from rotation.core.token import parse_stored
+
+
+def sync_state(secret_value: str | None, fingerprint: str | None, fmt: str) -> SyncState:
+    """in_sync when the Secret holds exactly the Key Vault token in the target's format."""
+    current = parse_stored(secret_value)
+    if current is None:
+        return SyncState.MISSING if secret_value is None else SyncState.STALE
+    if fingerprint and current.fingerprint == fingerprint and secret_value == current.formatted(fmt):
+        return SyncState.IN_SYNC
+    return SyncState.STALE
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    cluster: str
+    namespace: str
+    secret: str
+    state: SyncState
+    fingerprint: str | None = None
+    expires_at: datetime | None = None
+    rollouts: tuple[RolloutState, ...] = ()
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "cluster": self.cluster, "namespace": self.namespace, "secret": self.secret,
+            "state": self.state.value, "fingerprint": self.fingerprint,
+            "expiresAt": self.expires_at.isoformat() if self.expires_at else None,
+            "rollouts": [{"workload": str(r.workload), "ready": r.ready, "detail": r.detail}
+                         for r in self.rollouts],
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatus:
+    gateway_id: str
+    service: str
+    gateway: str
+    key_vault_secret: str
+    expires_at: datetime | None
+    key_type: KeyType | None
+    fingerprint: str | None
+    targets: tuple[TargetStatus, ...]
+    key_roll_pending: KeyType | None = None
+    error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None and all(
+            t.state is SyncState.IN_SYNC and all(r.ready for r in t.rollouts) for t in self.targets
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "gatewayId": self.gateway_id, "service": self.service, "gateway": self.gateway,
+            "keyVaultSecret": self.key_vault_secret,
+            "expiresAt": self.expires_at.isoformat() if self.expires_at else None,
+            "keyType": self.key_type.value if self.key_type else None,
+            "fingerprint": self.fingerprint,
+            "keyRollPending": self.key_roll_pending.value if self.key_roll_pending else None,
+            "healthy": self.healthy, "error": self.error,
+            "targets": [t.to_dict() for t in self.targets],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    reports: tuple[RotationReport, ...]
+    duration_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok, "durationMs": self.duration_ms, "gateways": len(self.reports),
+            "rotated": sum(r.rotated for r in self.reports),
+            "failed": sum(not r.ok for r in self.reports),
+            "reports": [r.to_dict() for r in self.reports],
+        }

@@ -1,0 +1,204 @@
+"""The Functions blueprint: Event Grid, HTTP and timer entry points. The only importer of azure.functions.
+
+Each handler turns its trigger's payload into plain values, calls the service, and maps the result
+to what the trigger expects: the event path raises on transient failure (so Event Grid redelivers)
+and returns on permanent failure (so a bad event is not retried for 24 hours).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import azure.functions as func
+
+from rotation import bootstrap
+from rotation.core.errors import (
+    IgnoredEvent,
+    InvalidEvent,
+    InvalidInput,
+    PermanentError,
+    RotationError,
+    SettingsError,
+    TransientError,
+    UnknownGateway,
+)
+from rotation.core.events import parse_event
+from rotation.core.model import GatewayConfig, check_gateway_name, check_service_name
+
+log = logging.getLogger("rotation.triggers")
+bp = func.Blueprint()
+
+
+class RotationIncomplete(TransientError):
+    """Raised from the event handler so Event Grid redelivers; the reconcile is idempotent."""
+
+
+# --- Event Grid ----------------------------------------------------------------------------------
+
+
+def event_payload(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:
+    """Back to the wire shape, so one parser serves both schemas (and the CLI's replay)."""
+    if isinstance(event, func.CloudEvent):
+        return {"specversion": event.specversion, "id": event.id, "source": event.source, "type": event.type,
+                "subject": event.subject, "data": event.get_json()}
+    return {"id": event.id, "topic": event.topic, "subject": event.subject, "eventType": event.event_type,
+            "data": event.get_json()}
+
+
+def handle_event(payload: Mapping[str, Any]) -> None:
+    """Reconcile the gateway an event names. Raises only when a retry can help."""
+    try:
+        event = parse_event(payload)
+    except IgnoredEvent as exc:
+        log.info("ignored: %s", exc)
+        return
+    except InvalidEvent as exc:
+        log.error("rejected malformed event (not retried): %s", exc)
+        return
+    try:
+        box = bootstrap.container()
+        settings = box.settings
+        config = settings.registry.find_by_gateway(event.service_id, event.gateway)
+        if config is None:
+            log.warning("event %s: gateway %s of %s is not in the registry; ignored", event.event_id,
+                        event.gateway, event.service_id or "an unnamed service")
+            return
+        report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds)
+    except TransientError as exc:
+        log.warning("event %s: transient failure, Event Grid will redeliver: %s", event.event_id, exc)
+        raise
+    except PermanentError as exc:
+        log.error("event %s: permanent failure (not retried): %s", event.event_id, exc)
+        return
+    if not report.ok:
+        failed = ", ".join(f"{t.cluster}/{t.namespace}/{t.secret}: {t.outcome.value}" for t in report.failed_targets)
+        raise RotationIncomplete(f"event {event.event_id}: {len(report.failed_targets)} target(s) not done ({failed})")
+
+
+@bp.function_name("on_gateway_token_event")
+@bp.event_grid_trigger(arg_name="event")
+def on_gateway_token_event(event: func.EventGridEvent) -> None:
+    handle_event(event_payload(event))
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+def _json(status: int, body: Mapping[str, Any] | list[Any], headers: Mapping[str, str] | None = None,
+          ) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json",
+                             headers=dict(headers or {}))
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> func.HttpResponse:
+    return _json(status, {"error": message}, headers)
+
+
+def _guard(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
+    """Map the error taxonomy to HTTP statuses once, for every route."""
+
+    def run(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return handler(req)
+        except UnknownGateway as exc:
+            return _error(404, str(exc))
+        except InvalidInput as exc:
+            return _error(400, str(exc))
+        except SettingsError as exc:
+            log.error("misconfigured: %s", exc)
+            return _error(500, f"the rotator is misconfigured: {exc}")
+        except TransientError as exc:
+            return _error(503, str(exc), {"Retry-After": "30"})
+        except RotationError as exc:
+            return _error(502, str(exc))
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _gateway_from_route(req: func.HttpRequest) -> GatewayConfig:
+    service = check_service_name(req.route_params.get("service", ""))
+    gateway = check_gateway_name(req.route_params.get("gateway", ""))
+    return bootstrap.container().rotator.gateway(service, gateway)
+
+
+def _body(req: func.HttpRequest, fields: Mapping[str, type]) -> dict[str, Any]:
+    raw = req.get_body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    for key, value in body.items():
+        if key not in fields:
+            raise InvalidInput(f"unknown field {str(key)[:40]!r} (allowed: {', '.join(fields)})")
+        if not isinstance(value, fields[key]) or (fields[key] is not bool and isinstance(value, bool)):
+            raise InvalidInput(f"field {key!r} must be a {fields[key].__name__}")
+    reason = body.get("reason")
+    if isinstance(reason, str) and len(reason) > 200:
+        raise InvalidInput("field 'reason' is longer than 200 characters")
+    return body
+
+
+@bp.function_name("rotate")
+@bp.route(route="gateways/{service}/{gateway}/rotate", methods=["POST"])
+@_guard
+def rotate(req: func.HttpRequest) -> func.HttpResponse:
+    body = _body(req, {"force": bool, "dryRun": bool, "reason": str})
+    config = _gateway_from_route(req)
+    box = bootstrap.container()
+    report = box.rotator.reconcile(
+        config, reason=body.get("reason") or "http request", force=body.get("force", False),
+        dry_run=body.get("dryRun", False), deadline_seconds=box.settings.deadline_seconds,
+    )
+    return _json(200 if report.ok else 207, report.to_dict())
+
+
+@bp.function_name("list_gateways")
+@bp.route(route="gateways", methods=["GET"])
+@_guard
+def list_gateways(req: func.HttpRequest) -> func.HttpResponse:
+    box = bootstrap.container()
+    statuses = box.rotator.status(timeout=box.settings.deadline_seconds)
+    return _json(200, {"gateways": [s.to_dict() for s in statuses]})
+
+
+@bp.function_name("get_gateway")
+@bp.route(route="gateways/{service}/{gateway}", methods=["GET"])
+@_guard
+def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
+    config = _gateway_from_route(req)
+    box = bootstrap.container()
+    (status,) = box.rotator.status([config], timeout=box.settings.deadline_seconds)
+    return _json(200, status.to_dict())
+
+
+@bp.function_name("health")
+@bp.route(route="health", methods=["GET"])
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        settings = bootstrap.container().settings
+    except SettingsError as exc:
+        return _json(503, {"status": "unhealthy", "error": str(exc)})
+    return _json(200, {"status": "ok", "gateways": len(settings.registry.gateways),
+                       "clusters": len(settings.registry.clusters)})
+
+
+# --- timer ---------------------------------------------------------------------------------------
+
+
+@bp.function_name("sweep")
+@bp.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False)
+def sweep(timer: func.TimerRequest) -> None:
+    box = bootstrap.container()
+    result = box.rotator.sweep(deadline_seconds=box.settings.deadline_seconds)
+    summary = result.to_dict()
+    del summary["reports"]
+    log.log(logging.INFO if result.ok else logging.ERROR, "sweep %s", json.dumps(summary))
