@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from rotation.core.model import KeyType, TokenRecord
+from rotation.core.policies import (
+    Desired,
+    TargetAction,
+    key_type_for,
+    new_expiry,
+    renewal_reason,
+    target_action,
+)
+from rotation.core.token import GatewayToken
+
+NOW = datetime(2026, 11, 26, 12, 0, 30, 123456, tzinfo=UTC)
+WEEK = timedelta(days=7)
+
+
+def record(expires: datetime, key: KeyType = KeyType.PRIMARY, gateway: str = "gw") -> TokenRecord:
+    token = GatewayToken.parse(f"{gateway}&{expires:%Y%m%d%H%M}&c2lnbmF0dXJlc2lnbmF0dXJl")
+    return TokenRecord(token=token, key_type=key, gateway_id="/x")
+
+
+@pytest.mark.parametrize(
+    ("left", "renew"),
+    [
+        (None, True),                                  # nothing stored
+        (timedelta(minutes=-1), True),                 # expired
+        (timedelta(0), True),                          # expiring now
+        (timedelta(days=1), True),
+        (WEEK - timedelta(minutes=1), True),           # just inside the window
+        (WEEK, True),                                  # on the boundary: renew
+        (WEEK + timedelta(minutes=1), False),          # just outside
+        (timedelta(days=29), False),
+    ],
+)
+def test_renew_window_boundaries(left: timedelta | None, renew: bool) -> None:
+    now = NOW.replace(second=0, microsecond=0)
+    current = None if left is None else record(now + left)
+    assert (renewal_reason(current, now, WEEK) is not None) is renew
+
+
+def test_force_always_renews() -> None:
+    assert renewal_reason(record(NOW + timedelta(days=29)), NOW, WEEK, force=True) == "forced"
+
+
+def test_reason_says_why() -> None:
+    assert renewal_reason(None, NOW, WEEK) == "no token in Key Vault"
+    assert "expired" in (renewal_reason(record(NOW - timedelta(hours=1)), NOW, WEEK) or "")
+    assert "3d0h" in (renewal_reason(record(NOW + timedelta(days=3, minutes=1)), NOW, WEEK) or "")
+
+
+@pytest.mark.parametrize("days", [1, 29, 30, 45])
+def test_new_expiry_whole_minutes_and_capped_at_30_days(days: int) -> None:
+    expiry = new_expiry(NOW, timedelta(days=days))
+    assert expiry.second == 0 and expiry.microsecond == 0
+    assert expiry <= NOW + timedelta(days=30)
+    assert expiry > NOW + timedelta(days=min(days, 30)) - timedelta(minutes=1)
+
+
+def test_key_type_precedence() -> None:
+    secondary = record(NOW, KeyType.SECONDARY)
+    assert key_type_for(KeyType.PRIMARY, secondary) is KeyType.PRIMARY
+    assert key_type_for(None, secondary) is KeyType.SECONDARY
+    assert key_type_for(None, None) is KeyType.PRIMARY
+    assert KeyType.PRIMARY.other is KeyType.SECONDARY and KeyType.SECONDARY.other is KeyType.PRIMARY
+
+
+def _desired(expires: datetime, gateway: str = "gw") -> tuple[Desired, str]:
+    token = record(expires, gateway=gateway).token
+    return Desired(gateway, token.fingerprint, token.expires_at), token.value
+
+
+def test_target_actions() -> None:
+    later = NOW + timedelta(days=29)
+    desired, value = _desired(later)
+    fmt = "GatewayKey {token}"
+    assert target_action(f"GatewayKey {value}", desired, fmt) is TargetAction.IN_SYNC
+    assert target_action(value, desired, fmt) is TargetAction.WRITE           # right token, wrong format
+    assert target_action(value, desired, "{token}") is TargetAction.IN_SYNC
+    assert target_action(None, desired, fmt) is TargetAction.WRITE
+    assert target_action("garbage", desired, fmt) is TargetAction.WRITE
+    _, older = _desired(NOW + timedelta(days=2))
+    assert target_action(f"GatewayKey {older}", desired, fmt) is TargetAction.WRITE
+    _, newer = _desired(NOW + timedelta(days=30))
+    assert target_action(f"GatewayKey {newer}", desired, fmt) is TargetAction.NEWER   # never downgrade
+    _, other_gateway = _desired(NOW + timedelta(days=30), gateway="other")
+    assert target_action(f"GatewayKey {other_gateway}", desired, fmt) is TargetAction.WRITE
+
+
+def test_same_expiry_different_token_converges_to_key_vault() -> None:
+    expires = NOW + timedelta(days=29)
+    desired, _ = _desired(expires)
+    sibling = GatewayToken.parse(f"gw&{expires:%Y%m%d%H%M}&b3RoZXJzaWduYXR1cmVvdGhlcg==")
+    assert target_action(sibling.formatted(), desired, "GatewayKey {token}") is TargetAction.WRITE
