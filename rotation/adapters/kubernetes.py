@@ -1,0 +1,414 @@
+"""`ClusterClient` / `Clusters` over the official `kubernetes` client (regenerated, v37).
+
+Two ways to reach a cluster (registry `auth`):
+- `aks`: an Entra ID token of the app's identity for the AKS server application, put in
+  `Configuration.api_key["BearerToken"]` and refreshed before expiry by `refresh_api_key_hook`;
+  the cluster CA comes from the registry's `caData` (kept in memory, no temp file).
+- `kubeconfig`: the kubeconfig text kept in Key Vault, loaded with `new_client_from_config_dict`.
+
+The app's identity is least-privilege (infra/k8s/role.yaml): `get`/`patch` on one Secret and on the
+workloads it restarts. So every operation is a single-object GET or PATCH; nothing lists.
+
+Errors become `rotation.core.errors` types whose messages name the cluster, verb and object. Secret
+values and tokens never reach a message: request bodies are never echoed, and server messages are
+scrubbed of the value being written.
+
+`kubernetes` is imported lazily, inside functions, so importing this module stays cheap and the
+Functions worker can index the app without loading the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rotation.core.errors import (
+    AccessDenied,
+    Conflict,
+    NotFound,
+    PermanentError,
+    RotationError,
+    UpstreamError,
+)
+from rotation.core.model import (
+    AksAuth,
+    Cluster,
+    KubeconfigAuth,
+    RolloutState,
+    SecretState,
+    Workload,
+    WorkloadKind,
+)
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+log = logging.getLogger(__name__)
+
+AKS_SCOPE = "6dae42f8-4368-4678-94ff-3960e28e3630/.default"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+# Refresh the Entra token this long before it expires (AKS rejects an expired token with 401).
+REFRESH_MARGIN_SECONDS = 300
+
+_PLURAL = {
+    WorkloadKind.DEPLOYMENT: "deployments",
+    WorkloadKind.STATEFULSET: "statefulsets",
+    WorkloadKind.DAEMONSET: "daemonsets",
+}
+
+
+def _rfc3339(at: datetime) -> str:
+    """`kubectl rollout restart` style: seconds precision, UTC with `Z` (naive means UTC)."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status_message(body: object) -> str:
+    """The `message` of a Kubernetes `Status` response body, if there is one."""
+    if not isinstance(body, str | bytes) or not body:
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    msg = doc.get("message") if isinstance(doc, dict) else None
+    return msg if isinstance(msg, str) else ""
+
+
+def _scrub(text: str, *secrets: str | None) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "<redacted>")
+    return text
+
+
+class _BearerRefresher:
+    """`refresh_api_key_hook` for AKS: fetches a token for the AKS scope, renews it before expiry."""
+
+    def __init__(self, cluster: str, credential: TokenCredential) -> None:
+        self._cluster = cluster
+        self._credential = credential
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_on = 0.0
+
+    def __call__(self, configuration: Any) -> None:
+        with self._lock:
+            if self._token is None or self._expires_on - REFRESH_MARGIN_SECONDS <= time.time():
+                try:
+                    access = self._credential.get_token(AKS_SCOPE)
+                except Exception as exc:  # noqa: BLE001 - any credential failure, translated below
+                    raise self._translate(exc) from None
+                self._token, self._expires_on = access.token, float(access.expires_on)
+            configuration.api_key["BearerToken"] = self._token
+            configuration.api_key_prefix["BearerToken"] = "Bearer"
+
+    def _translate(self, exc: Exception) -> RotationError:
+        name = type(exc).__name__
+        if isinstance(exc, RotationError):
+            return exc
+        if name == "CredentialUnavailableError":
+            return AccessDenied(f"cluster {self._cluster}: no managed identity available to get an "
+                                f"Entra ID token for AKS ({name})")
+        return UpstreamError(f"cluster {self._cluster}: could not get an Entra ID token for AKS ({name})")
+
+
+def _configuration() -> Any:
+    import urllib3
+    from kubernetes import client
+
+    conf = client.Configuration()
+    # Retry a failed connect once (nothing was sent); never a read, a status or a redirect: PATCHes
+    # carry preconditions and the caller's deadline decides about retrying.
+    conf.retries = urllib3.Retry(total=1, connect=1, read=0, redirect=0, status=0, other=0,
+                                 backoff_factor=0.05)
+    return conf
+
+
+class KubernetesClusterClient:
+    """One cluster, as the app's least-privilege identity. Thread-safe (one urllib3 pool)."""
+
+    def __init__(self, name: str, api_client: Any) -> None:
+        self.name = name
+        self._api = api_client
+
+    # --- ClusterClient --------------------------------------------------------------------------
+
+    def read_secret(self, namespace: str, name: str, key: str, timeout: float | None = None) -> SecretState:
+        from kubernetes import client
+
+        with self._errors("get", f"secrets {namespace}/{name}", timeout) as t:
+            secret = client.CoreV1Api(self._api).read_namespaced_secret(name, namespace, _request_timeout=t)
+        data = secret.data or {}
+        raw = data.get(key)
+        value: str | None = None
+        if raw is not None:
+            try:
+                value = base64.b64decode(raw, validate=True).decode("utf-8", errors="replace")
+            except (binascii.Error, ValueError):
+                value = None  # not base64: treat as no token (never echo it)
+        meta = secret.metadata
+        version = meta.resource_version if meta is not None else None
+        return SecretState(resource_version=str(version or ""), value=value)
+
+    def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
+                         timeout: float | None = None) -> None:
+        from kubernetes import client
+
+        if not resource_version:
+            raise PermanentError(f"cluster {self.name}: refusing to patch secrets {namespace}/{name} "
+                                 "without a resourceVersion precondition")
+        body = {"metadata": {"resourceVersion": resource_version}, "stringData": {key: value}}
+        with self._errors("patch", f"secrets {namespace}/{name}", timeout, value) as t:
+            client.CoreV1Api(self._api).patch_namespaced_secret(
+                name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t)
+
+    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None) -> None:
+        from kubernetes import client
+
+        apps = client.AppsV1Api(self._api)
+        what = f"{_PLURAL[workload.kind]} {namespace}/{workload.name}"
+        body = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: _rfc3339(at)}}}}}
+        if workload.kind is WorkloadKind.DEPLOYMENT:
+            with self._errors("get", what, timeout) as t:
+                current = apps.read_namespaced_deployment(workload.name, namespace, _request_timeout=t)
+            if current.spec is not None and current.spec.paused:
+                raise PermanentError(f"cluster {self.name}: can't restart paused deployment "
+                                     f"{namespace}/{workload.name} (run rollout resume first)")
+            with self._errors("patch", what, timeout) as t:
+                apps.patch_namespaced_deployment(workload.name, namespace, body,
+                                                 _content_type=STRATEGIC_MERGE, _request_timeout=t)
+        elif workload.kind is WorkloadKind.STATEFULSET:
+            with self._errors("patch", what, timeout) as t:
+                apps.patch_namespaced_stateful_set(workload.name, namespace, body,
+                                                   _content_type=STRATEGIC_MERGE, _request_timeout=t)
+        else:
+            with self._errors("patch", what, timeout) as t:
+                apps.patch_namespaced_daemon_set(workload.name, namespace, body,
+                                                 _content_type=STRATEGIC_MERGE, _request_timeout=t)
+
+    def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        from kubernetes import client
+
+        apps = client.AppsV1Api(self._api)
+        what = f"{_PLURAL[workload.kind]} {namespace}/{workload.name}"
+        obj: Any
+        with self._errors("get", what, timeout) as t:
+            if workload.kind is WorkloadKind.DEPLOYMENT:
+                obj = apps.read_namespaced_deployment(workload.name, namespace, _request_timeout=t)
+            elif workload.kind is WorkloadKind.STATEFULSET:
+                obj = apps.read_namespaced_stateful_set(workload.name, namespace, _request_timeout=t)
+            else:
+                obj = apps.read_namespaced_daemon_set(workload.name, namespace, _request_timeout=t)
+        ready, detail = _rollout_status(workload.kind, obj)
+        return RolloutState(workload=workload, ready=ready, detail=detail)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._api.close()
+
+    # --- errors ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, verb: str, what: str, timeout: float | None,
+                secret: str | None = None) -> Iterator[float | None]:
+        """Yields the request timeout; translates whatever the call raises."""
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        if timeout is not None and timeout <= 0:
+            raise UpstreamError(f"cluster {self.name}: no time left to {verb} {what}")
+        try:
+            yield timeout
+        except RotationError:
+            raise
+        except ApiException as exc:
+            raise self._api_error(exc, verb, what, secret) from None
+        except urllib3.exceptions.TimeoutError:
+            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what} timed out"
+                                + (f" after {timeout:g}s" if timeout is not None else "")) from None
+        except urllib3.exceptions.MaxRetryError as exc:
+            reason = exc.reason
+            if isinstance(reason, urllib3.exceptions.TimeoutError):
+                detail = "timed out" + (f" after {timeout:g}s" if timeout is not None else "")
+            elif isinstance(reason, urllib3.exceptions.SSLError):
+                detail = f"TLS error: {reason}"
+            else:
+                detail = _short_reason(reason)
+            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: {detail}") from None
+        except (urllib3.exceptions.HTTPError, ssl.SSLError, OSError) as exc:
+            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
+                                f"{type(exc).__name__}") from None
+        except (TypeError, ValueError) as exc:
+            # Client-side validation (pydantic) of arguments; its text may include the request body.
+            raise PermanentError(f"cluster {self.name}: invalid request to {verb} {what} "
+                                 f"({type(exc).__name__})") from None
+
+    def _api_error(self, exc: Any, verb: str, what: str, secret: str | None) -> RotationError:
+        status = int(exc.status or 0)
+        message = _scrub(_status_message(exc.body), secret)
+        suffix = f": {message}" if message else ""
+        if status == 0:  # the client's wrapping of an SSL error
+            reason = _scrub(str(exc.reason or ""), secret).splitlines()
+            return UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
+                                 f"{' '.join(reason)[:300] or 'TLS error'}")
+        if status == 404:
+            return NotFound(f"cluster {self.name}: {what} not found")
+        if status == 401:
+            return AccessDenied(f"cluster {self.name}: unauthorized to {verb} {what} "
+                                "(credentials rejected)")
+        if status == 403:
+            return AccessDenied(f"cluster {self.name}: forbidden to {verb} {what}")
+        if status == 409:
+            return Conflict(f"cluster {self.name}: conflict on {verb} {what}{suffix}")
+        if status in (400, 422):
+            return PermanentError(f"cluster {self.name}: {verb} {what} rejected ({status}){suffix}")
+        if status == 429 or status >= 500:
+            return UpstreamError(f"cluster {self.name}: {verb} {what} failed ({status}){suffix}")
+        return PermanentError(f"cluster {self.name}: {verb} {what} failed ({status}){suffix}")
+
+
+def _short_reason(reason: object) -> str:
+    text = str(reason)
+    # urllib3: "<urllib3.connection.HTTPSConnection object at 0x…>: Failed to establish a new
+    # connection: [Errno 111] Connection refused" -> keep what follows the object repr.
+    if ">: " in text:
+        text = text.split(">: ", 1)[1]
+    return text[:300] or type(reason).__name__
+
+
+def _rollout_status(kind: WorkloadKind, obj: Any) -> tuple[bool, str]:
+    """kubectl rollout status semantics, from the object's spec, metadata and status."""
+    meta, spec, status = obj.metadata, obj.spec, obj.status
+    generation = int(meta.generation or 0)
+    observed = int(getattr(status, "observed_generation", None) or 0) if status is not None else 0
+    if status is None or observed < generation:
+        return False, "waiting for the new spec to be observed"
+
+    def n(value: object) -> int:
+        return int(value) if isinstance(value, int) else 0
+
+    if kind is WorkloadKind.DAEMONSET:
+        desired = n(status.desired_number_scheduled)
+        updated = n(status.updated_number_scheduled)
+        available = n(status.number_available)
+        if updated < desired:
+            return False, f"{updated}/{desired} updated"
+        if available < desired:
+            return False, f"{available}/{desired} available"
+        return True, f"rolled out ({available}/{desired} available)"
+
+    desired = n(spec.replicas) if spec is not None and spec.replicas is not None else 1
+    updated = n(status.updated_replicas)
+    ready = n(status.ready_replicas)
+    total = n(status.replicas)
+    if kind is WorkloadKind.DEPLOYMENT:
+        for cond in status.conditions or []:
+            if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
+                return False, "progress deadline exceeded"
+        available = n(status.available_replicas)
+        if updated < desired:
+            return False, f"{updated}/{desired} updated"
+        if total > updated:
+            old = total - updated
+            return False, f"{old} old replica{'s' if old != 1 else ''} pending termination"
+        if ready < desired:
+            return False, f"{ready}/{desired} ready"
+        if available < desired:
+            return False, f"{available}/{desired} available"
+        return True, f"rolled out ({available}/{desired} available)"
+
+    # StatefulSet
+    strategy = getattr(getattr(spec, "update_strategy", None), "type", None)
+    if strategy == "OnDelete":
+        return False, "updateStrategy OnDelete: pods change only when deleted"
+    partition = 0
+    rolling = getattr(getattr(spec, "update_strategy", None), "rolling_update", None)
+    if rolling is not None and rolling.partition:
+        partition = n(rolling.partition)
+    if updated < desired - partition:
+        return False, f"{updated}/{desired - partition} updated"
+    if ready < desired:
+        return False, f"{ready}/{desired} ready"
+    if partition == 0 and status.update_revision and status.current_revision != status.update_revision:
+        return False, f"{updated}/{desired} updated (rolling update in progress)"
+    return True, f"rolled out ({ready}/{desired} ready)"
+
+
+class KubernetesClusters:
+    """`Clusters`: one cached `KubernetesClusterClient` per registry cluster, built on first use."""
+
+    def __init__(self, credential: TokenCredential | None,
+                 read_kubeconfig: Callable[[str], str]) -> None:
+        self._credential = credential
+        self._read_kubeconfig = read_kubeconfig
+        self._lock = threading.Lock()
+        self._clients: dict[Cluster, KubernetesClusterClient] = {}
+
+    def client(self, cluster: Cluster) -> KubernetesClusterClient:
+        with self._lock:
+            found = self._clients.get(cluster)
+            if found is None:
+                found = KubernetesClusterClient(cluster.name, self._api_client(cluster))
+                self._clients[cluster] = found
+            return found
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._clients.values():
+                c.close()
+            self._clients.clear()
+
+    def _api_client(self, cluster: Cluster) -> Any:
+        from kubernetes import client
+
+        auth = cluster.auth
+        if isinstance(auth, AksAuth):
+            if self._credential is None:
+                raise PermanentError(f"cluster {cluster.name}: auth 'aks' needs the app's Azure credential")
+            try:
+                ca = base64.b64decode(auth.ca_data, validate=True).decode("ascii")
+            except (binascii.Error, ValueError):
+                raise PermanentError(f"cluster {cluster.name}: caData is not base64") from None
+            if "-----BEGIN CERTIFICATE-----" not in ca:
+                raise PermanentError(f"cluster {cluster.name}: caData is not a base64 PEM certificate")
+            conf = _configuration()
+            conf.host = auth.server.rstrip("/")
+            conf.ca_cert_data = ca
+            conf.api_key = {"BearerToken": ""}
+            conf.api_key_prefix = {"BearerToken": "Bearer"}
+            conf.refresh_api_key_hook = _BearerRefresher(cluster.name, self._credential)
+            return client.ApiClient(conf)
+        if isinstance(auth, KubeconfigAuth):
+            return self._kubeconfig_client(cluster.name, auth)
+        raise PermanentError(f"cluster {cluster.name}: unsupported auth {type(auth).__name__}")
+
+    def _kubeconfig_client(self, name: str, auth: KubeconfigAuth) -> Any:
+        import yaml
+        from kubernetes import config
+
+        text = self._read_kubeconfig(auth.secret_name)
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise PermanentError(f"cluster {name}: kubeconfig secret {auth.secret_name!r} is not "
+                                 "valid YAML") from None
+        if not isinstance(doc, dict):
+            raise PermanentError(f"cluster {name}: kubeconfig secret {auth.secret_name!r} is not a kubeconfig")
+        try:
+            new_client: Callable[..., Any] = config.new_client_from_config_dict
+            return new_client(doc, persist_config=False, client_configuration=_configuration())
+        except Exception as exc:  # noqa: BLE001 - ConfigException and whatever a broken kubeconfig raises
+            raise PermanentError(f"cluster {name}: kubeconfig secret {auth.secret_name!r} is unusable "
+                                 f"({type(exc).__name__})") from None
