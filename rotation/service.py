@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,10 +38,11 @@ from rotation.core.model import (
     TargetReport,
     TokenInfo,
     TokenRecord,
+    Workload,
 )
 from rotation.core.policies import Desired, TargetAction, key_type_for, new_expiry, renewal_reason, target_action
 from rotation.core.ports import ClusterClient, Clusters, OutcomePublisher, TokenIssuer, TokenStore
-from rotation.core.status import GatewayStatus, SweepReport, TargetStatus, sync_state
+from rotation.core.status import GatewayStatus, KeyRollPhase, KeyRollReport, SweepReport, TargetStatus, sync_state
 from rotation.core.token import GatewayToken, parse_stored
 
 log = logging.getLogger("rotation")
@@ -128,7 +129,7 @@ class Rotator:
 
     def reconcile(self, config: GatewayConfig, *, reason: str, deadline_seconds: float,
                   force: bool = False, dry_run: bool = False, known: TokenInfo | None = None,
-                  key_type: KeyType | None = None) -> RotationReport:
+                  key_type: KeyType | None = None, roll_from: KeyType | None = None) -> RotationReport:
         """Bring every target of one gateway to the Key Vault token, renewing it first if due.
 
         Raises a RotationError when Key Vault or ARM fail (nothing reached a cluster); target
@@ -137,7 +138,8 @@ class Rotator:
         started = time.monotonic()
         deadline = _Deadline(deadline_seconds)
         with self._exclusive(config, deadline):
-            source, rotated, chosen_key = self._gather_and_renew(config, deadline, force, dry_run, known, key_type)
+            source, rotated, chosen_key = self._gather_and_renew(
+                config, deadline, force, dry_run, known, key_type, roll_from)
             targets = self._fan_out(config, source, deadline, dry_run or source is None)
         report = RotationReport(
             gateway_id=config.ref.id,
@@ -155,7 +157,7 @@ class Rotator:
 
     def _gather_and_renew(
         self, config: GatewayConfig, deadline: _Deadline, force: bool, dry_run: bool,
-        known: TokenInfo | None, key_type: KeyType | None,
+        known: TokenInfo | None, key_type: KeyType | None, roll_from: KeyType | None,
     ) -> tuple[_TokenSource | None, bool, KeyType]:
         now = self.clock()
         secret = config.key_vault_secret
@@ -185,7 +187,7 @@ class Rotator:
             raise UpstreamError(f"ARM generateToken for {config.ref} returned an unusable token: {exc}") from None
         if token.gateway.lower() != config.ref.gateway.lower():
             raise UpstreamError(f"ARM generateToken for {config.ref} returned a token for another gateway")
-        record = TokenRecord(token=token, key_type=chosen, gateway_id=config.ref.id)
+        record = TokenRecord(token=token, key_type=chosen, gateway_id=config.ref.id, roll_from=roll_from)
         # Key Vault before any cluster: a target never holds a token Key Vault does not.
         self.store.put(secret, record, timeout=deadline.check("writing Key Vault"))
         emit("rotation.token", {"gatewayId": config.ref.id, "fingerprint": token.fingerprint,
@@ -273,6 +275,66 @@ class Rotator:
         client.annotate_secret(target.namespace, target.secret, {RESTART_PENDING: None},
                                        timeout=deadline.check("clearing the restart marker"))
         return restarted
+
+    # --- two-phase key roll -----------------------------------------------------------------------
+
+    def roll_keys(self, config: GatewayConfig, *, deadline_seconds: float, rollout_wait_seconds: float = 60.0,
+                  dry_run: bool = False, poll_seconds: float = 1.0) -> KeyRollReport:
+        """Move the gateway to its other key; regenerate the old key only once every target confirmed.
+
+        Phase 1 writes a token from the other key (tagged with the key it rolls away from) and
+        pushes it everywhere; phase 2 regenerates the old key, which invalidates every token it
+        signed. A target that did not take the new token, or whose restarted workloads did not
+        finish rolling out, stops the roll before phase 2; running it again resumes.
+        """
+        current = self.store.get(config.key_vault_secret, timeout=deadline_seconds)
+        if current is not None and current.roll_from is not None:
+            old, resumed = current.roll_from, True
+        else:
+            old, resumed = (current.key_type if current else key_type_for(config.key_type, None)), False
+        new = old.other
+        reason = f"key roll {old.value} -> {new.value}" + (" (resumed)" if resumed else "")
+        rotation = self.reconcile(config, reason=reason, deadline_seconds=deadline_seconds, dry_run=dry_run,
+                                  key_type=new, roll_from=old)
+
+        def result(phase: KeyRollPhase, pending: Sequence[str] = (), regenerated: bool = False) -> KeyRollReport:
+            report = KeyRollReport(config.ref.id, old, new, phase, rotation, tuple(pending), regenerated)
+            emit("rotation.keyroll", {"gatewayId": config.ref.id, "from": old.value, "to": new.value,
+                                      "phase": phase.value, "pending": list(pending)})
+            return report
+
+        if dry_run:
+            return result(KeyRollPhase.PLANNED)
+        pending = [f"{t.cluster}/{t.namespace}/{t.secret}: {t.outcome.value}" + (f" ({t.error})" if t.error else "")
+                   for t in rotation.targets if t.outcome not in (Outcome.UPDATED, Outcome.IN_SYNC)]
+        if not pending:
+            pending = self._await_rollouts(config, rollout_wait_seconds, poll_seconds)
+        if pending:
+            return result(KeyRollPhase.PENDING, pending)
+        self.issuer.regenerate_key(config.ref, old, timeout=deadline_seconds)
+        latest = self.store.get(config.key_vault_secret, timeout=deadline_seconds)
+        if latest is not None and latest.roll_from is not None:
+            self.store.put(config.key_vault_secret, replace(latest, roll_from=None, version=None),
+                           timeout=deadline_seconds)
+        return result(KeyRollPhase.COMPLETED, regenerated=True)
+
+    def _await_rollouts(self, config: GatewayConfig, wait_seconds: float, poll_seconds: float) -> list[str]:
+        deadline = _Deadline(wait_seconds)
+        waiting = [(t, w) for t in config.targets for w in t.restart]
+        while True:
+            still: list[tuple[Target, Workload, str]] = []
+            for target, workload in waiting:
+                try:
+                    client = self.clusters.client(self.registry.clusters[target.cluster])
+                    state = client.rollout(target.namespace, workload, timeout=max(deadline.left(), 1.0))
+                    if not state.ready:
+                        still.append((target, workload, state.detail))
+                except RotationError as exc:
+                    still.append((target, workload, str(exc)))
+            if not still or deadline.left() <= 0:
+                return [f"{t.cluster}/{t.namespace}/{w}: rollout not finished ({detail})" for t, w, detail in still]
+            waiting = [(t, w) for t, w, _ in still]
+            time.sleep(min(poll_seconds, deadline.left()))
 
     # --- sweep and status -------------------------------------------------------------------------
 

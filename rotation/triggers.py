@@ -29,7 +29,7 @@ from rotation.core.events import parse_event
 from rotation.core.model import GatewayConfig, check_gateway_name, check_service_name
 
 log = logging.getLogger("rotation.triggers")
-bp = func.Blueprint()
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 
 class RotationIncomplete(TransientError):
@@ -178,6 +178,21 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
     box = bootstrap.container()
     (status,) = box.rotator.status([config], timeout=box.settings.deadline_seconds)
     return _json(200, status.to_dict())
+
+
+@bp.function_name("roll_keys")
+@bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"])
+@_guard
+def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
+    body = _body(req, {"dryRun": bool, "waitSeconds": int})
+    wait_seconds = body.get("waitSeconds", 60)
+    if not 0 <= wait_seconds <= 180:
+        raise InvalidInput("field 'waitSeconds' must be between 0 and 180")
+    config = _gateway_from_route(req)
+    box = bootstrap.container()
+    report = box.rotator.roll_keys(config, deadline_seconds=box.settings.deadline_seconds,
+                                   rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False))
+    return _json(200 if report.ok else 409, report.to_dict())
 
 
 @bp.function_name("health")

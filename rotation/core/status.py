@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from rotation.core.model import KeyType, RolloutState, RotationReport, SyncState
 from rotation.core.token import parse_stored
@@ -88,4 +89,32 @@ class SweepReport:
             "rotated": sum(r.rotated for r in self.reports),
             "failed": sum(not r.ok for r in self.reports),
             "reports": [r.to_dict() for r in self.reports],
+        }
+
+
+class KeyRollPhase(StrEnum):
+    PLANNED = "planned"       # dry run: what would happen
+    PENDING = "pending"       # phase 1 not confirmed everywhere: the old key was NOT regenerated
+    COMPLETED = "completed"   # every target confirmed, the old key regenerated
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRollReport:
+    gateway_id: str
+    from_key: KeyType
+    to_key: KeyType
+    phase: KeyRollPhase
+    rotation: RotationReport
+    pending: tuple[str, ...] = ()
+    regenerated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.phase is not KeyRollPhase.PENDING
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "gatewayId": self.gateway_id, "fromKey": self.from_key.value, "toKey": self.to_key.value,
+            "phase": self.phase.value, "regenerated": self.regenerated, "pending": list(self.pending),
+            "ok": self.ok, "rotation": self.rotation.to_dict(),
         }

@@ -1,0 +1,151 @@
+"""`TokenStore` over azure-keyvault-secrets: the source of truth for each gateway's token.
+
+Each write is a new secret version carrying the value, `expires_on` (= the token's expiry) and the tags
+of `rotation.core.tags`, so one paged `list_properties_of_secrets()` tells every gateway's expiry, key
+type and fingerprint without reading a value. The SDK is imported lazily.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rotation.adapters.credential import call_options, is_azure_error, scrub, translate
+from rotation.core import tags
+from rotation.core.errors import InvalidToken, NotFound, PermanentError, RotationError, UpstreamError
+from rotation.core.model import TokenInfo, TokenRecord
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+
+def _translate(exc: Exception, what: str) -> RotationError | None:
+    if is_azure_error(exc):
+        return translate(exc, what)
+    if isinstance(exc, ValueError):
+        # The SDK raises ValueError for a bad vault URL or a challenge whose resource does not match
+        # the vault's domain: configuration, not a blip.
+        return PermanentError(f"{what} failed: {scrub(str(exc))}")
+    return None
+
+
+class KeyVaultTokenStore:
+    """Gateway tokens (and kubeconfigs, via `read_text`) in one Key Vault."""
+
+    def __init__(self, credential: TokenCredential, vault_url: str, *, verify_challenge_resource: bool = True,
+                 retry_total: int | None = None, api_version: str | None = None,
+                 connection_verify: str | bool | None = None) -> None:
+        """`verify_challenge_resource=False` is for the local stack only (its vault is not on
+        `*.vault.azure.net`); the settings layer refuses it in Azure."""
+        self._credential = credential
+        self._vault_url = vault_url
+        self._verify_challenge_resource = verify_challenge_resource
+        self._retry_total = retry_total
+        self._api_version = api_version
+        self._connection_verify = connection_verify
+        self._client_instance: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def vault_url(self) -> str:
+        return self._vault_url
+
+    def _client(self) -> Any:
+        with self._lock:
+            if self._client_instance is None:
+                from azure.keyvault.secrets import SecretClient
+
+                kwargs: dict[str, Any] = {"verify_challenge_resource": self._verify_challenge_resource}
+                if self._retry_total is not None:
+                    kwargs["retry_total"] = self._retry_total
+                if self._api_version is not None:
+                    kwargs["api_version"] = self._api_version
+                if self._connection_verify is not None:
+                    kwargs["connection_verify"] = self._connection_verify
+                self._client_instance = SecretClient(self._vault_url, self._credential, **kwargs)
+            return self._client_instance
+
+    def _fetch(self, secret_name: str, what: str, timeout: float | None) -> Any | None:
+        """The latest `KeyVaultSecret`, or None when it does not exist."""
+        options = call_options(timeout, what)
+        try:
+            return self._client().get_secret(secret_name, **options)
+        except RotationError:
+            raise
+        except Exception as exc:
+            from azure.core.exceptions import ResourceNotFoundError
+
+            if isinstance(exc, ResourceNotFoundError):
+                return None
+            translated = _translate(exc, what)
+            if translated is None:
+                raise
+            raise translated from None
+
+    def get(self, secret_name: str, timeout: float | None = None) -> TokenRecord | None:
+        what = f"Key Vault get of secret {secret_name!r}"
+        secret = self._fetch(secret_name, what, timeout)
+        if secret is None:
+            return None
+        value = secret.value
+        if not isinstance(value, str) or not value:
+            raise InvalidToken(f"Key Vault secret {secret_name!r} is empty, not a gateway token")
+        props = secret.properties
+        try:
+            return tags.record_from(value, props.tags, props.version)
+        except InvalidToken as exc:
+            # exc names only the length and fingerprint, never the value.
+            raise InvalidToken(f"Key Vault secret {secret_name!r} does not hold a gateway token: {exc}") from None
+
+    def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:
+        what = f"Key Vault set of secret {secret_name!r}"
+        options = call_options(timeout, what)
+        try:
+            secret = self._client().set_secret(
+                secret_name, record.token.value, content_type=tags.CONTENT_TYPE, tags=tags.tags_for(record),
+                expires_on=record.token.expires_at, **options)
+        except RotationError:
+            raise
+        except Exception as exc:
+            translated = _translate(exc, what)
+            if translated is None:
+                raise
+            raise translated from None
+        version = getattr(getattr(secret, "properties", None), "version", None)
+        if not version:
+            raise UpstreamError(f"{what} returned no version id")
+        return str(version)
+
+    def list(self, timeout: float | None = None) -> Sequence[TokenInfo]:
+        what = "Key Vault listing of secret properties"
+        options = call_options(timeout, what)
+        out: list[TokenInfo] = []
+        try:
+            for props in self._client().list_properties_of_secrets(**options):
+                if tags.is_managed(props.tags):
+                    out.append(tags.info_from(props.name, props.tags, props.expires_on))
+        except RotationError:
+            raise
+        except Exception as exc:
+            translated = _translate(exc, what)
+            if translated is None:
+                raise
+            raise translated from None
+        return out
+
+    def read_text(self, secret_name: str, timeout: float | None = None) -> str:
+        """A secret's value as text (e.g. a kubeconfig). NotFound when it does not exist."""
+        what = f"Key Vault get of secret {secret_name!r}"
+        secret = self._fetch(secret_name, what, timeout)
+        if secret is None:
+            raise NotFound(f"{what} failed: the secret does not exist")
+        if not isinstance(secret.value, str) or not secret.value:
+            raise PermanentError(f"Key Vault secret {secret_name!r} is empty")
+        return str(secret.value)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client_instance = self._client_instance, None
+        if client is not None:
+            client.close()

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from rotation.core.errors import AccessDenied, UpstreamError
+from rotation.core.model import KeyType, Outcome
+from rotation.core.token import GatewayToken
+from rotation.service import RESTART_PENDING
+from tests.service.conftest import World
+
+DAY = timedelta(days=1)
+
+
+def test_first_reconcile_generates_stores_then_updates_every_target(world: World) -> None:
+    report = world.rotator.reconcile(world.gw1, reason="test", deadline_seconds=5)
+    assert report.ok and report.rotated
+    assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.UPDATED]
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert stored is not None and stored.key_type is KeyType.PRIMARY
+    assert stored.token.expires_at == (world.now + timedelta(days=29)).replace(second=0)
+    assert world.held(world.gw1) == [f"GatewayKey {stored.token.value}", stored.token.value]
+    assert world.issuer.verify(world.gw1.ref, stored.token.value) is KeyType.PRIMARY
+    assert report.fingerprint == stored.token.fingerprint
+    assert report.targets[0].restarted == ("deployment/gw1",)
+    assert len(world.east.restarts[("apim", "deployment/gw1")]) == 1
+    assert RESTART_PENDING not in world.east.secrets[("apim", "gw1-token")].annotations
+    assert world.publisher.published == [report]
+
+
+def test_key_vault_is_written_before_any_cluster(world: World) -> None:
+    order: list[str] = []
+    original_put, original_write = world.store.put, world.east.write_secret_key
+
+    def put(*a: object, **k: object) -> str:
+        order.append("keyvault")
+        return original_put(*a, **k)  # type: ignore[arg-type]
+
+    def write(*a: object, **k: object) -> None:
+        order.append("cluster")
+        original_write(*a, **k)  # type: ignore[arg-type]
+
+    world.store.put = put  # type: ignore[method-assign]
+    world.east.write_secret_key = write  # type: ignore[method-assign]
+    world.rotator.reconcile(world.gw2, reason="t", deadline_seconds=5)
+    assert order == ["keyvault", "cluster"]
+
+
+def test_key_vault_failure_touches_no_cluster(world: World) -> None:
+    world.store.faults.queue["put"] = [UpstreamError("Key Vault 503")]
+    with pytest.raises(UpstreamError, match="503"):
+        world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert world.east.writes == world.west.writes == 0
+    assert world.held(world.gw1) == [None, None]
+
+
+def test_arm_failure_writes_nothing(world: World) -> None:
+    world.issuer.faults.queue["generateToken"] = [AccessDenied("ARM generateToken: 403")]
+    with pytest.raises(AccessDenied):
+        world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert world.store.writes == 0 and world.east.writes == 0
+
+
+def test_duplicate_delivery_writes_nothing(world: World) -> None:
+    world.rotator.reconcile(world.gw1, reason="first", deadline_seconds=5)
+    calls = (world.issuer.generated, world.store.writes, world.east.writes, world.west.writes)
+    restarts = len(world.east.restarts[("apim", "deployment/gw1")])
+    second = world.rotator.reconcile(world.gw1, reason="second", deadline_seconds=5)
+    assert second.ok and not second.rotated
+    assert [t.outcome for t in second.targets] == [Outcome.IN_SYNC, Outcome.IN_SYNC]
+    assert (world.issuer.generated, world.store.writes, world.east.writes, world.west.writes) == calls
+    assert len(world.east.restarts[("apim", "deployment/gw1")]) == restarts
+
+
+def test_concurrent_events_for_one_gateway_generate_one_token(world: World) -> None:
+    world.east.faults.delay["read"] = 0.02
+    reports = []
+    threads = [threading.Thread(target=lambda: reports.append(
+        world.rotator.reconcile(world.gw1, reason="pod", deadline_seconds=5))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert world.issuer.generated == 1
+    assert sum(r.rotated for r in reports) == 1 and all(r.ok for r in reports)
+
+
+def test_fresh_token_is_pushed_without_generating(world: World) -> None:
+    token = world.seed_token(world.gw1, 20 * DAY, everywhere=False)
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert not report.rotated and world.issuer.generated == 0
+    assert world.held(world.gw1) == [token.formatted(), token.value]
+
+
+def test_stale_token_in_key_vault_is_renewed(world: World) -> None:
+    old = world.seed_token(world.gw1, 2 * DAY)
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert report.rotated and report.fingerprint != old.fingerprint
+    assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.UPDATED]
+
+
+def test_never_downgrades_a_target_holding_a_later_token(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    later = GatewayToken.parse(world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY,
+                                                           (world.now + 29 * DAY).replace(second=0)))
+    world.west.secrets[("gateways", "gw1-token")].data["value"] = later.value
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.IN_SYNC, Outcome.NEWER]
+    assert world.west.value("gateways", "gw1-token", "value") == later.value
+    assert report.ok
+
+
+def test_expired_event_with_fresh_key_vault_repairs_only_the_stale_target(world: World) -> None:
+    token = world.seed_token(world.gw1, 20 * DAY)
+    world.west.secrets[("gateways", "gw1-token")].data["value"] = "stale"
+    report = world.rotator.reconcile(world.gw1, reason="expired", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.IN_SYNC, Outcome.UPDATED]
+    assert world.east.writes == 0 and world.issuer.generated == 0
+    assert world.held(world.gw1) == [token.formatted(), token.value]
+
+
+def test_one_failed_target_leaves_the_others_updated(world: World) -> None:
+    world.west.faults.queue["write"] = [AccessDenied("cluster west: forbidden to patch secrets")]
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert not report.ok
+    east, west = report.targets
+    assert east.outcome is Outcome.UPDATED
+    assert west.outcome is Outcome.FAILED and west.error == "cluster west: forbidden to patch secrets"
+    assert report.failed_targets == (west,)
+    # the retry Event Grid makes finishes the job without a new token
+    retry = world.rotator.reconcile(world.gw1, reason="retry", deadline_seconds=5)
+    assert retry.ok and not retry.rotated and world.issuer.generated == 1
+    assert [t.outcome for t in retry.targets] == [Outcome.IN_SYNC, Outcome.UPDATED]
+
+
+def test_missing_secret_fails_with_a_clear_message(world: World) -> None:
+    del world.west.secrets[("gateways", "gw1-token")]
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert report.targets[1].outcome is Outcome.FAILED
+    assert report.targets[1].error == "cluster west: Secret gateways/gw1-token not found"
+
+
+def test_conflict_is_retried_once_after_rereading(world: World) -> None:
+    world.east.conflicts = 1
+    report = world.rotator.reconcile(world.gw2, reason="t", deadline_seconds=5)
+    assert report.targets[0].outcome is Outcome.UPDATED
+    assert [op for op, _ in world.east.calls].count("read") == 2
+
+
+def test_conflict_storm_fails_the_target(world: World) -> None:
+    world.east.conflicts = 5
+    report = world.rotator.reconcile(world.gw2, reason="t", deadline_seconds=5)
+    assert report.targets[0].outcome is Outcome.FAILED and "changed meanwhile" in (report.targets[0].error or "")
+
+
+def test_slow_target_times_out_and_others_finish(world: World) -> None:
+    world.west.faults.delay["read"] = 1.0
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=0.3)
+    east, west = report.targets
+    assert east.outcome is Outcome.UPDATED
+    assert west.outcome is Outcome.TIMEOUT
+    assert report.duration_ms < 900
+    assert not report.ok
+
+
+def test_failed_restart_is_redone_by_the_next_reconcile(world: World) -> None:
+    world.east.faults.queue["restart"] = [UpstreamError("cluster east unreachable")]
+    first = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert first.targets[0].outcome is Outcome.FAILED
+    assert RESTART_PENDING in world.east.secrets[("apim", "gw1-token")].annotations
+    second = world.rotator.reconcile(world.gw1, reason="retry", deadline_seconds=5)
+    assert second.targets[0].outcome is Outcome.IN_SYNC
+    assert second.targets[0].restarted == ("deployment/gw1",)
+    assert RESTART_PENDING not in world.east.secrets[("apim", "gw1-token")].annotations
+    assert world.east.writes == 1
+
+
+def test_dry_run_writes_nothing_and_plans(world: World) -> None:
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5, dry_run=True)
+    assert report.dry_run and not report.rotated and report.ok
+    assert [t.outcome for t in report.targets] == [Outcome.PLANNED, Outcome.PLANNED]
+    assert report.targets[0].restarted == ("deployment/gw1",)
+    assert world.issuer.calls == [] and world.store.writes == 0
+    assert world.east.writes == world.west.writes == 0
+    assert world.publisher.published == []
+
+
+def test_dry_run_with_fresh_token_reports_what_is_in_sync(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    world.west.secrets[("gateways", "gw1-token")].data["value"] = "stale"
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5, dry_run=True)
+    assert [t.outcome for t in report.targets] == [Outcome.IN_SYNC, Outcome.PLANNED]
+    assert world.west.writes == 0
+
+
+def test_force_rotates_a_fresh_token_and_keeps_the_key(world: World) -> None:
+    old = world.seed_token(world.gw1, 20 * DAY, key=KeyType.SECONDARY)
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5, force=True)
+    assert report.rotated and report.key_type is KeyType.SECONDARY and report.fingerprint != old.fingerprint
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert stored is not None and world.issuer.verify(world.gw1.ref, stored.token.value) is KeyType.SECONDARY
+
+
+def test_report_and_logs_never_carry_the_token(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert stored is not None
+    assert stored.token.value not in repr(report.to_dict())
+    assert stored.token.value not in caplog.text
+    assert any(r.message.startswith("rotation.reconcile ") for r in caplog.records)
+    assert sum(r.message.startswith("rotation.target ") for r in caplog.records) == 2

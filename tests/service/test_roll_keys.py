@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from rotation.core.errors import UpstreamError
+from rotation.core.model import KeyType, RolloutState
+from rotation.core.status import KeyRollPhase
+from tests.service.conftest import World
+
+DAY = timedelta(days=1)
+
+
+def test_roll_moves_to_the_other_key_then_regenerates_the_old(world: World) -> None:
+    old = world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
+    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=1, poll_seconds=0.01)
+    assert report.phase is KeyRollPhase.COMPLETED and report.regenerated
+    assert (report.from_key, report.to_key) == (KeyType.PRIMARY, KeyType.SECONDARY)
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert stored is not None and stored.key_type is KeyType.SECONDARY and stored.roll_from is None
+    assert world.issuer.verify(world.gw1.ref, stored.token.value) is KeyType.SECONDARY
+    assert world.issuer.verify(world.gw1.ref, old.value) is None  # the old key is gone
+    assert world.held(world.gw1) == [stored.token.formatted(), stored.token.value]
+    ops = [op for op, _ in world.issuer.calls]
+    assert ops == ["generateToken", "regenerateKey"]
+
+
+def test_roll_stops_before_regenerating_when_a_target_did_not_confirm(world: World) -> None:
+    old = world.seed_token(world.gw1, 20 * DAY)
+    world.west.faults.queue["read"] = [UpstreamError("cluster west unreachable")]
+    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0)
+    assert report.phase is KeyRollPhase.PENDING and not report.regenerated and not report.ok
+    assert report.pending == ("west/gateways/gw1-token: failed (cluster west unreachable)",)
+    assert "regenerateKey" not in [op for op, _ in world.issuer.calls]
+    assert world.issuer.verify(world.gw1.ref, old.value) is KeyType.PRIMARY  # still valid
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert stored is not None and stored.roll_from is KeyType.PRIMARY
+
+    resumed = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0)
+    assert resumed.phase is KeyRollPhase.COMPLETED
+    assert (resumed.from_key, resumed.to_key) == (KeyType.PRIMARY, KeyType.SECONDARY)
+    assert world.issuer.generated == 1  # resuming reused the token from phase 1
+    assert world.issuer.verify(world.gw1.ref, old.value) is None
+
+
+def test_roll_waits_for_rollouts(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    world.east.rollout = lambda namespace, workload, timeout=None: RolloutState(workload, False, "0/1 updated")  # type: ignore[method-assign]
+    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0.05, poll_seconds=0.01)
+    assert report.phase is KeyRollPhase.PENDING
+    assert report.pending == ("east/apim/deployment/gw1: rollout not finished (0/1 updated)",)
+    assert world.issuer.calls[-1][0] == "generateToken"
+
+
+def test_roll_dry_run_writes_nothing(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, dry_run=True)
+    assert report.phase is KeyRollPhase.PLANNED
+    assert world.issuer.calls == [] and world.store.writes == 0 and world.east.writes == 0
+
+
+def test_no_target_ever_holds_a_token_of_a_regenerated_key(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    checks: list[bool] = []
+    original = world.issuer.regenerate_key
+
+    def regenerate(gateway: object, key_type: KeyType, timeout: float | None = None) -> None:
+        # at the moment of regeneration, every target must hold a token of the *other* key
+        for value in world.held(world.gw1):
+            assert value is not None
+            checks.append(world.issuer.verify(world.gw1.ref, value.removeprefix("GatewayKey ")) is key_type.other)
+        original(gateway, key_type)  # type: ignore[arg-type]
+
+    world.issuer.regenerate_key = regenerate  # type: ignore[method-assign]
+    assert world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0).regenerated
+    assert checks == [True, True]
