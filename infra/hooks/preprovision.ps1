@@ -1,0 +1,14 @@
+# azd preprovision hook (Windows): see preprovision.sh.
+$ErrorActionPreference = 'Stop'
+
+if (-not $env:APIM_SERVICE_NAME) {
+  $env:APIM_SERVICE_NAME = Read-Host 'Name of the existing API Management service'
+  azd env set APIM_SERVICE_NAME $env:APIM_SERVICE_NAME
+}
+if (-not $env:APIM_RESOURCE_GROUP) {
+  $env:APIM_RESOURCE_GROUP = Read-Host "Resource group of $($env:APIM_SERVICE_NAME)"
+  azd env set APIM_RESOURCE_GROUP $env:APIM_RESOURCE_GROUP
+}
+if (-not $env:DEPLOY_EVENT_SUBSCRIPTION) {
+  azd env set DEPLOY_EVENT_SUBSCRIPTION false
+}

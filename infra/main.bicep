@@ -1,0 +1,372 @@
+metadata description = 'apim-token-rotator: Function App (Flex Consumption, Python) that rotates APIM self-hosted gateway tokens into Kubernetes Secrets, with Key Vault, least-privilege roles, Event Grid wiring and Portal monitoring.'
+
+targetScope = 'subscription'
+
+// ---------------------------------------------------------------------------------------------------------------
+// Environment (azd conventions: AZURE_ENV_NAME, AZURE_LOCATION, AZURE_PRINCIPAL_ID)
+// ---------------------------------------------------------------------------------------------------------------
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the environment; seeds the unique suffix of every resource name and the resource group name.')
+param environmentName string
+
+@minLength(1)
+@description('Region of the new resources; must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Name of the resource group to create; empty for rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Object id of the deploying user: granted Key Vault Secrets Officer (to upload the registry and kubeconfigs) and Storage Blob Data Contributor (to read dead letters). Empty for none.')
+param principalId string = ''
+
+@description('Name of the Key Vault; empty for a generated one. Set it when a soft-deleted vault of the generated name blocks a redeploy.')
+@maxLength(24)
+param keyVaultName string = ''
+
+// ---------------------------------------------------------------------------------------------------------------
+// The existing API Management service
+// ---------------------------------------------------------------------------------------------------------------
+
+@description('Name of the existing API Management service whose self-hosted gateways are rotated.')
+param apimServiceName string
+
+@description('Resource group of the existing API Management service.')
+param apimResourceGroupName string
+
+@description('Subscription of the existing API Management service; empty for the deployment subscription.')
+param apimSubscriptionId string = ''
+
+// ---------------------------------------------------------------------------------------------------------------
+// App settings (DESIGN section 5)
+// ---------------------------------------------------------------------------------------------------------------
+
+@description('Registry JSON (DESIGN section 4) to store in Key Vault; empty keeps whatever the secret holds (upload it with az keyvault secret set). ROTATION_REGISTRY is always a Key Vault reference.')
+@secure()
+param rotationRegistryJson string = ''
+
+@description('Name of the Key Vault secret that holds the registry JSON.')
+param registrySecretName string = 'rotation-registry'
+
+@description('Resource Manager endpoint (ARM_ENDPOINT); empty for the current cloud\'s.')
+param armEndpoint string = ''
+
+@description('Lifetime of generated tokens in days (TOKEN_LIFETIME_DAYS), 1-30.')
+@minValue(1)
+@maxValue(30)
+param tokenLifetimeDays int = 29
+
+@description('Renew when the stored token expires within this many days (RENEW_BEFORE_DAYS).')
+@minValue(1)
+@maxValue(29)
+param renewBeforeDays int = 7
+
+@description('Budget in seconds of one event-driven reconcile (ROTATION_DEADLINE_SECONDS).')
+@minValue(5)
+@maxValue(25)
+param rotationDeadlineSeconds int = 20
+
+@description('NCRONTAB schedule of the safety sweep (SWEEP_SCHEDULE).')
+param sweepSchedule string = '0 0 * * * *'
+
+@description('Deploy a custom Event Grid topic for outcome events and let the app identity send to it.')
+param deployOutcomeTopic bool = false
+
+@description('Endpoint of an existing Event Grid topic for outcome events (used when deployOutcomeTopic is false; grant the app identity EventGrid Data Sender on it yourself). Empty for no outcome events.')
+param outcomeTopicEndpoint string = ''
+
+@description('Upper bound of Function App instances.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+// ---------------------------------------------------------------------------------------------------------------
+// Event Grid
+// ---------------------------------------------------------------------------------------------------------------
+
+@description('Create the Event Grid system topic subscription to on_gateway_token_event. Leave false on the first deployment: the function must exist (code deployed) before Event Grid can validate the endpoint; the azd postdeploy hook turns it on.')
+param deployEventSubscription bool = false
+
+@description('Name of the Event Grid system topic on the APIM service; empty for a generated one. An APIM service has at most one system topic: pass the existing one\'s name if there is one.')
+param systemTopicName string = ''
+
+@description('Delivery attempts before an event is dead-lettered.')
+@minValue(1)
+@maxValue(30)
+param maxDeliveryAttempts int = 30
+
+@description('Minutes an event is retried before it is dead-lettered.')
+@minValue(1)
+@maxValue(1440)
+param eventTimeToLiveInMinutes int = 1440
+
+// ---------------------------------------------------------------------------------------------------------------
+// Clusters
+// ---------------------------------------------------------------------------------------------------------------
+
+@description('AKS clusters with Azure RBAC for Kubernetes authorization, as [{ name, resourceGroup, namespaces: [..] }] in the deployment subscription. The app identity gets the rotator role at each namespace scope. Clusters with Kubernetes RBAC or kubeconfig auth are not listed here: apply infra/k8s instead.')
+param aksClusters array = []
+
+// ---------------------------------------------------------------------------------------------------------------
+// Monitoring
+// ---------------------------------------------------------------------------------------------------------------
+
+@description('Resource id of the action group the alert rules notify; empty creates them without notifications.')
+param actionGroupId string = ''
+
+@description('Days Log Analytics keeps logs.')
+@minValue(30)
+@maxValue(730)
+param logRetentionInDays int = 30
+
+// ---------------------------------------------------------------------------------------------------------------
+
+var abbrs = loadJsonContent('abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+  application: 'apim-token-rotator'
+}
+var functionAppName = '${abbrs.webSitesFunctions}rotator-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
+var apimSubscription = empty(apimSubscriptionId) ? subscription().subscriptionId : apimSubscriptionId
+var cloudArmEndpoint = environment().resourceManager
+var trimmedCloudArmEndpoint = endsWith(cloudArmEndpoint, '/') ? substring(cloudArmEndpoint, 0, length(cloudArmEndpoint) - 1) : cloudArmEndpoint
+var effectiveArmEndpoint = !empty(armEndpoint) ? armEndpoint : trimmedCloudArmEndpoint
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: '${abbrs.managedIdentityUserAssignedIdentities}rotator-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: tags
+    retentionInDays: logRetentionInDays
+    publisherPrincipalId: identity.outputs.principalId
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    deadLetterContainerName: 'deadletter'
+    appPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: !empty(keyVaultName) ? keyVaultName : '${abbrs.keyVaultVaults}${resourceToken}'
+    location: location
+    tags: tags
+    appPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+    registrySecretName: registrySecretName
+    registryJson: rotationRegistryJson
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+  }
+}
+
+module outcomeTopic 'modules/outcome-topic.bicep' = if (deployOutcomeTopic) {
+  name: 'outcome-topic'
+  scope: rg
+  params: {
+    name: '${abbrs.eventGridDomainsTopics}rotator-${resourceToken}'
+    location: location
+    tags: tags
+    senderPrincipalId: identity.outputs.principalId
+  }
+}
+
+module functionApp 'modules/function-app.bicep' = {
+  name: 'function-app'
+  scope: rg
+  params: {
+    name: functionAppName
+    planName: '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: tags
+    azdServiceName: 'api'
+    pythonVersion: '3.11'
+    maximumInstanceCount: maximumInstanceCount
+    identityId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    deadLetterContainerName: storage.outputs.deadLetterContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    keyVaultUri: keyVault.outputs.vaultUri
+    registrySecretName: registrySecretName
+    armEndpoint: effectiveArmEndpoint
+    tokenLifetimeDays: tokenLifetimeDays
+    renewBeforeDays: renewBeforeDays
+    rotationDeadlineSeconds: rotationDeadlineSeconds
+    sweepSchedule: sweepSchedule
+    outcomeTopicEndpoint: deployOutcomeTopic ? outcomeTopic.outputs.endpoint : outcomeTopicEndpoint
+  }
+}
+
+// Least privilege on APIM: a custom role with exactly the three gateway actions, assignable only in the APIM
+// resource group and assigned only on the APIM service.
+module apimRole 'modules/apim-role-definition.bicep' = {
+  name: 'apim-gateway-token-role-${resourceToken}'
+  scope: subscription(apimSubscription)
+  params: {
+    roleName: 'APIM gateway token rotator (${environmentName}-${resourceToken})'
+    assignableScope: '/subscriptions/${apimSubscription}/resourceGroups/${apimResourceGroupName}'
+  }
+}
+
+module apimAccess 'modules/apim-access.bicep' = {
+  name: 'apim-access-${resourceToken}'
+  scope: resourceGroup(apimSubscription, apimResourceGroupName)
+  params: {
+    apimServiceName: apimServiceName
+    roleDefinitionId: apimRole.outputs.roleDefinitionId
+    principalId: identity.outputs.principalId
+  }
+}
+
+// Created only once the code is deployed: Event Grid validates the AzureFunction endpoint on creation.
+module apimEvents 'modules/apim-events.bicep' = if (deployEventSubscription) {
+  name: 'apim-events-${resourceToken}'
+  scope: resourceGroup(apimSubscription, apimResourceGroupName)
+  params: {
+    apimServiceName: apimServiceName
+    systemTopicName: !empty(systemTopicName) ? systemTopicName : '${abbrs.eventGridSystemTopics}${apimServiceName}'
+    subscriptionName: 'apim-token-rotator-${resourceToken}'
+    tags: tags
+    functionAppId: functionApp.outputs.resourceId
+    functionName: 'on_gateway_token_event'
+    identityId: identity.outputs.resourceId
+    deadLetterStorageId: storage.outputs.resourceId
+    deadLetterContainerName: storage.outputs.deadLetterContainerName
+    maxDeliveryAttempts: maxDeliveryAttempts
+    eventTimeToLiveInMinutes: eventTimeToLiveInMinutes
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+  }
+}
+
+module aksRole 'modules/aks-role-definition.bicep' = if (!empty(aksClusters)) {
+  name: 'aks-rotator-role-${resourceToken}'
+  params: {
+    roleName: 'AKS gateway token rotator (${environmentName}-${resourceToken})'
+  }
+}
+
+module aksAccess 'modules/aks-access.bicep' = [for cluster in aksClusters: {
+  name: 'aks-access-${cluster.name}-${resourceToken}'
+  scope: resourceGroup(cluster.resourceGroup)
+  params: {
+    clusterName: cluster.name
+    namespaces: cluster.namespaces
+    roleDefinitionId: aksRole.outputs.roleDefinitionId
+    principalId: identity.outputs.principalId
+  }
+}]
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    namePrefix: '${abbrs.insightsScheduledQueryRules}rotator-${resourceToken}'
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    actionGroupId: actionGroupId
+    expiryThresholdHours: 48
+  }
+}
+
+module deadLetterAlert 'modules/deadletter-alert.bicep' = if (deployEventSubscription) {
+  name: 'deadletter-alert'
+  scope: rg
+  params: {
+    name: '${abbrs.insightsMetricAlerts}rotator-deadletter-${resourceToken}'
+    tags: tags
+    systemTopicId: apimEvents.outputs.systemTopicId
+    actionGroupId: actionGroupId
+  }
+}
+
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    displayName: 'APIM gateway token rotation (${environmentName})'
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+  }
+}
+
+// Outputs become azd environment values. Names, ids and endpoints only: nothing here is a credential.
+@description('Region of the deployment.')
+output AZURE_LOCATION string = location
+
+@description('Tenant of the deployment.')
+output AZURE_TENANT_ID string = tenant().tenantId
+
+@description('Resource group of the app.')
+output AZURE_RESOURCE_GROUP string = rg.name
+
+@description('Name of the Function App (azd deploy target).')
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+
+@description('Resource id of the Function App.')
+output AZURE_FUNCTION_APP_ID string = functionApp.outputs.resourceId
+
+@description('Base URL of the HTTP API.')
+output ROTATOR_API_URL string = 'https://${functionApp.outputs.defaultHostName}/api'
+
+@description('Client id of the app identity (AZURE_CLIENT_ID of the app).')
+output ROTATOR_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+
+@description('Object id of the app identity: the subject of the Kubernetes RoleBinding on AKS clusters that use Kubernetes RBAC (infra/k8s).')
+output ROTATOR_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+
+@description('Name of the Key Vault.')
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+
+@description('Vault URI (KEY_VAULT_URL).')
+output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.vaultUri
+
+@description('Name of the Key Vault secret that holds the registry.')
+output ROTATION_REGISTRY_SECRET_NAME string = registrySecretName
+
+@description('Container that receives dead-lettered events (DEADLETTER_BLOB_URL).')
+output DEADLETTER_BLOB_URL string = '${storage.outputs.blobEndpoint}${storage.outputs.deadLetterContainerName}'
+
+@description('Whether this deployment created the Event Grid subscription (the postdeploy hook reads it).')
+output EVENT_SUBSCRIPTION_DEPLOYED bool = deployEventSubscription

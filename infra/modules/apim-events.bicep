@@ -1,0 +1,134 @@
+metadata description = 'Event Grid system topic on the APIM service and the subscription that delivers gateway-token events to on_gateway_token_event, with retries and identity-based dead-lettering. Deploy after the function code (the function must exist).'
+
+@description('Name of the existing API Management service (this module is deployed into its resource group).')
+param apimServiceName string
+
+@description('Name of the Event Grid system topic on the APIM service. An APIM service can have only one system topic: if it has one already, pass its name.')
+param systemTopicName string
+
+@description('Name of the event subscription.')
+param subscriptionName string = 'apim-token-rotator'
+
+@description('Tags applied to the system topic.')
+param tags object = {}
+
+@description('Resource id of the Function App that hosts on_gateway_token_event.')
+param functionAppId string
+
+@description('Name of the Event Grid-triggered function.')
+param functionName string = 'on_gateway_token_event'
+
+@description('Resource id of the user-assigned identity Event Grid uses to write dead letters (needs blob write on the dead-letter container).')
+param identityId string
+
+@description('Resource id of the storage account that receives dead letters.')
+param deadLetterStorageId string
+
+@description('Blob container that receives dead letters.')
+param deadLetterContainerName string
+
+@description('Delivery attempts before an event is dead-lettered (Event Grid allows 1-30).')
+@minValue(1)
+@maxValue(30)
+param maxDeliveryAttempts int = 30
+
+@description('Minutes an event is retried before it is dead-lettered (Event Grid allows 1-1440).')
+@minValue(1)
+@maxValue(1440)
+param eventTimeToLiveInMinutes int = 1440
+
+@description('Schema events are delivered in; the app accepts both.')
+@allowed([
+  'EventGridSchema'
+  'CloudEventSchemaV1_0'
+])
+param eventDeliverySchema string = 'EventGridSchema'
+
+@description('Resource id of the Log Analytics workspace for the topic\'s delivery-failure log; empty for none.')
+param logAnalyticsId string = ''
+
+resource apim 'Microsoft.ApiManagement/service@2023-05-01-preview' existing = {
+  name: apimServiceName
+}
+
+resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+  name: systemTopicName
+  location: apim.location
+  tags: tags
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    source: apim.id
+    topicType: 'Microsoft.ApiManagement.Service'
+  }
+}
+
+resource gatewayTokenEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
+  parent: systemTopic
+  name: subscriptionName
+  properties: {
+    destination: {
+      endpointType: 'AzureFunction'
+      properties: {
+        resourceId: '${functionAppId}/functions/${functionName}'
+        maxEventsPerBatch: 1
+        preferredBatchSizeInKilobytes: 64
+      }
+    }
+    eventDeliverySchema: eventDeliverySchema
+    filter: {
+      includedEventTypes: [
+        'Microsoft.ApiManagement.GatewayTokenNearExpiry'
+        'Microsoft.ApiManagement.GatewayTokenExpired'
+      ]
+      enableAdvancedFilteringOnArrays: true
+    }
+    retryPolicy: {
+      maxDeliveryAttempts: maxDeliveryAttempts
+      eventTimeToLiveInMinutes: eventTimeToLiveInMinutes
+    }
+    deadLetterWithResourceIdentity: {
+      identity: {
+        type: 'UserAssigned'
+        userAssignedIdentity: identityId
+      }
+      deadLetterDestination: {
+        endpointType: 'StorageBlob'
+        properties: {
+          resourceId: deadLetterStorageId
+          blobContainerName: deadLetterContainerName
+        }
+      }
+    }
+  }
+}
+
+resource deliveryLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsId)) {
+  name: 'delivery-failures-to-log-analytics'
+  scope: systemTopic
+  properties: {
+    workspaceId: logAnalyticsId
+    logs: [
+      {
+        category: 'DeliveryFailures'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
+
+@description('Resource id of the system topic (scope of the dead-letter alert).')
+output systemTopicId string = systemTopic.id
+
+@description('Name of the event subscription.')
+output eventSubscriptionName string = gatewayTokenEvents.name

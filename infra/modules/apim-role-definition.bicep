@@ -1,0 +1,36 @@
+metadata description = 'Custom role that lets the rotator read self-hosted gateways, generate their tokens and regenerate their keys - nothing else.'
+
+targetScope = 'subscription'
+
+@description('Display name of the custom role; unique in the tenant.')
+param roleName string
+
+@description('Resource id of the resource group that holds the APIM service; the only assignable scope.')
+param assignableScope string
+
+resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(subscription().id, assignableScope, roleName)
+  properties: {
+    roleName: roleName
+    description: 'APIM token rotator: read self-hosted gateways, generate gateway tokens, regenerate gateway keys (two-phase key roll only).'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: [
+          'Microsoft.ApiManagement/service/gateways/read'
+          'Microsoft.ApiManagement/service/gateways/generateToken/action'
+          'Microsoft.ApiManagement/service/gateways/regenerateKey/action'
+        ]
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      assignableScope
+    ]
+  }
+}
+
+@description('Resource id of the role definition.')
+output roleDefinitionId string = role.id

@@ -1,0 +1,212 @@
+metadata description = 'Flex Consumption plan and the Python Function App, identity-based storage and telemetry, with every app setting of DESIGN section 5.'
+
+@description('Name of the Function App.')
+param name string
+
+@description('Name of the Flex Consumption plan.')
+param planName string
+
+@description('Azure region of the plan and the app.')
+param location string
+
+@description('Tags applied to the plan and the app (the app also gets azd-service-name).')
+param tags object = {}
+
+@description('Service name in azure.yaml, tagged on the app so azd deploy finds it.')
+param azdServiceName string = 'api'
+
+@description('Python version of the worker; must match the version the project is tested on.')
+@allowed([
+  '3.11'
+])
+param pythonVersion string = '3.11'
+
+@description('Memory of one instance in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Upper bound of instances the plan scales out to.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Resource id of the user-assigned identity the app runs as.')
+param identityId string
+
+@description('Client id of the user-assigned identity (AZURE_CLIENT_ID, AzureWebJobsStorage__clientId).')
+param identityClientId string
+
+@description('Name of the storage account used for AzureWebJobsStorage and the deployment package.')
+param storageAccountName string
+
+@description('Blob container holding the deployment package.')
+param deploymentContainerName string
+
+@description('Blob container of dead-lettered events (DEADLETTER_BLOB_URL).')
+param deadLetterContainerName string
+
+@description('Name of the Application Insights component (same resource group).')
+param applicationInsightsName string
+
+@description('Vault URI of the Key Vault (KEY_VAULT_URL).')
+param keyVaultUri string
+
+@description('Name of the Key Vault secret that holds the registry JSON; ROTATION_REGISTRY becomes a Key Vault reference to it.')
+param registrySecretName string
+
+@description('Resource Manager endpoint (ARM_ENDPOINT), without a trailing slash.')
+param armEndpoint string
+
+@description('Lifetime of generated tokens in days (TOKEN_LIFETIME_DAYS), 1-30.')
+@minValue(1)
+@maxValue(30)
+param tokenLifetimeDays int = 29
+
+@description('Renew when the stored token expires within this many days (RENEW_BEFORE_DAYS).')
+@minValue(1)
+@maxValue(29)
+param renewBeforeDays int = 7
+
+@description('Budget in seconds of one event-driven reconcile (ROTATION_DEADLINE_SECONDS); below Event Grid\'s 30 s delivery timeout.')
+@minValue(5)
+@maxValue(25)
+param rotationDeadlineSeconds int = 20
+
+@description('NCRONTAB schedule of the safety sweep (SWEEP_SCHEDULE).')
+param sweepSchedule string = '0 0 * * * *'
+
+@description('Endpoint of the Event Grid topic for outcome events (OUTCOME_TOPIC_ENDPOINT); empty disables outcome events.')
+param outcomeTopicEndpoint string = ''
+
+@description('Extra app settings merged over the generated ones.')
+param extraAppSettings object = {}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+var appSettings = {
+  // Host storage through the identity; no connection string, no account key.
+  AzureWebJobsStorage__accountName: storage.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  // Telemetry with Entra ID auth (local auth is disabled on the component).
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // DESIGN section 5.
+  ROTATION_REGISTRY: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${registrySecretName})'
+  KEY_VAULT_URL: keyVaultUri
+  ARM_ENDPOINT: armEndpoint
+  TOKEN_LIFETIME_DAYS: string(tokenLifetimeDays)
+  RENEW_BEFORE_DAYS: string(renewBeforeDays)
+  ROTATION_DEADLINE_SECONDS: string(rotationDeadlineSeconds)
+  SWEEP_SCHEDULE: sweepSchedule
+  OUTCOME_TOPIC_ENDPOINT: outcomeTopicEndpoint
+  AZURE_CLIENT_ID: identityClientId
+  DEADLETTER_BLOB_URL: '${storage.properties.primaryEndpoints.blob}${deadLetterContainerName}'
+}
+
+// siteConfig.appSettings takes name/value pairs.
+var appSettingsList = [for setting in items(union(appSettings, extraAppSettings)): {
+  name: setting.key
+  value: setting.value
+}]
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; the app is stateless and Event Grid retries deliveries for 24 h, so a zone outage delays rotation, it does not lose it.
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, { 'azd-service-name': azdServiceName })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  // checkov:skip=CKV_AZURE_17: Callers are Event Grid (AzureFunction endpoint, system key) and operators with function keys; client certificates would break Event Grid delivery.
+  // checkov:skip=CKV_AZURE_222: Event Grid delivers over the public endpoint (no VNet integration here); every route needs a function key.
+  // checkov:skip=CKV_AZURE_212: Flex Consumption scales per instance (maximumInstanceCount); the App Service minimum-instance setting does not apply.
+  // checkov:skip=CKV_AZURE_213: GET /api/health needs a function key (auth level FUNCTION), so a platform health probe would mark every instance unhealthy; Flex Consumption replaces instances itself.
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    keyVaultReferenceIdentity: identityId
+    publicNetworkAccess: 'Enabled'
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      appSettings: appSettingsList
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+      }
+      runtime: {
+        name: 'python'
+        version: pythonVersion
+      }
+    }
+  }
+
+}
+
+// Deployments go through Entra ID (azd / az functionapp deployment with the deployer's identity), never basic auth.
+resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+@description('Name of the Function App.')
+output name string = functionApp.name
+
+@description('Resource id of the Function App.')
+output resourceId string = functionApp.id
+
+@description('Default host name of the Function App.')
+output defaultHostName string = functionApp.properties.defaultHostName

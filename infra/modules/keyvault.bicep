@@ -1,0 +1,117 @@
+metadata description = 'Key Vault in RBAC mode (soft delete, purge protection): the source of truth for gateway tokens, kubeconfigs and the registry.'
+
+@description('Name of the Key Vault (3-24 characters).')
+@minLength(3)
+@maxLength(24)
+param name string
+
+@description('Azure region of the Key Vault.')
+param location string
+
+@description('Tags applied to the Key Vault.')
+param tags object = {}
+
+@description('Principal id of the app identity, granted Key Vault Secrets Officer (read and write token secrets, read kubeconfigs and the registry).')
+param appPrincipalId string
+
+@description('Optional principal id of the deploying user, granted Key Vault Secrets Officer to upload the registry and kubeconfigs; empty for none.')
+param userPrincipalId string = ''
+
+@description('Name of the secret that holds the registry JSON (ROTATION_REGISTRY is a Key Vault reference to it).')
+param registrySecretName string = 'rotation-registry'
+
+@description('Registry JSON to store in registrySecretName; empty leaves the secret alone (upload it yourself with az keyvault secret set).')
+@secure()
+param registryJson string = ''
+
+@description('Resource id of the Log Analytics workspace that receives the vault audit log; empty for none.')
+param logAnalyticsId string = ''
+
+@description('Days a deleted vault or secret stays recoverable.')
+@minValue(7)
+@maxValue(90)
+param softDeleteRetentionInDays int = 90
+
+// Key Vault Secrets Officer: get/list/set secret versions and tags. The app writes a new token version per rotation,
+// so the read-only Key Vault Secrets User is not enough.
+var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: name
+  location: location
+  tags: tags
+  // checkov:skip=CKV_AZURE_109: The Flex Consumption app has no VNet integration in this template, so a default-deny firewall would lock it out; access is RBAC-only.
+  // checkov:skip=CKV_AZURE_189: Same as CKV_AZURE_109: public endpoint needed without VNet integration; every call is Entra-authenticated and RBAC-authorised.
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: softDeleteRetentionInDays
+    enablePurgeProtection: true
+    enabledForDeployment: false
+    enabledForDiskEncryption: false
+    enabledForTemplateDeployment: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+// A module, not a conditional resource, so the secret's own settings stay visible to static checks.
+module registrySecret 'registry-secret.bicep' = if (!empty(registryJson)) {
+  name: 'registry-secret'
+  params: {
+    vaultName: vault.name
+    secretName: registrySecretName
+    registryJson: registryJson
+  }
+}
+
+resource appSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, appPrincipalId, keyVaultSecretsOfficerRoleId)
+  scope: vault
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficerRoleId)
+  }
+}
+
+resource userSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  name: guid(vault.id, userPrincipalId, keyVaultSecretsOfficerRoleId)
+  scope: vault
+  properties: {
+    principalId: userPrincipalId
+    principalType: 'User'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficerRoleId)
+  }
+}
+
+resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsId)) {
+  name: 'audit-to-log-analytics'
+  scope: vault
+  properties: {
+    workspaceId: logAnalyticsId
+    logs: [
+      {
+        categoryGroup: 'audit'
+        enabled: true
+      }
+    ]
+  }
+}
+
+@description('Name of the Key Vault.')
+output name string = vault.name
+
+@description('Resource id of the Key Vault.')
+output resourceId string = vault.id
+
+@description('Vault URI (KEY_VAULT_URL), ending in a slash.')
+output vaultUri string = vault.properties.vaultUri
