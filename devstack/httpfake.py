@@ -8,7 +8,8 @@ Each fake is a `FakeServer` with regex routes. Every server also answers, withou
   string excluded) get `status` (with an error body in the service's shape and `Retry-After` when
   given) instead of the real handler. `delaySeconds` sleeps first (then the real handler answers when
   there is no `status`); `drop` closes the connection without an answer. `times` null or omitted = 1;
-  0 or negative = until `DELETE /_devstack/faults`. Answers `{"id": n}`.
+  0 or negative = until `DELETE /_devstack/faults`. Optional `code` / `message` set the error body's
+  `error.code` (default: the status phrase, e.g. `TooManyRequests`) and `error.message`. Answers `{"id": n}`.
 - `GET /_devstack/faults` (armed faults), `DELETE /_devstack/faults` (disarm all).
 - `GET /_devstack/calls`: `[{"method", "path", "status", "fault"}]` of every non-control request in
   order (`status` null when the connection was dropped); `DELETE /_devstack/calls` clears it.
@@ -116,12 +117,13 @@ class Fault:
     delay: float
     drop: bool
     code: str | None
+    message: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "method": self.method, "path": self.path.pattern, "status": self.status,
             "times": self.remaining, "retryAfter": self.retry_after, "delaySeconds": self.delay,
-            "drop": self.drop, "code": self.code,
+            "drop": self.drop, "code": self.code, "message": self.message,
         }
 
 
@@ -160,12 +162,15 @@ def parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
     code = spec.get("code")
     if code is not None and not isinstance(code, str):
         raise bad("code", "must be a string")
+    message = spec.get("message")
+    if message is not None and not isinstance(message, str):
+        raise bad("message", "must be a string")
     if status is None and not drop and not delay:
         raise bad("status", "is required unless drop or delaySeconds is set")
     return Fault(
         id=fault_id, method=method.upper() if method else None, path=compiled, status=status,
         remaining=times if times > 0 else None, retry_after=retry_after, delay=float(delay),
-        drop=drop, code=code,
+        drop=drop, code=code, message=message,
     )
 
 
@@ -333,7 +338,7 @@ class FakeServer:
                     headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else str(ra)
                 reason = _reason(fault.status)
                 response = self.error_response(fault.status, fault.code or reason,
-                                               f"injected fault ({self.name})", headers)
+                                               fault.message or f"injected fault ({self.name})", headers)
                 self._record(request, response.status, fault=True)
                 return response
         response = self._run(self._routes, request)
