@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from rotation import bootstrap
+from rotation.core.errors import UpstreamError
+from tests.functions.conftest import http
+from tests.service.conftest import World
+
+URL = "http://localhost/api/gateways/contoso-apim/gw-1/rotate"
+ROUTE = {"service": "contoso-apim", "gateway": "gw-1"}
+
+
+def test_rotate_returns_the_report(app_world: World) -> None:
+    status, body = http("rotate", "POST", URL, ROUTE, {"reason": "manual", "force": True})
+    assert status == 200
+    assert body["rotated"] is True and body["reason"] == "manual" and body["ok"] is True
+    assert [t["outcome"] for t in body["targets"]] == ["updated", "updated"]
+    stored = app_world.store.get(app_world.gw1.key_vault_secret)
+    assert stored is not None and body["fingerprint"] == stored.token.fingerprint
+    assert stored.token.value not in str(body)
+
+
+def test_rotate_without_body_uses_defaults(app_world: World) -> None:
+    status, body = http("rotate", "POST", URL, ROUTE)
+    assert status == 200 and body["reason"] == "http request" and not body["dryRun"]
+
+
+def test_partial_failure_is_207(app_world: World) -> None:
+    app_world.west.faults.queue["read"] = [UpstreamError("cluster west unreachable")]
+    status, body = http("rotate", "POST", URL, ROUTE)
+    assert status == 207
+    assert [t["outcome"] for t in body["targets"]] == ["updated", "failed"]
+    assert body["targets"][1]["error"] == "cluster west unreachable"
+
+
+def test_dry_run_over_http(app_world: World) -> None:
+    status, body = http("rotate", "POST", URL, ROUTE, {"dryRun": True})
+    assert status == 200 and body["dryRun"] is True
+    assert {t["outcome"] for t in body["targets"]} == {"planned"}
+    assert app_world.issuer.calls == [] and app_world.store.writes == 0
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "status", "message"),
+    [
+        ({"service": "contoso-apim", "gateway": "nope"}, b"", 404, "gateway contoso-apim/nope is not in the registry"),
+        ({"service": "contoso-apim", "gateway": ".."}, b"", 400, "invalid gateway name '..'"),
+        ({"service": "contoso-apim", "gateway": "a%2Fb"}, b"", 400, "invalid gateway name"),
+        ({"service": "contoso-apim", "gateway": "g" * 300}, b"", 400, "invalid gateway name"),
+        ({"service": "contoso_apim", "gateway": "gw-1"}, b"", 400, "invalid APIM service name"),
+        ({"service": "cöntoso", "gateway": "gw-1"}, b"", 400, "invalid APIM service name"),
+        (ROUTE, b"{not json", 400, "request body must be JSON"),
+        (ROUTE, b"[1]", 400, "request body must be a JSON object"),
+        (ROUTE, b'{"force": "yes"}', 400, "field 'force' must be a bool"),
+        (ROUTE, b'{"reason": 5}', 400, "field 'reason' must be a str"),
+        (ROUTE, b'{"forse": true}', 400, "unknown field 'forse'"),
+        (ROUTE, b'{"reason": "' + b"x" * 300 + b'"}', 400, "longer than 200"),
+    ],
+)
+def test_bad_requests_write_nothing(app_world: World, route: dict[str, str], body: bytes, status: int,
+                                    message: str) -> None:
+    got, answer = http("rotate", "POST", URL, route, body)
+    assert got == status and message in answer["error"]
+    assert app_world.issuer.calls == [] and app_world.store.calls == []
+    assert app_world.east.calls == [] and app_world.west.calls == []
+
+
+def test_transient_failure_is_503_with_retry_after(app_world: World) -> None:
+    app_world.store.faults.queue["get"] = [UpstreamError("Key Vault get: 503 ServiceUnavailable")]
+    status, body = http("rotate", "POST", URL, ROUTE)
+    assert status == 503 and "503" in body["error"]
+
+
+def test_status_routes(app_world: World) -> None:
+    token = app_world.seed_token(app_world.gw1, timedelta(days=20))
+    status, body = http("list_gateways", "GET", "http://localhost/api/gateways")
+    assert status == 200
+    gw1, gw2 = body["gateways"]
+    assert gw1["expiresAt"] == token.expires_at.isoformat() and gw1["keyType"] == "primary"
+    assert [t["state"] for t in gw1["targets"]] == ["in_sync", "in_sync"]
+    assert gw1["targets"][0]["rollouts"] == [{"workload": "deployment/gw1", "ready": True, "detail": "1/1 updated"}]
+    assert gw2["error"] == "no token in Key Vault"
+    status, one = http("get_gateway", "GET", "http://localhost/api/gateways/contoso-apim/gw-1", ROUTE)
+    assert status == 200 and one == gw1
+    assert token.value not in str(body)
+    status, missing = http("get_gateway", "GET", "http://localhost/api/gateways/contoso-apim/x",
+                           {"service": "contoso-apim", "gateway": "x"})
+    assert status == 404
+
+
+def test_roll_keys_route(app_world: World) -> None:
+    app_world.seed_token(app_world.gw1, timedelta(days=20))
+    url = "http://localhost/api/gateways/contoso-apim/gw-1/roll-keys"
+    status, body = http("roll_keys", "POST", url, ROUTE, {"dryRun": True})
+    assert status == 200 and body["phase"] == "planned"
+    status, body = http("roll_keys", "POST", url, ROUTE, {"waitSeconds": 0})
+    assert status == 200 and body["phase"] == "completed" and body["regenerated"] is True
+    assert (body["fromKey"], body["toKey"]) == ("primary", "secondary")
+    status, body = http("roll_keys", "POST", url, ROUTE, {"waitSeconds": 999})
+    assert status == 400
+
+
+def test_health(app_world: World) -> None:
+    status, body = http("health", "GET", "http://localhost/api/health")
+    assert status == 200 and body == {"status": "ok", "gateways": 2, "clusters": 2}
+
+
+def test_health_reports_invalid_settings() -> None:
+    bootstrap.reset({"ROTATION_REGISTRY": '{"clusters": [], "gateways": [{}]}', "KEY_VAULT_URL": "https://kv"})
+    try:
+        status, body = http("health", "GET", "http://localhost/api/health")
+        assert status == 503 and "gateways[0]: unknown field" not in body["error"]
+        assert "gateways[0].id: is required" in body["error"]
+        status, body = http("rotate", "POST", URL, ROUTE)
+        assert status == 500 and "misconfigured" in body["error"]
+    finally:
+        bootstrap.reset()
