@@ -341,6 +341,9 @@ def stop(directory: Path | str, *, grace: float = 5.0) -> list[str]:
                     os.killpg(pid, signal.SIGKILL)
                 while _alive(pid) and time.monotonic() < deadline + 5:
                     time.sleep(0.05)
+            if not _alive(pid):
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, 0)  # reap it if it is our child (no-op otherwise)
             f.unlink(missing_ok=True)
     return stopped
 
