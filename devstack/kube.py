@@ -28,6 +28,7 @@ import socket
 import ssl
 import string
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -89,14 +90,20 @@ def ensure_binaries(*, build: bool = True, timeout: float = 1800) -> KubeBinarie
             f"run `sudo {SCRIPT}` once (builds it from Debian's kubernetes source package, ~3-5 min)"
         )
     try:
-        done = subprocess.run(["bash", str(SCRIPT)], stdout=subprocess.PIPE, stderr=None, text=True,
-                              timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        with subprocess.Popen(["bash", str(SCRIPT)], stdout=subprocess.PIPE, stderr=None, text=True,
+                              stdin=subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None
+            started = time.monotonic()
+            for line in proc.stdout:  # progress, streamed; the last line is the binary's path
+                print(line.rstrip("\n"), file=sys.stderr, flush=True)
+                if time.monotonic() - started > timeout:
+                    proc.kill()
+                    raise KubeStackError(f"{SCRIPT} took longer than {timeout:.0f}s")
+            code = proc.wait()
+    except OSError as exc:
         raise KubeStackError(f"{SCRIPT} could not run: {exc}") from exc
-    for line in done.stdout.splitlines()[:-1]:
-        print(line, flush=True)  # the script's progress lines
-    if done.returncode != 0:
-        raise KubeStackError(f"{SCRIPT} failed (exit {done.returncode}); see its output above")
+    if code != 0:
+        raise KubeStackError(f"{SCRIPT} failed (exit {code}); see its output above")
     found = find_binaries()
     if found is None:
         raise KubeStackError(f"{SCRIPT} finished but no kube-apiserver/etcd binary was found")
@@ -248,6 +255,9 @@ def start_clusters(directory: Path | str, names: Sequence[str], tls: ServingTLS,
     d = Path(directory).resolve()
     if not names or len(set(names)) != len(names) or not all(_NAME.match(n) for n in names):
         raise ValueError(f"cluster names must be unique DNS labels, got {list(names)!r}")
+    running = running_processes(d)
+    if running:
+        raise KubeStackError(f"{d} already runs {', '.join(running)}; stop({str(d)!r}) first")
     bins = binaries or ensure_binaries()
     d.mkdir(parents=True, exist_ok=True)
     (d / "kube").mkdir(exist_ok=True)
@@ -306,6 +316,19 @@ def _is_ours(pid: int) -> bool:
     except OSError:
         return False
     return os.path.basename(cmd) in (b"etcd", b"kube-apiserver")
+
+
+def running_processes(directory: Path | str) -> list[str]:
+    """Names of the processes recorded in `dir/pids` that still run."""
+    found = []
+    for f in sorted((Path(directory) / "pids").glob("*.pid")):
+        try:
+            pid = int(f.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _is_ours(pid) and _alive(pid):
+            found.append(f.stem)
+    return found
 
 
 def stop(directory: Path | str, *, grace: float = 5.0) -> list[str]:

@@ -235,12 +235,17 @@ class KubernetesClusterClient:
             raise
         except ApiException as exc:
             raise self._api_error(exc, verb, what, secret) from None
+        except urllib3.exceptions.NewConnectionError as exc:
+            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
+                                f"{_short_reason(exc)}") from None
         except urllib3.exceptions.TimeoutError:
             raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what} timed out"
                                 + (f" after {timeout:g}s" if timeout is not None else "")) from None
         except urllib3.exceptions.MaxRetryError as exc:
             reason = exc.reason
-            if isinstance(reason, urllib3.exceptions.TimeoutError):
+            if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
+                detail = _short_reason(reason)
+            elif isinstance(reason, urllib3.exceptions.TimeoutError):
                 detail = "timed out" + (f" after {timeout:g}s" if timeout is not None else "")
             elif isinstance(reason, urllib3.exceptions.SSLError):
                 detail = f"TLS error: {reason}"
@@ -355,14 +360,27 @@ class KubernetesClusters:
         self._read_kubeconfig = read_kubeconfig
         self._lock = threading.Lock()
         self._clients: dict[Cluster, KubernetesClusterClient] = {}
+        self._building: dict[Cluster, threading.Lock] = {}
 
     def client(self, cluster: Cluster) -> KubernetesClusterClient:
         with self._lock:
             found = self._clients.get(cluster)
-            if found is None:
-                found = KubernetesClusterClient(cluster.name, self._api_client(cluster))
-                self._clients[cluster] = found
-            return found
+            if found is not None:
+                return found
+            building = self._building.setdefault(cluster, threading.Lock())
+        # Build outside the shared lock (a kubeconfig comes from Key Vault over the network), once
+        # per cluster: concurrent callers for the same cluster wait for the first one.
+        with building:
+            with self._lock:
+                found = self._clients.get(cluster)
+            if found is not None:
+                return found
+            made = KubernetesClusterClient(cluster.name, self._api_client(cluster))
+            log.debug("kubernetes client for cluster %s built (auth %s)", cluster.name,
+                      "aks" if isinstance(cluster.auth, AksAuth) else "kubeconfig")
+            with self._lock:
+                self._clients[cluster] = made
+            return made
 
     def close(self) -> None:
         with self._lock:

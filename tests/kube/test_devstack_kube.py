@@ -108,7 +108,11 @@ def test_stop_without_processes_is_a_no_op(tmp_path: Path) -> None:
 
 
 @pytest.mark.devstack
-def test_processes_are_recorded(kube_stack: KubeStack) -> None:
+def test_processes_are_recorded_and_a_second_start_is_refused(kube_stack: KubeStack) -> None:
+    assert kube.running_processes(kube_stack.dir) == ["apiserver-east", "apiserver-west", "etcd"]
+    tls = kube.ServingTLS(kube_stack.west.ca_pem, kube_stack.west.ca_pem, kube_stack.west.ca_pem)
+    with pytest.raises(kube.KubeStackError, match="already runs"):
+        kube.start_clusters(kube_stack.dir, ["west"], tls, {})
     pids = sorted(p.stem for p in (kube_stack.dir / "pids").glob("*.pid"))
     assert pids == ["apiserver-east", "apiserver-west", "etcd"]
     for name, binary in (("etcd", "etcd"), ("apiserver-west", "kube-apiserver")):

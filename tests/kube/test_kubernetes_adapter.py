@@ -304,7 +304,8 @@ def test_closed_port_is_upstream_error_quickly(kube_stack: KubeStack) -> None:
         port = s.getsockname()[1]  # closed once the block ends
     c = kube_stack.clusters().client(kube_stack.aks_cluster(name="gone", server=f"https://127.0.0.1:{port}"))
     started = time.monotonic()
-    with pytest.raises(UpstreamError, match="cluster gone unreachable: get secrets gw/gw-token"):
+    with pytest.raises(UpstreamError,
+                       match=r"cluster gone unreachable: get secrets gw/gw-token: .*Connection refused"):
         c.read_secret(NS, SECRET, KEY, timeout=5)
     assert time.monotonic() - started < 2
 
@@ -327,7 +328,7 @@ def test_silent_server_times_out_within_the_budget(kube_stack: KubeStack) -> Non
 def test_untrusted_server_certificate_is_upstream_error(kube_stack: KubeStack) -> None:
     other_ca = trustme.CA().cert_pem.bytes()
     c = kube_stack.clusters().client(kube_stack.aks_cluster(name="spoofed", ca_pem=other_ca))
-    with pytest.raises(UpstreamError, match="cluster spoofed unreachable"):
+    with pytest.raises(UpstreamError, match=r"cluster spoofed unreachable: get secrets gw/gw-token: .*certificate verify failed"):
         c.read_secret(NS, SECRET, KEY, timeout=5)
 
 
