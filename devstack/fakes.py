@@ -1,4 +1,4 @@
-"""Runs the fake Azure endpoints (managed identity, ARM, Key Vault) in one process.
+"""Runs the fake Azure endpoints (managed identity, ARM, Key Vault, Event Grid topic) in one process.
 
 In-process (tests):
 
@@ -18,6 +18,7 @@ and removes it on SIGTERM/SIGINT. Format:
                   "header": "<IDENTITY_HEADER>"},
      "arm": {"url": "https://127.0.0.1:P2"},
      "keyvault": {"url": "https://127.0.0.1:P3", "tenant": "<tenant id>"},
+     "eventgrid": {"url": "https://127.0.0.1:P4", "endpoint": "https://127.0.0.1:P4/api/events"},
      "env": {"IDENTITY_ENDPOINT": …, "IDENTITY_HEADER": …, "REQUESTS_CA_BUNDLE": "D/ca.pem"}}
 
 Config (every key optional):
@@ -25,7 +26,8 @@ Config (every key optional):
     {"identity": {"header": "<secret>", "tokens": {"<resource>": "<token>"}, "port": 0,
                   "lifetimeSeconds": 3600},
      "arm": {"gateways": ["<full ARM gateway id>", …], "port": 0},
-     "keyvault": {"tenant": "<guid>", "port": 0}}
+     "keyvault": {"tenant": "<guid>", "port": 0},
+     "eventgrid": {"port": 0}}
 
 The CA in `D` (`ca.pem` + `ca-key.pem`) is reused when present, else created.
 """
@@ -45,8 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from devstack import arm as arm_fake
+from devstack import eventgrid as eg_fake
 from devstack import keyvault as kv_fake
 from devstack.arm import ArmFake
+from devstack.eventgrid import EventGridFake
 from devstack.identity import IdentityFake
 from devstack.keyvault import DEFAULT_TENANT, KeyVaultFake
 from devstack.tls import DevCA
@@ -61,6 +65,7 @@ class Fakes:
     identity: IdentityFake
     arm: ArmFake
     keyvault: KeyVaultFake
+    eventgrid: EventGridFake
 
     @property
     def ca_path(self) -> str:
@@ -79,6 +84,7 @@ class Fakes:
                          "header": self.identity.header},
             "arm": {"url": self.arm.url},
             "keyvault": {"url": self.keyvault.url, "tenant": self.keyvault.tenant},
+            "eventgrid": {"url": self.eventgrid.url, "endpoint": self.eventgrid.endpoint},
             "env": self.env(),
         }
 
@@ -92,7 +98,7 @@ class Fakes:
         return path
 
     def stop(self) -> None:
-        for server in (self.keyvault, self.arm, self.identity):
+        for server in (self.eventgrid, self.keyvault, self.arm, self.identity):
             with contextlib.suppress(Exception):
                 server.stop()
 
@@ -111,11 +117,12 @@ def _section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 
 def start(directory: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> Fakes:
-    """Starts identity + ARM + Key Vault on loopback (threads of this process); returns once listening."""
+    """Starts identity + ARM + Key Vault + Event Grid on loopback (threads of this process); returns once listening."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     config = config or {}
-    ident_cfg, arm_cfg, kv_cfg = (_section(config, n) for n in ("identity", "arm", "keyvault"))
+    ident_cfg, arm_cfg, kv_cfg, eg_cfg = (_section(config, n)
+                                          for n in ("identity", "arm", "keyvault", "eventgrid"))
     ca = DevCA.load_or_create(d)
     identity = IdentityFake(header=ident_cfg.get("header"), tokens=ident_cfg.get("tokens") or {},
                             lifetime_seconds=int(ident_cfg.get("lifetimeSeconds", 3600)),
@@ -125,11 +132,12 @@ def start(directory: str | os.PathLike[str], config: Mapping[str, Any] | None = 
     keyvault = KeyVaultFake(ca.server_context(d, "keyvault-server"),
                             authorize=kv_fake.identity_authorizer(identity),
                             tenant=str(kv_cfg.get("tenant") or DEFAULT_TENANT), port=int(kv_cfg.get("port", 0)))
-    fakes = Fakes(d, ca, identity, arm, keyvault)
+    eventgrid = EventGridFake(ca.server_context(d, "eventgrid-server"),
+                              authorize=eg_fake.identity_authorizer(identity), port=int(eg_cfg.get("port", 0)))
+    fakes = Fakes(d, ca, identity, arm, keyvault, eventgrid)
     try:
-        identity.start()
-        arm.start()
-        keyvault.start()
+        for server in (identity, arm, keyvault, eventgrid):
+            server.start()
     except Exception:
         fakes.stop()
         raise

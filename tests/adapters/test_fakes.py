@@ -203,3 +203,20 @@ def test_runner_writes_fakes_json_and_removes_it_on_sigterm(tmp_path: Path) -> N
     assert proc.returncode == 0, err.decode()
     assert not info_path.exists()
     assert b"h-1" not in out  # the identity header is not printed
+
+
+def test_eventgrid_topic_receives_cloudevents_from_the_sdk(fakes: Fakes) -> None:
+    from azure.core.messaging import CloudEvent
+    from azure.eventgrid import EventGridPublisherClient
+
+    client = EventGridPublisherClient(fakes.eventgrid.endpoint, build_credential(None))
+    client.send([CloudEvent(source="/apim-token-rotator", type="ApimTokenRotator.TokenRotated",
+                            subject="gw", data={"ok": True})])
+    client.close()
+
+    [received] = fakes.eventgrid.events()
+    assert received["schema"] == "cloudevents"
+    assert (received["event"]["type"], received["event"]["data"]) == ("ApimTokenRotator.TokenRotated", {"ok": True})
+    assert "https://eventgrid.azure.net" in [r["resource"] for r in fakes.identity.requests()]
+    unauthorized = requests.post(fakes.eventgrid.endpoint, json=[{}], verify=fakes.ca_path, timeout=10)
+    assert unauthorized.status_code == 401
