@@ -208,3 +208,19 @@ def test_clients_are_cached_per_subscription(fakes: Fakes, gateway: GatewayRef) 
     # One token from the identity endpoint served both calls (credential caching through the SDK).
     assert sum(1 for r in fakes.identity.requests() if r["resource"] == fakes.arm.url) == 1
     arm.close()
+
+
+def test_concurrent_calls_share_one_client_per_subscription(fakes: Fakes, gateway: GatewayRef) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    other_sub = GatewayRef("00000000-0000-4000-8000-000000000002", "rg", "apim-b", "gw-b")
+    fakes.arm.create_gateway(other_sub.id)
+    arm = issuer(fakes)
+    refs = [gateway, other_sub] * 6
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        tokens = list(pool.map(lambda ref: arm.generate_token(ref, KeyType.PRIMARY, in_days(29), 10), refs))
+
+    assert all(fakes.arm.verify(ref.id, t)["valid"] for ref, t in zip(refs, tokens, strict=True))
+    assert len(arm._clients) == 2
+    arm.close()

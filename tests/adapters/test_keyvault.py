@@ -216,3 +216,15 @@ def test_unreachable_vault_is_an_upstream_error(fakes: Fakes) -> None:
     with pytest.raises(UpstreamError, match="Key Vault get of secret 'tok' failed"):
         KeyVaultTokenStore(build_credential(None), url, verify_challenge_resource=False,
                            retry_total=0).get("tok", timeout=5)
+
+
+def test_forbidden_is_access_denied(fakes: Fakes) -> None:
+    kv = store(fakes, retry_total=0)
+    kv.put("tok", record())
+    fakes.keyvault.add_fault({"method": "GET", "path": "^/secrets", "status": 403, "code": "Forbidden",
+                              "message": "The user does not have secrets get permission", "times": 0})
+
+    with pytest.raises(AccessDenied, match=r"Key Vault get of secret 'tok' failed: 403 Forbidden"):
+        kv.get("tok")
+    with pytest.raises(AccessDenied, match="listing"):
+        kv.list()
