@@ -27,7 +27,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -160,17 +160,31 @@ class KubernetesClusterClient:
                 value = None  # not base64: treat as no token (never echo it)
         meta = secret.metadata
         version = meta.resource_version if meta is not None else None
-        return SecretState(resource_version=str(version or ""), value=value)
+        annotations = dict(meta.annotations or {}) if meta is not None else {}
+        return SecretState(resource_version=str(version or ""), value=value, annotations=annotations)
 
     def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
-                         timeout: float | None = None) -> None:
+                         timeout: float | None = None,
+                         annotations: Mapping[str, str | None] | None = None) -> None:
         from kubernetes import client
 
         if not resource_version:
             raise PermanentError(f"cluster {self.name}: refusing to patch secrets {namespace}/{name} "
                                  "without a resourceVersion precondition")
-        body = {"metadata": {"resourceVersion": resource_version}, "stringData": {key: value}}
+        metadata: dict[str, Any] = {"resourceVersion": resource_version}
+        if annotations:
+            metadata["annotations"] = dict(annotations)  # None deletes a key in a strategic merge patch
+        body = {"metadata": metadata, "stringData": {key: value}}
         with self._errors("patch", f"secrets {namespace}/{name}", timeout, value) as t:
+            client.CoreV1Api(self._api).patch_namespaced_secret(
+                name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t)
+
+    def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
+                        timeout: float | None = None) -> None:
+        from kubernetes import client
+
+        body = {"metadata": {"annotations": dict(annotations)}}
+        with self._errors("patch", f"secrets {namespace}/{name}", timeout) as t:
             client.CoreV1Api(self._api).patch_namespaced_secret(
                 name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t)
 

@@ -1,0 +1,167 @@
+"""`make demo`: the product's main job, end to end, on the local stack.
+
+Starts the devstack (real kube-apiservers with RBAC, HTTPS fakes of ARM, Key Vault and the identity
+endpoint), shows gateways whose tokens expire within the renew window, delivers one
+`GatewayTokenNearExpiry` event per gateway to the real Event Grid function (decoded by
+azure-functions' own converter), prints each target as it completes and the report, delivers a
+duplicate to show that it writes nothing, checks every target's token with the ARM fake, shows the
+status, and stops the stack. Exit 0 only if every target ended up updated with a valid token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from devstack import stack as devstack
+
+
+class _Progress(logging.Handler):
+    """Turns the structured `rotation.*` log records into demo output as they happen."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+        self.reconciles: list[dict[str, Any]] = []
+        self.targets: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event, _, payload = record.getMessage().partition(" ")
+        if not event.startswith("rotation.") or not payload.startswith("{"):
+            return
+        fields = json.loads(payload)
+        if event == "rotation.token":
+            print(f"    new token {fields['fingerprint']} from the {fields['keyType']} key, "
+                  f"expires {fields['expiresAt'][:16]}Z, stored in Key Vault first", file=self.out)
+        elif event == "rotation.target":
+            self.targets.append(fields)
+            restarted = f", restarted {', '.join(fields['restarted'])}" if fields["restarted"] else ""
+            error = f" ({fields['error']})" if fields.get("error") else ""
+            print(f"    {fields['outcome']:8} {fields['cluster']}/{fields['namespace']}/{fields['secret']}"
+                  f" in {fields['durationMs']} ms{restarted}{error}", file=self.out)
+        elif event == "rotation.reconcile":
+            self.reconciles.append(fields)
+
+
+def _event(gateway: str, expires_at: str) -> dict[str, Any]:
+    instance = f"{gateway}-7c9d8f6b5-{uuid.uuid4().hex[:5]}"
+    return {
+        "id": str(uuid.uuid4()), "topic": devstack.SERVICE_ID, "subject": f"/gateways/{gateway}/{instance}",
+        "eventType": "Microsoft.ApiManagement.GatewayTokenNearExpiry",
+        "eventTime": datetime.now(UTC).isoformat(), "dataVersion": "1", "metadataVersion": "1",
+        "data": {"gatewayInfo": {"gatewayId": gateway, "instanceId": instance},
+                 "tokenInfo": {"expiresAtUtc": expires_at}},
+    }
+
+
+def _deliver(payload: dict[str, Any]) -> None:
+    from azure.functions import meta
+    from azure.functions.eventgrid import EventGridEventInConverter
+
+    import function_app
+
+    handler = {f.get_function_name(): f for f in _indexed(function_app)}["on_gateway_token_event"]
+    event = EventGridEventInConverter.decode(meta.Datum(type="json", value=json.dumps(payload)),
+                                             trigger_metadata=None)
+    handler.get_user_function()(event)
+
+
+_INDEX: list[Any] = []
+
+
+def _indexed(module: Any) -> list[Any]:
+    if not _INDEX:
+        _INDEX.extend(module.app.get_functions())
+    return _INDEX
+
+
+def run(directory: Path, *, keep: bool = False, out: TextIO) -> int:
+    from rotation import bootstrap
+    from rotation.cli import main as cli
+
+    started = time.monotonic()
+    print("== 1. local stack: 2 real kube-apiservers (RBAC on) + HTTPS fakes of ARM, Key Vault, managed identity",
+          file=out)
+    stack = devstack.up(directory, say=lambda m: print(f"   {m}", file=out))
+    ok = False
+    try:
+        os.environ.update(stack.settings)
+        bootstrap.reset()
+        settings_file = stack.dir / "settings.json"
+        print(f"   ready in {time.monotonic() - started:.1f}s; settings in {settings_file}", file=out)
+
+        print("\n== 2. seeded state: every token expires within RENEW_BEFORE_DAYS (7)", file=out)
+        cli(["status"], out)
+
+        print("\n== 3. Event Grid delivers GatewayTokenNearExpiry for each gateway to on_gateway_token_event",
+              file=out)
+        progress = _Progress(out)
+        logger = logging.getLogger("rotation")
+        logger.addHandler(progress)
+        logger.setLevel(logging.INFO)
+        try:
+            status = bootstrap.container().rotator.status(timeout=20)
+            for gw in status:
+                expires = gw.expires_at.strftime("%Y-%m-%dT%H:%M:%S.0000000Z") if gw.expires_at else ""
+                print(f"  -> {gw.service}/{gw.gateway}", file=out)
+                _deliver(_event(gw.gateway, expires))
+                last = progress.reconciles[-1]
+                print(f"    report: rotated={last['rotated']} outcome={last['outcome']} "
+                      f"in {last['durationMs']} ms", file=out)
+            print("\n== 4. the same event again (Event Grid delivers at least once): nothing is written", file=out)
+            before = len(progress.targets)
+            _deliver(_event(status[0].gateway, ""))
+            again = progress.targets[before:]
+        finally:
+            logger.removeHandler(progress)
+
+        print("\n== 5. every target checked against APIM (the ARM fake verifies the signature)", file=out)
+        valid = _verify_targets(stack, out)
+
+        print("\n== 6. status after rotation (once the restarted workloads have rolled out)", file=out)
+        rotator = bootstrap.container().rotator
+        wait_until = time.monotonic() + 30
+        while not all(s.healthy for s in rotator.status(timeout=20)) and time.monotonic() < wait_until:
+            time.sleep(0.5)
+        healthy = cli(["status"], out) == 0
+        first_pass = progress.targets[:before]
+        updated = all(t["outcome"] == "updated" for t in first_pass) and len(first_pass) == 4
+        dup_ok = all(t["outcome"] == "in_sync" for t in again)
+        ok = updated and dup_ok and valid and healthy
+        print(f"\n{'OK' if ok else 'FAILED'}: {len(first_pass)} targets updated, duplicate wrote nothing: "
+              f"{dup_ok}, tokens valid: {valid}, status healthy: {healthy} "
+              f"({time.monotonic() - started:.1f}s)", file=out)
+    finally:
+        if keep:
+            print(f"stack left running: python -m rotation --settings {stack.dir / 'settings.json'} status; "
+                  f"stop it with python -m rotation devstack down --dir {stack.dir}", file=out)
+        else:
+            devstack.down(stack.dir)
+    return 0 if ok else 1
+
+
+def _verify_targets(stack: devstack.Stack, out: TextIO) -> bool:
+    from kubernetes import client
+
+    from rotation.core.token import GatewayToken
+
+    valid = True
+    for gateway, targets in devstack.targets().items():
+        for t in targets:
+            api = client.CoreV1Api(stack.admin(t["cluster"]))
+            secret = api.read_namespaced_secret(t["secret"], t["namespace"])
+            raw = base64.b64decode(secret.data[t.get("key", "config.service.auth.key")]).decode()
+            token = GatewayToken.parse(raw)
+            verdict = stack.verify(gateway, token.value)
+            valid &= bool(verdict.get("valid"))
+            print(f"   {t['cluster']}/{t['namespace']}/{t['secret']}: token {token.fingerprint} "
+                  f"{'valid' if verdict.get('valid') else 'INVALID'} ({verdict.get('keyType')} key), "
+                  f"expires {token.expires_at:%Y-%m-%d %H:%M}", file=out)
+    return valid
