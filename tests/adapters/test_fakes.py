@@ -220,3 +220,18 @@ def test_eventgrid_topic_receives_cloudevents_from_the_sdk(fakes: Fakes) -> None
     assert "https://eventgrid.azure.net" in [r["resource"] for r in fakes.identity.requests()]
     unauthorized = requests.post(fakes.eventgrid.endpoint, json=[{}], verify=fakes.ca_path, timeout=10)
     assert unauthorized.status_code == 401
+
+
+def test_arm_get_and_list_keys_parse_in_the_mgmt_sdk(fakes: Fakes, gateway: GatewayRef) -> None:
+    from azure.mgmt.apimanagement import ApiManagementClient
+
+    client = ApiManagementClient(build_credential(None), gateway.subscription, base_url=fakes.arm.url,
+                                 credential_scopes=[f"{fakes.arm.url}/.default"])
+    got = client.gateway.get(gateway.resource_group, gateway.service, gateway.gateway)
+    keys = client.gateway.list_keys(gateway.resource_group, gateway.service, gateway.gateway)
+    client.close()
+
+    assert [str(got.id), str(got.name)] == [gateway.id, gateway.gateway]
+    stored = fakes.arm.gateway(gateway.id)
+    assert stored is not None
+    assert keys.as_dict() == {"primary": stored.primary, "secondary": stored.secondary}
