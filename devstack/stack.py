@@ -220,43 +220,61 @@ def up(directory: str | os.PathLike[str], *, say: Any = print) -> Stack:
 
 
 def _seed(stack: Stack, kubeconfig_token: str) -> None:
-    from rotation.core.model import KeyType, TokenRecord
-    from rotation.core.tags import CONTENT_TYPE, tags_for
-    from rotation.core.token import GatewayToken
-
-    expiry = (datetime.now(UTC) + SEED_EXPIRES_IN).replace(second=0, microsecond=0)
+    """Once per stack: the west kubeconfig in Key Vault, namespaces, RBAC from infra/k8s/, a decoy Secret."""
     stack.keyvault("POST", "/_devstack/secrets", {
         "name": "kubeconfig-west", "value": kube.kubeconfig_text(stack.cluster("west"), kubeconfig_token),
         "contentType": "application/yaml"})
     docs: dict[str, list[dict[str, Any]]] = {name: [] for name in CLUSTERS}
     namespaces: dict[str, set[str]] = {name: set() for name in CLUSTERS}
-    for gateway, gateway_targets in targets().items():
-        token = GatewayToken.parse(stack.sign(gateway, expiry))
-        record = TokenRecord(token, KeyType.PRIMARY, gateway_id(gateway))
-        stack.keyvault("POST", "/_devstack/secrets", {
-            "name": f"apim-apim-devstack-{gateway}-token", "value": token.value, "contentType": CONTENT_TYPE,
-            "tags": tags_for(record), "expires": token.expires_at.isoformat()})
+    for gateway_targets in targets().values():
         for t in gateway_targets:
             cluster, ns = t["cluster"], t["namespace"]
             if ns not in namespaces[cluster]:
                 namespaces[cluster].add(ns)
                 docs[cluster].append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-            docs[cluster].append({
+            auth = "aks" if cluster == "east" else "kubeconfig"
+            principal = APP_PRINCIPAL if auth == "aks" else kube.APP_USER
+            docs[cluster].extend(kube.render_rbac(ns, t["secret"], t.get("restart", []), principal, auth))
+    # A decoy in the same namespace: the app must get 403 on it (tests check least privilege).
+    docs["east"].append({"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "unrelated-secret", "namespace": "apim"}, "stringData": {"password": "not-for-the-rotator"}})
+    for name in CLUSTERS:
+        kube.apply(stack.cluster(name), docs[name])
+    seed_tokens(stack)
+
+
+def seed_tokens(stack: Stack, expires_in: timedelta = SEED_EXPIRES_IN) -> dict[str, str]:
+    """Every gateway's token, expiring in `expires_in`, in Key Vault and in every target; workloads reset.
+
+    Returns gateway name → the seeded token (tests register these with their leak check).
+    """
+    from rotation.core.model import GatewayRef, KeyType, TokenRecord
+    from rotation.core.registry import default_secret_name
+    from rotation.core.tags import CONTENT_TYPE, tags_for
+    from rotation.core.token import GatewayToken
+
+    expiry = (datetime.now(UTC) + expires_in).replace(second=0, microsecond=0)
+    docs: dict[str, list[dict[str, Any]]] = {name: [] for name in CLUSTERS}
+    seeded: dict[str, str] = {}
+    for gateway, gateway_targets in targets().items():
+        token = GatewayToken.parse(stack.sign(gateway, expiry))
+        seeded[gateway] = token.value
+        record = TokenRecord(token, KeyType.PRIMARY, gateway_id(gateway))
+        stack.keyvault("POST", "/_devstack/secrets", {
+            "name": default_secret_name(GatewayRef.parse(gateway_id(gateway))), "value": token.value,
+            "contentType": CONTENT_TYPE, "tags": tags_for(record), "expires": token.expires_at.isoformat()})
+        for t in gateway_targets:
+            docs[t["cluster"]].append({
                 "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": t["secret"], "namespace": ns},
+                "metadata": {"name": t["secret"], "namespace": t["namespace"]},
                 "stringData": {t.get("key", "config.service.auth.key"):
                                token.formatted(t.get("format", "GatewayKey {token}"))}})
             for w in t.get("restart", []):
                 kind, _, name = w.partition("/")
-                docs[cluster].append(_workload(kind, name, ns))
-            auth = "aks" if cluster == "east" else "kubeconfig"
-            principal = APP_PRINCIPAL if auth == "aks" else kube.APP_USER
-            docs[cluster].extend(kube.render_rbac(ns, t["secret"], t.get("restart", []), principal, auth))
+                docs[t["cluster"]].append(_workload(kind, name, t["namespace"]))
     for name in CLUSTERS:
         kube.apply(stack.cluster(name), docs[name])
-    # A decoy in the same namespace: the app must get 403 on it (tests check least privilege).
-    kube.apply(stack.cluster("east"), [{"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "unrelated-secret", "namespace": "apim"}, "stringData": {"password": "not-for-the-rotator"}}])
+    return seeded
 
 
 def _private(path: Path, text: str) -> None:

@@ -29,6 +29,9 @@ from rotation.core.events import parse_event
 from rotation.core.model import GatewayConfig, check_gateway_name, check_service_name
 
 log = logging.getLogger("rotation.triggers")
+# The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+logging.getLogger("azure.identity").setLevel(logging.WARNING)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 
