@@ -26,6 +26,13 @@ param resourceGroupName string = ''
 @description('Object id of the deploying user: granted Key Vault Secrets Officer (to upload the registry and kubeconfigs) and Storage Blob Data Contributor (to read dead letters). Empty for none.')
 param principalId string = ''
 
+@description('Kind of principal principalId is: User for a person, ServicePrincipal when a pipeline deploys.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+])
+param principalType string = 'User'
+
 @description('Name of the Key Vault; empty for a generated one. Set it when a soft-deleted vault of the generated name blocks a redeploy.')
 @maxLength(24)
 param keyVaultName string = ''
@@ -180,6 +187,7 @@ module storage 'modules/storage.bicep' = {
     deadLetterContainerName: 'deadletter'
     appPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId
+    userPrincipalType: principalType
   }
 }
 
@@ -192,6 +200,7 @@ module keyVault 'modules/keyvault.bicep' = {
     tags: tags
     appPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId
+    userPrincipalType: principalType
     registrySecretName: registrySecretName
     registryJson: rotationRegistryJson
     logAnalyticsId: monitoring.outputs.logAnalyticsId

@@ -2,15 +2,22 @@
 # azd preprovision hook: the template needs an existing APIM service; ask for it once and keep it in the azd env.
 set -eu
 
+ask() {  # prompt, variable: azd runs this hook interactively; without a terminal, say what is missing
+  if [ ! -t 0 ]; then
+    echo "preprovision: $2 is not set; run: azd env set $2 <value>" >&2
+    exit 1
+  fi
+  printf '%s: ' "$1" >&2
+  read -r answer
+  azd env set "$2" "$answer"
+  eval "$2=\$answer"
+}
+
 if [ -z "${APIM_SERVICE_NAME:-}" ]; then
-  printf 'Name of the existing API Management service: '
-  read -r APIM_SERVICE_NAME
-  azd env set APIM_SERVICE_NAME "$APIM_SERVICE_NAME"
+  ask 'Name of the existing API Management service' APIM_SERVICE_NAME
 fi
 if [ -z "${APIM_RESOURCE_GROUP:-}" ]; then
-  printf 'Resource group of %s: ' "$APIM_SERVICE_NAME"
-  read -r APIM_RESOURCE_GROUP
-  azd env set APIM_RESOURCE_GROUP "$APIM_RESOURCE_GROUP"
+  ask "Resource group of $APIM_SERVICE_NAME" APIM_RESOURCE_GROUP
 fi
 # Event Grid must find the function when the subscription is created: keep it off until the code is deployed
 # (postdeploy turns it on). An env that already has it on keeps it.

@@ -17,6 +17,13 @@ param appPrincipalId string
 @description('Optional principal id of the deploying user, granted Key Vault Secrets Officer to upload the registry and kubeconfigs; empty for none.')
 param userPrincipalId string = ''
 
+@description('Kind of principal userPrincipalId is.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+])
+param userPrincipalType string = 'User'
+
 @description('Name of the secret that holds the registry JSON (ROTATION_REGISTRY is a Key Vault reference to it).')
 param registrySecretName string = 'rotation-registry'
 
@@ -88,7 +95,7 @@ resource userSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01'
   scope: vault
   properties: {
     principalId: userPrincipalId
-    principalType: 'User'
+    principalType: userPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficerRoleId)
   }
 }

@@ -23,6 +23,13 @@ param appPrincipalId string
 @description('Optional principal id of the deploying user, granted Storage Blob Data Contributor for debugging; empty for none.')
 param userPrincipalId string = ''
 
+@description('Kind of principal userPrincipalId is.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+])
+param userPrincipalType string = 'User'
+
 // Storage Blob Data Owner: what the Functions host needs for identity-based AzureWebJobsStorage (blob leases for the
 // timer trigger and host locks) and for the deployment package; it also covers writing and reading dead letters.
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
@@ -102,7 +109,7 @@ resource userBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01
   scope: storage
   properties: {
     principalId: userPrincipalId
-    principalType: 'User'
+    principalType: userPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
   }
 }

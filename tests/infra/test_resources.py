@@ -363,7 +363,7 @@ def test_outcome_topic_is_optional_and_entra_only() -> None:
 def test_all_role_assignments_name_their_principal_type() -> None:
     for path, name, res in all_resources("Microsoft.Authorization/roleAssignments"):
         props = body(res)["properties"]
-        assert props.get("principalType") in {"ServicePrincipal", "User"}, f"{path.name}:{name}"
+        assert props.get("principalType") in {"ServicePrincipal", "userPrincipalType"}, f"{path.name}:{name}"
 
 
 def test_main_is_subscription_scoped_and_creates_the_resource_group() -> None:
