@@ -372,3 +372,23 @@ def test_clients_are_cached_and_built_once_under_concurrency(kube_stack: KubeSta
     assert len(results) == 8
     assert all(r and r.startswith("GatewayKey ") for r in results)
     clusters.close()
+
+
+@pytest.mark.parametrize("auth", AUTHS)
+def test_annotations_ride_with_the_key_and_can_be_removed(kube_stack: KubeStack, clusters: KubernetesClusters,
+                                                          auth: str) -> None:
+    c = app_client(kube_stack, clusters, auth)
+    mark = "apim-token-rotator/test-mark"
+    state = c.read_secret(NS, SECRET, KEY)
+    new = token_value(f"annotated-{auth}")
+    c.write_secret_key(NS, SECRET, KEY, new, state.resource_version, timeout=5, annotations={mark: "yes"})
+    after = c.read_secret(NS, SECRET, KEY)
+    assert after.value == new
+    assert after.annotations[mark] == "yes"
+
+    c.annotate_secret(NS, SECRET, {mark: None}, timeout=5)  # the data stays, the annotation goes
+    final = c.read_secret(NS, SECRET, KEY)
+    assert mark not in final.annotations
+    assert final.value == new
+    with pytest.raises(AccessDenied, match=f"forbidden to patch secrets {NS}/{OTHER_SECRET}"):
+        c.annotate_secret(NS, OTHER_SECRET, {mark: "no"})
