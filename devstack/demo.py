@@ -33,10 +33,11 @@ class _Progress(logging.Handler):
         self.targets: list[dict[str, Any]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        event, _, payload = record.getMessage().partition(" ")
-        if not event.startswith("rotation.") or not payload.startswith("{"):
+        message = record.getMessage()
+        if not message.startswith('{"event": "rotation.'):
             return
-        fields = json.loads(payload)
+        fields = json.loads(message)
+        event = fields["event"]
         if event == "rotation.token":
             print(f"    new token {fields['fingerprint']} from the {fields['keyType']} key, "
                   f"expires {fields['expiresAt'][:16]}Z, stored in Key Vault first", file=self.out)
@@ -157,7 +158,7 @@ def _verify_targets(stack: devstack.Stack, out: TextIO) -> bool:
         for t in targets:
             api = client.CoreV1Api(stack.admin(t["cluster"]))
             secret = api.read_namespaced_secret(t["secret"], t["namespace"])
-            raw = base64.b64decode(secret.data[t.get("key", "config.service.auth.key")]).decode()
+            raw = base64.b64decode((secret.data or {})[t.get("key", "config.service.auth.key")]).decode()
             token = GatewayToken.parse(raw)
             verdict = stack.verify(gateway, token.value)
             valid &= bool(verdict.get("valid"))

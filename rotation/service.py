@@ -56,9 +56,13 @@ Clock = Callable[[], datetime]
 
 
 def emit(event: str, fields: Mapping[str, object], level: int = logging.INFO) -> None:
-    """One structured record: `event {json}`. The JSON is what App Insights queries parse."""
-    log.log(level, "%s %s", event, json.dumps(fields, default=str, sort_keys=True),
-            extra={"custom_dimensions": {"event": event, **fields}})
+    """One structured record whose message is a JSON object with `event` first.
+
+    The Python worker forwards only the message to Application Insights (not `extra`), so the
+    alerts and the workbook in infra/ parse the message; `extra` serves OpenTelemetry exporters.
+    """
+    record = {"event": event, **fields}
+    log.log(level, "%s", json.dumps(record, default=str), extra={"custom_dimensions": record})
 
 
 class _Deadline:

@@ -91,7 +91,8 @@ class World:
 
     def restarted_at(self, cluster: str, namespace: str, ref: str) -> str | None:
         annotations = self.workload(cluster, namespace, ref).spec.template.metadata.annotations or {}
-        return annotations.get("kubectl.kubernetes.io/restartedAt")  # type: ignore[no-any-return]
+        value = annotations.get("kubectl.kubernetes.io/restartedAt")
+        return None if value is None else str(value)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the app could write: Key Vault versions, every target's resourceVersion, ARM writes."""

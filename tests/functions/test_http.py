@@ -86,7 +86,7 @@ def test_status_routes(app_world: World) -> None:
     status, one = http("get_gateway", "GET", "http://localhost/api/gateways/contoso-apim/gw-1", ROUTE)
     assert status == 200 and one == gw1
     assert token.value not in str(body)
-    status, missing = http("get_gateway", "GET", "http://localhost/api/gateways/contoso-apim/x",
+    status, _ = http("get_gateway", "GET", "http://localhost/api/gateways/contoso-apim/x",
                            {"service": "contoso-apim", "gateway": "x"})
     assert status == 404
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
@@ -209,5 +210,8 @@ def test_report_and_logs_never_carry_the_token(world: World, caplog: pytest.LogC
     assert stored is not None
     assert stored.token.value not in repr(report.to_dict())
     assert stored.token.value not in caplog.text
-    assert any(r.message.startswith("rotation.reconcile ") for r in caplog.records)
-    assert sum(r.message.startswith("rotation.target ") for r in caplog.records) == 2
+    records = [json.loads(r.message) for r in caplog.records if r.message.startswith('{"event": "rotation.')]
+    assert [r["event"] for r in records].count("rotation.reconcile") == 1
+    targets = [r for r in records if r["event"] == "rotation.target"]
+    assert len(targets) == 2 and {t["outcome"] for t in targets} == {"updated"}
+    assert {"gatewayId", "cluster", "namespace", "secret", "fingerprint", "durationMs"} <= set(targets[0])
