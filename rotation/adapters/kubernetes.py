@@ -59,6 +59,8 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 # Refresh the Entra token this long before it expires (AKS rejects an expired token with 401).
 REFRESH_MARGIN_SECONDS = 300
+# Connections kept per cluster: the service's MAX_FANOUT (targets of one reconcile run in parallel).
+CONNECTION_POOL_SIZE = 128
 
 _PLURAL = {
     WorkloadKind.DEPLOYMENT: "deployments",
@@ -133,6 +135,11 @@ def _configuration() -> Any:
     # carry preconditions and the caller's deadline decides about retrying.
     conf.retries = urllib3.Retry(total=1, connect=1, read=0, redirect=0, status=0, other=0,
                                  backoff_factor=0.05)
+    # One pool per cluster serves every target of a fan-out at once. The client's default
+    # (cpu_count * 5: 10 on a 2-core Functions worker) makes urllib3 open the 11th..100th
+    # connection anyway and then discard it ("Connection pool is full"), so every reconcile would
+    # pay a fresh TLS handshake per target. Keep as many as the service fans out to.
+    conf.connection_pool_maxsize = CONNECTION_POOL_SIZE
     return conf
 
 
