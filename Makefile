@@ -35,7 +35,7 @@ test-infra:
 	bash scripts/infra-check.sh
 
 test: setup lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/infra
 	bash scripts/infra-check.sh
 
 demo: setup

@@ -69,6 +69,7 @@ class Stack:
     keyvault_url: str
     identity_url: str
     ca: str
+    eventgrid_url: str = ""
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Stack:
@@ -79,6 +80,7 @@ class Stack:
             clusters=[kube.ClusterInfo(c["name"], c["server"], c["adminToken"], Path(c["ca"]))
                       for c in raw["clusters"]],
             arm_url=raw["arm"], keyvault_url=raw["keyvault"], identity_url=raw["identity"], ca=raw["ca"],
+            eventgrid_url=raw.get("eventgrid", ""),
         )
 
     def cluster(self, name: str) -> kube.ClusterInfo:
@@ -104,6 +106,10 @@ class Stack:
 
     def keyvault(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         return self.control(self.keyvault_url, method, path, body)
+
+    def outcome_events(self) -> list[dict[str, Any]]:
+        """The CloudEvents the app published to the outcome topic."""
+        return [e["event"] for e in self.control(self.eventgrid_url, "GET", "/_devstack/events")]
 
     def verify(self, gateway: str, token: str) -> dict[str, Any]:
         return self.arm("POST", "/_devstack/verify", {"gatewayId": gateway_id(gateway), "token": token})  # type: ignore[no-any-return]
@@ -198,15 +204,17 @@ def up(directory: str | os.PathLike[str], *, say: Any = print) -> Stack:
             "ROTATION_DEADLINE_SECONDS": "20",
             "SWEEP_SCHEDULE": "0 0 * * * *",
             "ROTATION_LOCAL_EMULATORS": "true",
+            "OUTCOME_TOPIC_ENDPOINT": fakes["eventgrid"]["endpoint"],
             **fakes["env"],
         }
         stack = Stack(d, settings, clusters, fakes["arm"]["url"], fakes["keyvault"]["url"],
-                      fakes["identity"]["url"], fakes["ca"])
+                      fakes["identity"]["url"], fakes["ca"], fakes["eventgrid"]["url"])
         _private(d / "settings.json", json.dumps(settings, indent=2))
         _private(d / "stack.json", json.dumps({
             "clusters": [{"name": c.name, "server": c.server, "adminToken": c.admin_token, "ca": str(c.ca_pem)}
                          for c in clusters],
             "arm": stack.arm_url, "keyvault": stack.keyvault_url, "identity": stack.identity_url,
+            "eventgrid": stack.eventgrid_url,
             "ca": stack.ca, "createdAt": datetime.now(UTC).isoformat(),
         }, indent=2))
         kube.write_kubeconfig(d / "kubeconfig", clusters)

@@ -159,7 +159,8 @@ def cmd_roll_keys(args: argparse.Namespace, out: TextIO) -> int:
         print(file=out)
     else:
         _print_report(report.rotation, out)
-        print(f"key roll {report.from_key} -> {report.to_key}: {report.phase}"
+        print(f"key roll {report.from_key} -> {report.to_key}{' (resumed)' if report.resumed else ''}: "
+              f"{report.phase}"
               + (f", {report.from_key} key regenerated" if report.regenerated else ""), file=out)
         for item in report.pending:
             print(f"  pending: {item}", file=out)

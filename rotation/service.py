@@ -302,7 +302,7 @@ class Rotator:
                                   key_type=new, roll_from=old)
 
         def result(phase: KeyRollPhase, pending: Sequence[str] = (), regenerated: bool = False) -> KeyRollReport:
-            report = KeyRollReport(config.ref.id, old, new, phase, rotation, tuple(pending), regenerated)
+            report = KeyRollReport(config.ref.id, old, new, phase, rotation, tuple(pending), regenerated, resumed)
             emit("rotation.keyroll", {"gatewayId": config.ref.id, "from": old.value, "to": new.value,
                                       "phase": phase.value, "pending": list(pending)})
             return report

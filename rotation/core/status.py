@@ -107,6 +107,7 @@ class KeyRollReport:
     rotation: RotationReport
     pending: tuple[str, ...] = ()
     regenerated: bool = False
+    resumed: bool = False  # phase 1 had already run (Key Vault's keyRollFrom tag said so)
 
     @property
     def ok(self) -> bool:
@@ -115,6 +116,7 @@ class KeyRollReport:
     def to_dict(self) -> dict[str, object]:
         return {
             "gatewayId": self.gateway_id, "fromKey": self.from_key.value, "toKey": self.to_key.value,
-            "phase": self.phase.value, "regenerated": self.regenerated, "pending": list(self.pending),
+            "phase": self.phase.value, "regenerated": self.regenerated, "resumed": self.resumed,
+            "pending": list(self.pending),
             "ok": self.ok, "rotation": self.rotation.to_dict(),
         }

@@ -46,9 +46,10 @@ class World:
     def __init__(self, stack: devstack.Stack) -> None:
         self.stack = stack
         self.seeded = self.reseed()
-        for fake in ("arm", "keyvault"):
+        for fake in ("arm", "keyvault", "eventgrid"):
             stack.control(self._url(fake), "DELETE", "/_devstack/faults")
             stack.control(self._url(fake), "DELETE", "/_devstack/calls")
+        stack.control(stack.eventgrid_url, "DELETE", "/_devstack/events")
         (stack.dir / "controller.paused").unlink(missing_ok=True)
         self.initial_versions = {n: s["versions"] for n, s in self.vault().items()}
         bootstrap.reset()
@@ -60,7 +61,8 @@ class World:
         return seeded
 
     def _url(self, fake: str) -> str:
-        return self.stack.arm_url if fake == "arm" else self.stack.keyvault_url
+        return {"arm": self.stack.arm_url, "keyvault": self.stack.keyvault_url,
+                "eventgrid": self.stack.eventgrid_url}[fake]
 
     def calls(self, fake: str, contains: str = "", method: str | None = None) -> list[dict[str, Any]]:
         calls = self.stack.control(self._url(fake), "GET", "/_devstack/calls")
