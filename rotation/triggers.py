@@ -19,7 +19,6 @@ from rotation.core.errors import (
     IgnoredEvent,
     InvalidEvent,
     InvalidInput,
-    PermanentError,
     RotationError,
     SettingsError,
     TransientError,
@@ -70,12 +69,15 @@ def handle_event(payload: Mapping[str, Any]) -> None:
                         event.gateway, event.service_id or "an unnamed service")
             return
         report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds)
-    except TransientError as exc:
-        log.warning("event %s: transient failure, Event Grid will redeliver: %s", event.event_id, exc)
-        raise
-    except PermanentError as exc:
-        log.error("event %s: permanent failure (not retried): %s", event.event_id, exc)
+    except (InvalidInput, SettingsError) as exc:
+        # Retrying the same event cannot help: log it clearly and acknowledge it.
+        log.error("event %s: rejected (not retried): %s", event.event_id, exc)
         return
+    except RotationError as exc:
+        # Upstream trouble, transient or not (a 403 is fixed by an operator, then the redelivery or the
+        # dead-letter replay succeeds): let Event Grid redeliver and finally dead-letter the event.
+        log.warning("event %s: failed, Event Grid will redeliver: %s", event.event_id, exc)
+        raise
     if not report.ok:
         failed = ", ".join(f"{t.cluster}/{t.namespace}/{t.secret}: {t.outcome.value}" for t in report.failed_targets)
         raise RotationIncomplete(f"event {event.event_id}: {len(report.failed_targets)} target(s) not done ({failed})")

@@ -106,3 +106,25 @@ def test_outcome_published_on_rotation(app_world: World) -> None:
     (report,) = app_world.publisher.published
     assert report.rotated and {t.outcome for t in report.targets} == {Outcome.UPDATED}
     assert report.expires_at is not None and report.expires_at > app_world.now + timedelta(days=28)
+
+
+def test_upstream_access_denied_is_redelivered_not_dropped(app_world: World) -> None:
+    from rotation.core.errors import AccessDenied
+
+    app_world.issuer.faults.queue["generateToken"] = [AccessDenied("ARM generateToken for x: 403 AuthorizationFailed")]
+    with pytest.raises(AccessDenied, match="403"):
+        deliver(near_expiry())  # an operator fixes the role assignment; the redelivery then succeeds
+    deliver(near_expiry())
+    assert all(app_world.held(app_world.gw1))
+
+
+def test_invalid_settings_are_acknowledged(caplog: pytest.LogCaptureFixture) -> None:
+    from rotation import bootstrap
+
+    bootstrap.reset({"ROTATION_REGISTRY": "{", "KEY_VAULT_URL": "https://kv"})
+    try:
+        with caplog.at_level(logging.ERROR):
+            deliver(near_expiry())  # returns: retrying cannot fix a broken registry
+        assert "rejected (not retried): ROTATION_REGISTRY: registry: not valid JSON" in caplog.text
+    finally:
+        bootstrap.reset()
