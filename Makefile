@@ -23,6 +23,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 kube:
 	@bash scripts/kube-apiserver.sh >/dev/null
+	@bash scripts/azurite.sh >/dev/null
 
 lint: venv
 	$(BIN)/ruff check --output-format concise .

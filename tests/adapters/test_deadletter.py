@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,6 +51,14 @@ def cloudevent(gateway: str = "onprem-gw") -> dict[str, Any]:
             "type": "Microsoft.ApiManagement.GatewayTokenExpired", "time": "2026-11-26T08:57:03.1200000Z",
             "data": {"gatewayInfo": {"gatewayId": f"{SERVICE}/gateways/{gateway}", "instanceId": "pod-2"},
                      "tokenInfo": {"expiredAtUtc": "2026-11-26T08:56:00.0000000Z"}}}
+
+
+def test_importing_the_adapter_and_the_replay_imports_no_sdk() -> None:
+    probe = ("import json, sys; import rotation.adapters.deadletter, rotation.replay; "
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'azure')))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[2],
+                            capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(result.stdout) == []
 
 
 # --- parsing (no I/O) ---------------------------------------------------------------------------------
