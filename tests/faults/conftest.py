@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,8 +30,8 @@ import pytest
 from devstack import stack as devstack
 from devstack.proxy import Proxy
 from rotation import bootstrap
-from rotation.core.registry import default_secret_name
 from rotation.core.model import GatewayRef
+from rotation.core.registry import default_secret_name
 from rotation.core.token import GatewayToken, parse_stored
 from tests import leakcheck
 from tests.e2e.conftest import World
@@ -125,8 +125,9 @@ class FaultWorld(World):
         client = SecretClient(self.stack.keyvault_url, self._credential, verify_challenge_resource=False)
         name = secret_name(gateway)
         try:
-            props = sorted(client.list_properties_of_secret_versions(name), key=lambda p: p.created_on)
-            tokens = [GatewayToken.parse(client.get_secret(name, p.version).value) for p in props]
+            props = sorted(client.list_properties_of_secret_versions(name),
+                           key=lambda p: p.created_on or datetime.min.replace(tzinfo=UTC))
+            tokens = [GatewayToken.parse(str(client.get_secret(name, p.version).value)) for p in props]
         finally:
             client.close()
         for t in tokens:

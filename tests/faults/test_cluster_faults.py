@@ -1,0 +1,215 @@
+"""Kubernetes failing, and the app itself failing: conflicts, an unreachable or slow cluster, racing
+processes, duplicate deliveries and a process killed mid-fan-out.
+
+`east` sits behind `devstack.proxy` (real TLS end to end); `west` is reached directly. Each scenario
+ends by checking that nothing was lost (`assert_nothing_lost`) and, after the redelivery or sweep
+the design relies on, that every target converged on Key Vault's token.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from rotation import bootstrap
+from rotation.core.errors import TransientError
+from rotation.core.model import Outcome, RotationReport
+from tests.faults.conftest import FaultWorld
+from tests.faults.test_azure_faults import event
+from tests.functions.conftest import deliver
+
+EAST_SECRET = ("east", "apim", "gw-shared-token")
+RESTART_PENDING = "apim-token-rotator/restart-pending"
+
+
+def reconcile(fw: FaultWorld, gateway: str = "gw-shared") -> RotationReport:
+    """What the event handler runs, returning the report so a test can read per-target outcomes."""
+    box = bootstrap.container()
+    config = box.rotator.gateway("apim-devstack", gateway)
+    return box.rotator.reconcile(config, reason="fault test", deadline_seconds=box.settings.deadline_seconds)
+
+
+def outcomes(report: RotationReport) -> dict[str, str]:
+    return {t.cluster: t.outcome.value for t in report.targets}
+
+
+@contextmanager
+def conflict_storm(fw: FaultWorld) -> Iterator[list[int]]:
+    """Another writer (as admin, straight to the apiserver) bumps the Secret's resourceVersion nonstop."""
+    from kubernetes import client
+
+    api = client.CoreV1Api(fw.stack.admin("east"))
+    stop = threading.Event()
+    writes = [0]
+
+    def run() -> None:
+        while not stop.is_set():
+            api.patch_namespaced_secret("gw-shared-token", "apim",
+                                        {"metadata": {"annotations": {"other-writer": str(writes[0])}}})
+            writes[0] += 1
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield writes
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_conflict_storm_fails_the_target_then_the_retry_converges(fw: FaultWorld, record: dict[str, str]) -> None:
+    fw.proxy.set(latency=0.2)  # every read → patch gap of the app is >= 200 ms: the storm always wins
+    with conflict_storm(fw) as writes:
+        time.sleep(0.2)
+        report = reconcile(fw)
+        with pytest.raises(TransientError, match="east/apim/gw-shared-token: failed"):
+            deliver(event())
+    east = next(t for t in report.targets if t.cluster == "east")
+    assert east.outcome is Outcome.FAILED and east.error is not None and "conflict" in east.error
+    assert outcomes(report)["west"] == "updated"
+    assert writes[0] > 10
+    fw.assert_nothing_lost()
+    fw.proxy.set(latency=0)
+    deliver(event())  # the storm is over: Event Grid's redelivery finishes the job
+    fw.assert_converged()
+    fw.assert_nothing_lost()
+    assert fw.annotations(*EAST_SECRET)["other-writer"]  # the other writer's data survived too
+    record.update(scenario=f"409 storm: another writer bumped the Secret {writes[0]} times during the reconcile",
+                  outcome="re-read and retried once, then east `failed` (conflict), west `updated`, "
+                          "event raised; redelivery `updated`")
+
+
+def test_unreachable_cluster(fw: FaultWorld, record: dict[str, str]) -> None:
+    fw.proxy.set(mode="refuse")
+    report = reconcile(fw)
+    assert outcomes(report) == {"east": "failed", "west": "updated"}
+    east = next(t for t in report.targets if t.cluster == "east")
+    assert east.error is not None and "unreachable" in east.error
+    with pytest.raises(TransientError, match="1 target"):
+        deliver(event())
+    fw.assert_nothing_lost()
+    fw.proxy.set(mode="pass")
+    deliver(event())
+    fw.assert_converged()
+    fw.assert_nothing_lost()
+    record.update(scenario="east refuses connections (cluster down)",
+                  outcome=f"east `failed` ({east.duration_ms} ms, connection refused), west `updated`, "
+                          "event raised; redelivery after recovery `updated`")
+
+
+def test_cluster_slower_than_the_deadline(fw: FaultWorld, record: dict[str, str]) -> None:
+    fw.use(ROTATION_DEADLINE_SECONDS="2")
+    fw.proxy.set(latency=3.0)
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="east/apim/gw-shared-token: timeout"):
+        deliver(event())
+    took = time.monotonic() - started
+    assert took < 3.0  # the handler answered at its deadline, not when the slow cluster did
+    west = fw.held("gw-shared")[1]
+    assert west is not None and west.value == fw.latest("gw-shared").value  # the fast cluster was updated
+    fw.assert_nothing_lost()
+    fw.proxy.set(latency=0)
+    fw.proxy.cut()
+    time.sleep(0.2)
+    deliver(event())  # the redelivery: west in sync, east updated
+    fw.assert_converged()
+    fw.assert_nothing_lost()
+    record.update(scenario="east answers every request 3 s late, deadline 2 s",
+                  outcome=f"handler answered in {took:.1f} s: east `timeout`, west `updated`, event raised; "
+                          "redelivery `updated` (west `in_sync`)")
+
+
+def test_fifty_deliveries_of_one_event_generate_one_token(fw: FaultWorld, record: dict[str, str]) -> None:
+    payload = event(event_id="same-event-delivered-50-times")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: deliver(payload), range(50)))
+    assert len(fw.calls("arm", "generateToken")) == 1
+    assert len(fw.calls("keyvault", "/secrets/apim-apim-devstack-gw-shared-token", method="PUT")) == 1
+    fw.assert_converged()
+    fw.assert_nothing_lost()
+    record.update(scenario="the same event delivered 50 times (8 at once)",
+                  outcome="1 generateToken, 1 Key Vault write; 49 deliveries found the targets `in_sync`")
+
+
+def test_two_processes_reconcile_one_gateway_at_once(fw: FaultWorld, record: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    fw.proxy.set(latency=0.3)  # keeps the fan-outs of the racing processes overlapping
+    seeded = fw.latest("gw-shared")
+    argv = fw.cli(tmp_path, "rotate", "apim-devstack/gw-shared", "--json")
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    results = [p.communicate(timeout=60) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert set(codes) <= {0, 1}, results  # 1: a target lost its 409 race twice (reported, retried below)
+    history = fw.versions("gw-shared")
+    generated = len(fw.calls("arm", "generateToken"))
+    assert generated >= 1 and len(history) == fw.initial_versions["apim-apim-devstack-gw-shared-token"] + generated
+    held = fw.held("gw-shared")
+    for token in held:  # never a downgrade: each target holds something at least as late as the seed
+        assert token is not None and token.expires_at >= seeded.expires_at
+    fw.assert_nothing_lost()
+    # What the design guarantees once the race is over: one more reconcile leaves every target on
+    # Key Vault's latest token, unless a target holds a token from the race that expires *later*
+    # (also a Key Vault version); the rotator then keeps it (`newer`): it never downgrades.
+    fw.proxy.set(latency=0)
+    report = reconcile(fw)
+    assert report.ok, report
+    latest = fw.latest("gw-shared")
+    values = {t.value for t in history}
+    for token, t in zip(fw.held("gw-shared"), report.targets, strict=True):
+        assert token is not None and token.value in values
+        if t.outcome is Outcome.NEWER:
+            assert token.expires_at > latest.expires_at
+        else:
+            assert token.value == latest.value
+    fw.assert_nothing_lost()
+    record.update(scenario="3 CLI processes rotate the same gateway at once",
+                  outcome=f"{generated} token(s) generated, exit codes {sorted(codes)}; never a downgrade; "
+                          f"one more reconcile: {', '.join(sorted(outcomes(report).values()))}")
+
+
+def test_process_killed_mid_fan_out_then_a_sweep_heals(fw: FaultWorld, record: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    fw.proxy.set(latency=0.8)  # each east request takes 0.8 s: the kill lands between the patch and the restart
+    before_restart = fw.restarted_at("east", "apim", "deployment/gw-shared")
+    seeded = fw.latest("gw-shared")
+    proc = subprocess.Popen(fw.cli(tmp_path, "rotate", "apim-devstack/gw-shared"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 30
+    killed_after_patch = False
+    try:
+        while time.monotonic() < end and proc.poll() is None:
+            east = fw.held("gw-shared")[0]
+            if east is not None and east.value != seeded.value:
+                proc.send_signal(signal.SIGKILL)
+                killed_after_patch = True
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert killed_after_patch and proc.returncode == -signal.SIGKILL
+    # Killed after the Secret patch, before the restart: the marker says a restart is owed.
+    assert fw.annotations(*EAST_SECRET).get(RESTART_PENDING)
+    assert fw.restarted_at("east", "apim", "deployment/gw-shared") == before_restart
+    fw.assert_nothing_lost()
+    fw.proxy.set(latency=0)
+    fw.proxy.cut()
+    sweep = subprocess.run(fw.cli(tmp_path, "sweep", "--json"), capture_output=True, timeout=60, check=False)
+    assert sweep.returncode == 0, sweep.stderr
+    fw.assert_converged()
+    assert fw.restarted_at("east", "apim", "deployment/gw-shared") != before_restart
+    for gateway in ("gw-east", "gw-shared", "gw-west"):
+        fw.assert_converged(gateway)
+    fw.assert_nothing_lost()
+    record.update(scenario="`rotate` killed (SIGKILL) after east's Secret patch, before its restart",
+                  outcome="restart-pending marker left on the Secret; the next sweep restarted the workload "
+                          "and cleared it; every gateway converged")
