@@ -167,6 +167,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
                 s = Storage(fakes, server)
                 s.container.create_container()
                 yield s
+                s.container.close()  # no idle keep-alive connection for Azurite to wait out on SIGTERM
             finally:
                 server.stop()
         finally:

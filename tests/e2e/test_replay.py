@@ -112,6 +112,7 @@ def storage(stack: devstack.Stack) -> Iterator[DeadLetters]:
         container = ContainerClient.from_container_url(url, credential=ManagedIdentityCredential())
         container.create_container()
         yield DeadLetters(url, container)
+        container.close()  # no idle keep-alive connection for Azurite to wait out on SIGTERM
     finally:
         for key, value in saved.items():
             if value is None:
