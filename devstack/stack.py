@@ -166,8 +166,14 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None
         time.sleep(0.05)
 
 
-def up(directory: str | os.PathLike[str], *, say: Any = print) -> Stack:
-    """Start and seed the stack; returns once everything answers."""
+def up(directory: str | os.PathLike[str], *, say: Any = print, with_azurite: bool = False) -> Stack:
+    """Start and seed the stack; returns once everything answers.
+
+    `with_azurite` also starts Azurite (blob, HTTPS, OAuth) with a `deadletter` container and puts
+    its URL in `DEADLETTER_BLOB_URL`, so `replay-deadletter` can be tried locally.
+    """
+    from devstack import azurite
+
     d = Path(directory).resolve()
     if (d / "stack.json").exists():
         down(d)
@@ -180,7 +186,8 @@ def up(directory: str | os.PathLike[str], *, say: Any = print) -> Stack:
 
     aks_token = "aks-" + secrets.token_urlsafe(24)        # what the identity endpoint hands out for AKS
     kubeconfig_token = "kc-" + secrets.token_urlsafe(24)  # the app's user in the west kubeconfig
-    config = {"identity": {"tokens": {kube.AKS_SERVER_SCOPE: aks_token}},
+    config = {"identity": {"tokens": {kube.AKS_SERVER_SCOPE: aks_token,
+                                      azurite.STORAGE_RESOURCE: azurite.storage_token()}},
               "arm": {"gateways": [gateway_id(n) for n in targets()]}}
     (d / "fakes-config.json").write_text(json.dumps(config))
     (d / "fakes.json").unlink(missing_ok=True)
@@ -221,6 +228,13 @@ def up(directory: str | os.PathLike[str], *, say: Any = print) -> Stack:
         say("seeding gateways, Secrets, workloads and least-privilege RBAC from infra/k8s/…")
         _seed(stack, kubeconfig_token)
         _spawn(d, "controller", [sys.executable, "-m", "devstack.controller", "--dir", str(d)])
+        if with_azurite:
+            say("starting Azurite (blob, HTTPS, OAuth) for dead letters…")
+            blob = azurite.start(d, ca)
+            container = blob.container_url("deadletter")
+            _create_container(container, ca.ca_path)
+            settings["DEADLETTER_BLOB_URL"] = container
+            _private(d / "settings.json", json.dumps(settings, indent=2))
         return stack
     except BaseException:
         down(d)
@@ -285,6 +299,20 @@ def seed_tokens(stack: Stack, expires_in: timedelta = SEED_EXPIRES_IN) -> dict[s
     return seeded
 
 
+def _create_container(url: str, ca_path: str) -> None:
+    from azure.core.credentials import AccessToken
+    from azure.storage.blob import ContainerClient
+
+    from devstack import azurite
+
+    class _Static:
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            return AccessToken(azurite.storage_token(), int(time.time()) + 3600)
+
+    with ContainerClient.from_container_url(url, credential=_Static(), connection_verify=ca_path) as client:
+        client.create_container()
+
+
 def _private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -312,6 +340,10 @@ def down(directory: str | os.PathLike[str]) -> list[str]:
         stopped.append(name)
         pid_file.unlink(missing_ok=True)
     stopped += kube.stop(d)
+    from devstack import azurite
+
+    if azurite.stop(d):
+        stopped.append("azurite")
     (d / "stack.json").unlink(missing_ok=True)
     (d / "controller.paused").unlink(missing_ok=True)
     return stopped

@@ -195,7 +195,7 @@ def cmd_devstack(args: argparse.Namespace, out: TextIO) -> int:
     from devstack import stack
 
     if args.action == "up":
-        s = stack.up(args.dir, say=lambda m: print(m, file=sys.stderr))
+        s = stack.up(args.dir, say=lambda m: print(m, file=sys.stderr), with_azurite=args.azurite)
         print(f"devstack up in {s.dir}: settings {s.dir / 'settings.json'}, kubeconfig {s.dir / 'kubeconfig'}",
               file=out)
         print(f"  try: python -m rotation --settings {s.dir / 'settings.json'} status", file=out)
@@ -274,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_devstack)
     c.add_argument("action", choices=["up", "down"])
     c.add_argument("--dir", default=".devstack/dev", help="state directory (default .devstack/dev)")
+    c.add_argument("--azurite", action="store_true",
+                   help="also start Azurite with a dead-letter container (DEADLETTER_BLOB_URL)")
     return p
 
 
