@@ -23,7 +23,6 @@ from rotation.core.errors import (
     InvalidToken,
     NotFound,
     RotationError,
-    TransientError,
     UnknownGateway,
     UpstreamError,
 )
@@ -179,7 +178,7 @@ class Rotator:
         chosen = key_type or key_type_for(config.key_type, current)
         if why is None and current is not None:
             token = current.token
-            return _TokenSource(_desired(token), lambda: token, token), False, chosen
+            return _TokenSource(_desired(token), lambda: token, token), False, current.key_type
         if dry_run:
             return None, False, chosen
 
@@ -452,11 +451,3 @@ class Rotator:
 
 def _desired(token: GatewayToken) -> Desired:
     return Desired(token.gateway, token.fingerprint, token.expires_at)
-
-
-def is_transient(report: RotationReport) -> bool:
-    """A report the event path should answer with an error so Event Grid redelivers."""
-    return not report.ok
-
-
-__all__ = ["Rotator", "TransientError", "emit", "is_transient"]

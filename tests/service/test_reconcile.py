@@ -215,3 +215,9 @@ def test_report_and_logs_never_carry_the_token(world: World, caplog: pytest.LogC
     targets = [r for r in records if r["event"] == "rotation.target"]
     assert len(targets) == 2 and {t["outcome"] for t in targets} == {"updated"}
     assert {"gatewayId", "cluster", "namespace", "secret", "fingerprint", "durationMs"} <= set(targets[0])
+
+
+def test_kept_token_reports_the_key_that_signed_it(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY, key=KeyType.SECONDARY)
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert not report.rotated and report.key_type is KeyType.SECONDARY
