@@ -98,15 +98,17 @@ class FaultWorld(World):
             self._monkeypatch.setenv(name, value)
         bootstrap.reset()
 
-    def settings_file(self, directory: Path) -> Path:
+    def settings_file(self, directory: Path, **extra: str) -> Path:
         """The same settings for a CLI subprocess (`python -m rotation --settings FILE ...`)."""
+        directory.mkdir(parents=True, exist_ok=True)
         path = directory / "settings.json"
-        path.write_text(json.dumps({**self.stack.settings, **self.overrides}))
+        path.write_text(json.dumps({**self.stack.settings, **self.overrides, **extra}))
         path.chmod(0o600)
         return path
 
-    def cli(self, directory: Path, *args: str) -> list[str]:
-        return [sys.executable, "-m", "rotation", "--settings", str(self.settings_file(directory)), *args]
+    def cli(self, directory: Path, *args: str, **settings: str) -> list[str]:
+        return [sys.executable, "-m", "rotation", "--settings", str(self.settings_file(directory, **settings)),
+                *args]
 
     def clear_faults(self) -> None:
         for url in (self.stack.arm_url, self.stack.keyvault_url):

@@ -59,7 +59,7 @@ def test_arm_5xx_raises_writes_nothing_and_the_redelivery_rotates(fw: FaultWorld
     fw.assert_converged()
     fw.assert_nothing_lost()
     record.update(scenario="ARM generateToken answers 503 on every attempt",
-                  outcome=f"{attempts} SDK attempts within the deadline, event raised (redelivered), "
+                  outcome=f"{attempts} SDK attempts (azure-core backoff), event raised (redelivered), "
                           "nothing written; redelivery `updated`")
 
 

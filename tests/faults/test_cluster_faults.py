@@ -143,8 +143,13 @@ def test_two_processes_reconcile_one_gateway_at_once(fw: FaultWorld, record: dic
                                                      tmp_path: Path) -> None:
     fw.proxy.set(latency=0.3)  # keeps the fan-outs of the racing processes overlapping
     seeded = fw.latest("gw-shared")
-    argv = fw.cli(tmp_path, "rotate", "apim-devstack/gw-shared", "--json")
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    # Tokens for the same key and expiry minute are identical (the signature is an HMAC of both), so
+    # racing processes with one configuration would hand out one token. Different lifetimes (say, a
+    # settings change rolling out while instances race) give three different tokens and expiries:
+    # whichever writes Key Vault last, a target must never go back to an earlier-expiring token.
+    argvs = [fw.cli(tmp_path / f"p{days}", "rotate", "apim-devstack/gw-shared", "--json",
+                    TOKEN_LIFETIME_DAYS=str(days)) for days in (27, 28, 29)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in argvs]
     results = [p.communicate(timeout=60) for p in procs]
     codes = [p.returncode for p in procs]
     assert set(codes) <= {0, 1}, results  # 1: a target lost its 409 race twice (reported, retried below)
@@ -170,9 +175,12 @@ def test_two_processes_reconcile_one_gateway_at_once(fw: FaultWorld, record: dic
         else:
             assert token.value == latest.value
     fw.assert_nothing_lost()
-    record.update(scenario="3 CLI processes rotate the same gateway at once",
-                  outcome=f"{generated} token(s) generated, exit codes {sorted(codes)}; never a downgrade; "
-                          f"one more reconcile: {', '.join(sorted(outcomes(report).values()))}")
+    kept_newer = sum(1 for t in report.targets if t.outcome is Outcome.NEWER)
+    record.update(scenario="3 CLI processes (token lifetimes 27, 28, 29 days) rotate one gateway at once",
+                  outcome=f"{generated} tokens generated, exit codes {sorted(codes)}; never a downgrade; one more "
+                          f"reconcile: {', '.join(sorted(outcomes(report).values()))}"
+                          + (f" ({kept_newer} target(s) keep a later-expiring earlier Key Vault version)"
+                             if kept_newer else ""))
 
 
 def test_process_killed_mid_fan_out_then_a_sweep_heals(fw: FaultWorld, record: dict[str, str],
