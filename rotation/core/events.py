@@ -94,7 +94,7 @@ def parse_event(payload: Mapping[str, object]) -> GatewayTokenEvent:
 
     service_id: str | None = None
     if source is not None:
-        if not isinstance(source, str) or not _SERVICE_ID.match(source):
+        if not isinstance(source, str) or not _SERVICE_ID.fullmatch(source):
             raise InvalidEvent(f"event {event_id[:64]}: {'source' if cloud else 'topic'} is not an APIM service id")
         service_id = source
 

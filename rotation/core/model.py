@@ -22,7 +22,7 @@ _GATEWAY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,78}[A-Za-z0-9])?$")
 
 
 def _check(kind: str, value: str, pattern: re.Pattern[str], error: type[InvalidInput]) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         shown = value[:80] + "…" if isinstance(value, str) and len(value) > 80 else value
         raise error(f"invalid {kind} name {shown!r}")
     return value

@@ -81,7 +81,7 @@ class _Reader:
             raise self.fail("is required")
         if not isinstance(self.value, str) or not self.value:
             raise self.fail(f"expected a non-empty string, got {_show(self.value)}")
-        if pattern is not None and not pattern.match(self.value):
+        if pattern is not None and not pattern.fullmatch(self.value):
             raise self.fail(f"{_show(self.value)} is not a valid {what}")
         return self.value
 
@@ -128,7 +128,7 @@ def _workload(r: _Reader) -> Workload:
     kinds = ", ".join(k.value for k in WorkloadKind)
     if not sep or kind not in {k.value for k in WorkloadKind}:
         raise r.fail(f"{_show(text)} must be KIND/NAME with KIND one of {kinds}")
-    if not _DNS_SUBDOMAIN.match(name):
+    if not _DNS_SUBDOMAIN.fullmatch(name):
         raise r.fail(f"{_show(name)} is not a valid Kubernetes object name")
     return Workload(WorkloadKind(kind), name)
 
@@ -197,6 +197,8 @@ def load_registry(document: str | Mapping[str, object]) -> Registry:
     if isinstance(document, str):
         try:
             data: object = json.loads(document)
+        except RecursionError:
+            raise RegistryError("registry: not valid JSON: nested too deeply") from None
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno} column {exc.colno}"
             raise RegistryError(f"registry: not valid JSON: {exc.msg} at {where}") from None

@@ -36,7 +36,7 @@ class GatewayToken:
         raw = text.strip()
         if raw.startswith(PREFIX):
             raw = raw[len(PREFIX) :].strip()
-        match = _SHAPE.match(raw)
+        match = _SHAPE.fullmatch(raw)
         if match is None:
             # Never echo the input: it may be a real credential in the wrong shape.
             raise InvalidToken(

@@ -110,10 +110,6 @@ def test_registry_loader_raises_only_registry_errors_on_any_text(text: str) -> N
         load_registry(text)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="BUG: load_registry lets json's RecursionError escape on deeply nested JSON "
-                          "(only JSONDecodeError is caught): health and every function crash instead of "
-                          "reporting an invalid ROTATION_REGISTRY")
 def test_registry_loader_survives_deeply_nested_json() -> None:
     with pytest.raises(RegistryError):
         load_registry("[" * 100_000)

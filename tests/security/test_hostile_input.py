@@ -18,9 +18,7 @@ from tests.security.conftest import GATEWAY_ID, SERVICE_ID, App, registry
 
 HOSTILE_NAMES = ["..", ".", "/", "a/b", "%2F", "gw-1%2F..%2Fx", "..%2f", "g" * 300, "gw-ü", "Ⅻ", "gw\x00",
                  "gw 1", "gw-1/../gw-2", "\\", "gw-1;", "$(id)", ""]
-NEWLINE = pytest.param("gw-1\n", marks=pytest.mark.xfail(
-    strict=True, reason="BUG: rotation/core/model.py and registry.py validate names with re.match and a "
-                        "'$' anchor, which also matches before a trailing newline: 'gw-1\\n' passes"))
+NEWLINE = "gw-1\n"  # a '$' anchor alone would let this through: names are checked with fullmatch
 
 
 def route_cases() -> list[Any]:
@@ -103,9 +101,7 @@ def registry_cases() -> list[Any]:
     # Kubernetes object names and Key Vault secret names are lowercase DNS-style (no '_').
     cases += [pytest.param(f, "UPPER_case", id=f"{f}-UPPER_case")
               for f in ("namespace", "secret", "restart", "keyVaultSecret")]
-    bug = pytest.mark.xfail(strict=True, reason="BUG: a trailing newline passes the '$'-anchored name checks "
-                                                "and reaches ARM, Key Vault and Kubernetes paths")
-    cases += [pytest.param(f, "gw-1\n", marks=bug, id=f"{f}-newline")
+    cases += [pytest.param(f, "gw-1\n", id=f"{f}-newline")
               for f in ("namespace", "secret", "gateway", "service", "restart")]
     return cases
 
