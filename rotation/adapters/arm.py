@@ -54,12 +54,13 @@ class ArmTokenIssuer:
             if client is None:
                 from azure.mgmt.apimanagement import ApiManagementClient
 
+                from rotation.adapters.retry import retry_policy
+
                 kwargs: dict[str, Any] = {
                     "base_url": self._endpoint,
+                    "retry_policy": retry_policy(self._retry_total),
                     "credential_scopes": [f"{self._endpoint}/.default"],
                 }
-                if self._retry_total is not None:
-                    kwargs["retry_total"] = self._retry_total
                 if self._connection_verify is not None:
                     kwargs["connection_verify"] = self._connection_verify
                 client = ApiManagementClient(self._credential, subscription, **kwargs)

@@ -56,9 +56,10 @@ class KeyVaultTokenStore:
             if self._client_instance is None:
                 from azure.keyvault.secrets import SecretClient
 
-                kwargs: dict[str, Any] = {"verify_challenge_resource": self._verify_challenge_resource}
-                if self._retry_total is not None:
-                    kwargs["retry_total"] = self._retry_total
+                from rotation.adapters.retry import retry_policy
+
+                kwargs: dict[str, Any] = {"verify_challenge_resource": self._verify_challenge_resource,
+                                          "retry_policy": retry_policy(self._retry_total)}
                 if self._api_version is not None:
                     kwargs["api_version"] = self._api_version
                 if self._connection_verify is not None:

@@ -17,6 +17,9 @@ log = logging.getLogger("rotation.outcomes")
 TOKEN_ROTATED = "ApimTokenRotator.TokenRotated"  # noqa: S105 - an event type name
 ROTATION_FAILED = "ApimTokenRotator.RotationFailed"
 SOURCE = "/apim-token-rotator"
+# The handler waits for the publish: bound it. No retry, because azure-eventgrid's basic-topic client
+# builds azure-core's RetryPolicy itself, which would sleep a whole Retry-After before giving up.
+PUBLISH_TIMEOUT_SECONDS = 5.0
 
 
 class EventGridOutcomePublisher:
@@ -31,7 +34,7 @@ class EventGridOutcomePublisher:
             if self._client is None:
                 from azure.eventgrid import EventGridPublisherClient
 
-                self._client = EventGridPublisherClient(self._endpoint, self._credential)
+                self._client = EventGridPublisherClient(self._endpoint, self._credential, retry_total=0)
             return self._client
 
     def publish(self, report: RotationReport) -> None:
@@ -40,7 +43,7 @@ class EventGridOutcomePublisher:
 
             event_type = TOKEN_ROTATED if report.ok else ROTATION_FAILED
             event = CloudEvent(source=SOURCE, type=event_type, subject=report.gateway_id, data=report.to_dict())
-            self._get_client().send([event])
+            self._get_client().send([event], timeout=PUBLISH_TIMEOUT_SECONDS)
         except Exception as exc:  # noqa: BLE001 - best effort by contract
             log.warning("could not publish the outcome event for %s: %s", report.gateway_id,
                         type(exc).__name__)

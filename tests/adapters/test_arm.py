@@ -123,6 +123,33 @@ def test_429_without_retry_after_is_an_upstream_error(fakes: Fakes, gateway: Gat
         issuer(fakes, retry_total=0).generate_token(gateway, KeyType.PRIMARY, in_days(29))
 
 
+def test_a_retry_after_that_ends_past_the_timeout_is_not_waited_for(fakes: Fakes, gateway: GatewayRef) -> None:
+    """azure-core's own RetryPolicy would sleep the 30 s first and only then look at `timeout`."""
+    fakes.arm.add_fault({"method": "POST", "path": "/generateToken$", "status": 429, "times": 1,
+                         "retryAfter": 30})
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamError, match=rf"ARM generateToken for {gateway} failed: 429 TooManyRequests"):
+        issuer(fakes).generate_token(gateway, KeyType.PRIMARY, in_days(29), timeout=3)
+
+    assert time.monotonic() - started < 2.0
+    assert [c["status"] for c in generate_calls(fakes)] == [429]
+
+
+def test_5xx_backoff_stops_before_the_timeout(fakes: Fakes, gateway: GatewayRef) -> None:
+    """Retried while the next backoff (0 s, 1.6 s, 3.2 s by azure-core's defaults) fits, then the last
+    answer is the error, well inside the timeout."""
+    fakes.arm.add_fault({"method": "POST", "path": "/generateToken$", "status": 503, "times": 0})
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamError, match=rf"ARM generateToken for {gateway} failed: 503"):
+        issuer(fakes).generate_token(gateway, KeyType.PRIMARY, in_days(29), timeout=2.5)
+
+    took = time.monotonic() - started
+    assert took < 2.5
+    assert [c["status"] for c in generate_calls(fakes)] == [503, 503, 503]
+
+
 @pytest.mark.parametrize("status", [500, 503])
 def test_5xx_is_an_upstream_error(fakes: Fakes, gateway: GatewayRef, status: int) -> None:
     fakes.arm.add_fault({"path": "/regenerateKey$", "status": status, "times": 1})
