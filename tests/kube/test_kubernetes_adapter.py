@@ -120,8 +120,10 @@ def test_role_is_minimal(kube_stack: KubeStack, clusters: KubernetesClusters, au
         c.read_secret(NS, OTHER_SECRET, KEY)
     with pytest.raises(AccessDenied, match="forbidden to patch secrets"):
         c.write_secret_key(NS, OTHER_SECRET, KEY, token_value("x"), "1")
-    with pytest.raises(AccessDenied, match="forbidden to get deployments gw/not-listed"):
+    with pytest.raises(AccessDenied, match="forbidden to patch deployments gw/not-listed"):
         c.restart(NS, Workload(WorkloadKind.DEPLOYMENT, "not-listed"), datetime.now(UTC))
+    with pytest.raises(AccessDenied, match="forbidden to get deployments gw/not-listed"):
+        c.rollout(NS, Workload(WorkloadKind.DEPLOYMENT, "not-listed"))
     with pytest.raises(AccessDenied, match="forbidden to get secrets default/"):
         c.read_secret("default", SECRET, KEY)
 
@@ -162,14 +164,18 @@ def test_restart_sets_restarted_at(kube_stack: KubeStack, clusters: KubernetesCl
     assert obj.metadata.generation >= 2
 
 
-def test_restart_refuses_paused_deployment(kube_stack: KubeStack, clusters: KubernetesClusters) -> None:
+def test_restart_of_a_paused_deployment_is_reported_not_done(kube_stack: KubeStack,
+                                                             clusters: KubernetesClusters) -> None:
+    """One PATCH, no prior GET: the annotation is set (the pods roll on resume), the restart fails."""
     from kubernetes import client as k8s
 
     c = app_client(kube_stack, clusters, "aks")
-    with pytest.raises(PermanentError, match="paused deployment gw/gw-paused"):
-        c.restart(NS, Workload(WorkloadKind.DEPLOYMENT, "gw-paused"), datetime.now(UTC), timeout=5)
+    at = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    with pytest.raises(PermanentError, match=r"paused deployment gw/gw-paused does not roll: .*rollout resume"):
+        c.restart(NS, Workload(WorkloadKind.DEPLOYMENT, "gw-paused"), at, timeout=5)
     obj: Any = k8s.AppsV1Api(admin(kube_stack, "aks")).read_namespaced_deployment("gw-paused", NS)
-    assert RESTARTED_AT not in (obj.spec.template.metadata.annotations or {})
+    assert obj.spec.paused is True
+    assert obj.spec.template.metadata.annotations[RESTARTED_AT] == "2031-05-06T07:08:09Z"
 
 
 def test_restart_of_unlisted_or_missing_workload(kube_stack: KubeStack, clusters: KubernetesClusters) -> None:
