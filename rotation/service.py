@@ -39,7 +39,15 @@ from rotation.core.model import (
     TokenRecord,
     Workload,
 )
-from rotation.core.policies import Desired, TargetAction, key_type_for, new_expiry, renewal_reason, target_action
+from rotation.core.policies import (
+    Desired,
+    TargetAction,
+    key_type_for,
+    new_expiry,
+    promotable,
+    renewal_reason,
+    target_action,
+)
 from rotation.core.ports import ClusterClient, Clusters, OutcomePublisher, TokenIssuer, TokenStore
 from rotation.core.status import GatewayStatus, KeyRollPhase, KeyRollReport, SweepReport, TargetStatus, sync_state
 from rotation.core.token import GatewayToken, parse_stored
@@ -143,7 +151,14 @@ class Rotator:
         with self._exclusive(config, deadline):
             source, rotated, chosen_key = self._gather_and_renew(
                 config, deadline, force, dry_run, known, key_type, roll_from)
-            targets = self._fan_out(config, source, deadline, dry_run or source is None)
+            held: dict[Target, GatewayToken] = {}
+            targets = self._fan_out(config, source, deadline, dry_run or source is None, held)
+            # A straggler thread past the deadline may still add to `held`: take a snapshot.
+            newer = tuple(held.values())
+            promoted = self._promote(config, newer, deadline) if newer and not dry_run else None
+            if promoted is not None:
+                source, rotated = promoted, True
+                targets = self._fan_out(config, source, deadline, False, {})
         report = RotationReport(
             gateway_id=config.ref.id,
             rotated=rotated,
@@ -204,14 +219,40 @@ class Rotator:
             raise NotFound(f"Key Vault secret {config.key_vault_secret} disappeared")
         return record.token
 
+    def _promote(self, config: GatewayConfig, held: Sequence[GatewayToken],
+                 deadline: _Deadline) -> _TokenSource | None:
+        """Makes a later-expiring version that targets hold Key Vault's latest again (see
+        `policies.promotable`), so that every target converges on what Key Vault says. Best effort:
+        the targets already hold valid tokens, so a failure here is logged, not raised."""
+        secret = config.key_vault_secret
+        try:
+            latest = self.store.get(secret, timeout=deadline.check("reading Key Vault"))
+            if latest is None:
+                return None
+            versions = self.store.versions(secret, timeout=deadline.check("listing Key Vault versions"))
+            token = promotable(latest, versions, held, config.ref.gateway)
+            if token is None:
+                return None
+            record = TokenRecord(token=token, key_type=latest.key_type, gateway_id=config.ref.id)
+            self.store.put(secret, record, timeout=deadline.check("writing Key Vault"))
+        except RotationError as exc:
+            log.warning("%s: could not make the later-expiring version targets hold Key Vault's latest: %s",
+                        config.ref, exc)
+            return None
+        emit("rotation.token", {"gatewayId": config.ref.id, "fingerprint": token.fingerprint,
+                                "expiresAt": token.expires_at.isoformat(), "keyType": latest.key_type.value,
+                                "why": "a target held a later-expiring earlier version: stored it as the latest"})
+        return _TokenSource(_desired(token), lambda: token, token)
+
     def _fan_out(self, config: GatewayConfig, source: _TokenSource | None, deadline: _Deadline,
-                 plan_only: bool) -> tuple[TargetReport, ...]:
+                 plan_only: bool, held: dict[Target, GatewayToken]) -> tuple[TargetReport, ...]:
+        """`held` collects the tokens of targets found `newer` than `source`."""
         targets = config.targets
         started = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
         try:
             futures: list[Future[TargetReport]] = [
-                pool.submit(self._sync_target, config, t, source, deadline, plan_only) for t in targets
+                pool.submit(self._sync_target, config, t, source, deadline, plan_only, held) for t in targets
             ]
             wait(futures, timeout=deadline.left())
         finally:
@@ -225,7 +266,7 @@ class Rotator:
         )
 
     def _sync_target(self, config: GatewayConfig, target: Target, source: _TokenSource | None,
-                     deadline: _Deadline, plan_only: bool) -> TargetReport:
+                     deadline: _Deadline, plan_only: bool, held: dict[Target, GatewayToken]) -> TargetReport:
         started = time.monotonic()
 
         def done(outcome: Outcome, restarted: Sequence[str] = (), error: str | None = None) -> TargetReport:
@@ -242,6 +283,9 @@ class Rotator:
                     return done(Outcome.PLANNED, [str(w) for w in target.restart])
                 action = target_action(state.value, source.desired, target.format)
                 if action is TargetAction.NEWER:
+                    newer = parse_stored(state.value)
+                    if newer is not None:
+                        held[target] = newer
                     return done(Outcome.NEWER)
                 if action is TargetAction.IN_SYNC and not (pending and target.restart):
                     return done(Outcome.IN_SYNC)

@@ -128,6 +128,12 @@ class MemoryStore:
         with self.lock:
             return [info_from(name, v[-1].tags, v[-1].expires_on) for name, v in self.secrets.items() if v]
 
+    def versions(self, secret_name: str, timeout: float | None = None) -> Sequence[TokenInfo]:
+        self.calls.append(("versions", secret_name))
+        self.faults.hit("versions")
+        with self.lock:
+            return [info_from(secret_name, v.tags, v.expires_on) for v in self.secrets.get(secret_name.lower(), [])]
+
     def read_text(self, secret_name: str) -> str:
         raise NotFound(secret_name)
 

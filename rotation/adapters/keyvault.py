@@ -135,6 +135,26 @@ class KeyVaultTokenStore:
             raise translated from None
         return out
 
+    def versions(self, secret_name: str, timeout: float | None = None) -> Sequence[TokenInfo]:
+        what = f"Key Vault listing of the versions of secret {secret_name!r}"
+        options = call_options(timeout, what)
+        try:
+            found = [p for p in self._client().list_properties_of_secret_versions(secret_name, **options)
+                     if p.enabled is not False and tags.is_managed(p.tags)]
+        except RotationError:
+            raise
+        except Exception as exc:
+            from azure.core.exceptions import ResourceNotFoundError
+
+            if isinstance(exc, ResourceNotFoundError):
+                return []  # no such secret: no versions
+            translated = _translate(exc, what)
+            if translated is None:
+                raise
+            raise translated from None
+        found.sort(key=lambda p: p.created_on.timestamp() if p.created_on else 0.0)
+        return [tags.info_from(secret_name, p.tags, p.expires_on) for p in found]
+
     def read_text(self, secret_name: str, timeout: float | None = None) -> str:
         """A secret's value as text (e.g. a kubeconfig). NotFound when it does not exist."""
         what = f"Key Vault get of secret {secret_name!r}"

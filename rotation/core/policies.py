@@ -7,12 +7,13 @@ unless a key roll explicitly moves it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from rotation.core.model import KeyType, TokenRecord
-from rotation.core.token import parse_stored
+from rotation.core.model import KeyType, TokenInfo, TokenRecord
+from rotation.core.token import GatewayToken, parse_stored
 
 MAX_LIFETIME = timedelta(days=30)
 
@@ -71,6 +72,34 @@ def target_action(secret_value: str | None, desired: Desired, fmt: str) -> Targe
     if current.expires_at > desired.expires_at:
         return TargetAction.NEWER
     return TargetAction.WRITE
+
+
+def promotable(latest: TokenRecord, versions: Sequence[TokenInfo], held: Iterable[GatewayToken],
+               gateway: str) -> GatewayToken | None:
+    """The token targets hold that Key Vault should store again as its latest version, if any.
+
+    Racing rotations (two instances, different lifetimes) can each write a version; never-downgrade
+    then keeps targets on a version that expires later than the one written last. Such a token is
+    promoted when it is one of Key Vault's own versions written since the last key change (an older
+    one may be signed by a key regenerated since) and no key roll is pending (the roll decides).
+    `versions` is oldest first.
+    """
+    if latest.roll_from is not None:
+        return None
+    same_key: set[str] = set()
+    for info in reversed(versions):
+        if info.key_type is not latest.key_type or info.roll_from is not None:
+            break
+        if info.fingerprint:
+            same_key.add(info.fingerprint)
+    best: GatewayToken | None = None
+    for token in held:
+        if (token.gateway.lower() != gateway.lower() or token.fingerprint not in same_key
+                or token.expires_at <= latest.token.expires_at):
+            continue
+        if best is None or (token.expires_at, token.fingerprint) > (best.expires_at, best.fingerprint):
+            best = token
+    return best
 
 
 def _human(delta: timedelta) -> str:

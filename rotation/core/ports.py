@@ -52,6 +52,10 @@ class TokenStore(Protocol):
         """Every token secret's properties in one paged listing (no values)."""
         ...
 
+    def versions(self, secret_name: str, timeout: float | None = None) -> Sequence[TokenInfo]:
+        """Every enabled version's properties of one secret, oldest first (no values)."""
+        ...
+
 
 class ClusterClient(Protocol):
     """One Kubernetes cluster, as the app's least-privilege identity."""

@@ -83,6 +83,21 @@ def test_every_put_is_a_new_version_and_get_returns_the_latest(fakes: Fakes) -> 
     assert fakes.keyvault.dump()[0]["versions"] == 2
 
 
+def test_versions_lists_every_version_oldest_first_without_values(fakes: Fakes) -> None:
+    kv = store(fakes)
+    written = [record(days=28), record(days=29, key_type=KeyType.SECONDARY, roll_from=KeyType.PRIMARY),
+               record(days=27, key_type=KeyType.SECONDARY)]
+    for r in written:
+        kv.put("tok", r)
+        time.sleep(1.05)  # Key Vault's `created` has whole-second precision
+
+    infos = kv.versions("tok", timeout=10)
+
+    assert [(i.fingerprint, i.key_type, i.roll_from, i.expires_at) for i in infos] == [
+        (r.token.fingerprint, r.key_type, r.roll_from, r.token.expires_at) for r in written]
+    assert kv.versions("missing-secret") == []
+
+
 def test_missing_secret_is_none_for_get_and_not_found_for_read_text(fakes: Fakes) -> None:
     kv = store(fakes)
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -111,6 +112,68 @@ def test_never_downgrades_a_target_holding_a_later_token(world: World) -> None:
     assert [t.outcome for t in report.targets] == [Outcome.IN_SYNC, Outcome.NEWER]
     assert world.west.value("gateways", "gw1-token", "value") == later.value
     assert report.ok
+
+
+def _race(world: World, later_days: int, earlier_days: int) -> tuple[GatewayToken, GatewayToken]:
+    """What two racing rotations with different lifetimes leave: Key Vault's latest version expires
+    earlier than the version written just before it, which west kept (never downgrade)."""
+    later = world.seed_token(world.gw1, later_days * DAY, everywhere=False)
+    earlier = world.seed_token(world.gw1, earlier_days * DAY, everywhere=False)
+    world.east.secrets[("apim", "gw1-token")].data["config.service.auth.key"] = earlier.formatted()
+    world.west.secrets[("gateways", "gw1-token")].data["value"] = later.value
+    return later, earlier
+
+
+def test_a_later_expiring_version_a_target_holds_becomes_the_latest_and_every_target_converges(
+        world: World) -> None:
+    later, _ = _race(world, 29, 28)
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.IN_SYNC]
+    assert report.ok and report.rotated and report.fingerprint == later.fingerprint
+    assert world.store.current(world.gw1.key_vault_secret) == later.value
+    assert world.held(world.gw1) == [later.formatted(), later.value]
+    assert world.issuer.generated == 0
+    again = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in again.targets] == [Outcome.IN_SYNC, Outcome.IN_SYNC]
+    assert world.store.writes == 1
+
+
+def test_a_later_token_that_key_vault_never_held_is_kept_but_not_promoted(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    foreign = GatewayToken.parse(world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY,
+                                                             (world.now + 29 * DAY).replace(second=0)))
+    world.west.secrets[("gateways", "gw1-token")].data["value"] = foreign.value
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.IN_SYNC, Outcome.NEWER]
+    assert world.store.writes == 0 and not report.rotated
+
+
+def test_no_promotion_across_a_key_change_or_during_a_key_roll(world: World) -> None:
+    later, _ = _race(world, 29, 28)
+    # Since then the gateway moved to the secondary key: the later primary version may be signed by a
+    # primary key that was regenerated, so it must not come back.
+    world.seed_token(world.gw1, 28 * DAY + timedelta(hours=12), key=KeyType.SECONDARY, everywhere=False)
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.NEWER]
+    assert world.store.writes == 0
+    assert world.west.value("gateways", "gw1-token", "value") == later.value
+    # A pending key roll decides alone, whatever targets hold.
+    world.seed_token(world.gw1, 28 * DAY, key=KeyType.PRIMARY, everywhere=False)
+    latest = world.store.get(world.gw1.key_vault_secret)
+    assert latest is not None
+    world.store.put(world.gw1.key_vault_secret, replace(latest, roll_from=KeyType.SECONDARY, version=None))
+    world.store.calls.clear()
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert Outcome.NEWER in [t.outcome for t in report.targets]
+    assert world.store.writes == 0
+
+
+def test_a_failed_promotion_leaves_the_first_pass_as_it_was(world: World) -> None:
+    _race(world, 29, 28)
+    world.store.faults.queue["versions"] = [UpstreamError("Key Vault listing failed: 503")]
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.IN_SYNC, Outcome.NEWER]
+    assert report.ok and world.store.writes == 0
 
 
 def test_expired_event_with_fresh_key_vault_repairs_only_the_stale_target(world: World) -> None:

@@ -4,12 +4,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rotation.core.model import KeyType, TokenRecord
+from rotation.core.model import KeyType, TokenInfo, TokenRecord
 from rotation.core.policies import (
     Desired,
     TargetAction,
     key_type_for,
     new_expiry,
+    promotable,
     renewal_reason,
     target_action,
 )
@@ -96,3 +97,39 @@ def test_same_expiry_different_token_converges_to_key_vault() -> None:
     desired, _ = _desired(expires)
     sibling = GatewayToken.parse(f"gw&{expires:%Y%m%d%H%M}&b3RoZXJzaWduYXR1cmVvdGhlcg==")
     assert target_action(sibling.formatted(), desired, "GatewayKey {token}") is TargetAction.WRITE
+
+
+def _info(r: TokenRecord, roll_from: KeyType | None = None) -> TokenInfo:
+    return TokenInfo("s", "/x", r.key_type, r.token.expires_at, r.token.fingerprint, roll_from)
+
+
+_D = timedelta(days=1)
+_EARLY, _LATE, _LATEST = (record(NOW.replace(second=0, microsecond=0) + d * _D) for d in (27, 29, 28))
+
+
+@pytest.mark.parametrize(
+    ("versions", "held", "latest", "promoted"),
+    [
+        ([_EARLY, _LATE, _LATEST], [_LATE], _LATEST, _LATE),             # the race: promoted
+        ([_EARLY, _LATE, _LATEST], [_EARLY], _LATEST, None),            # earlier: never
+        ([_EARLY, _LATEST], [_LATE], _LATEST, None),                    # not one of Key Vault's versions
+        ([_LATE, record(_LATEST.token.expires_at, KeyType.SECONDARY)],  # a key change since
+         [_LATE], record(_LATEST.token.expires_at, KeyType.SECONDARY), None),
+        ([_EARLY, _LATE, _LATEST], [_LATE, _EARLY], _LATEST, _LATE),     # the latest-expiring one wins
+        ([_LATE, _LATEST], [record(_LATE.token.expires_at, gateway="other")], _LATEST, None),  # other gateway
+    ],
+)
+def test_promotable(versions: list[TokenRecord], held: list[TokenRecord], latest: TokenRecord,
+                    promoted: TokenRecord | None) -> None:
+    got = promotable(latest, [_info(v) for v in versions], [h.token for h in held], "gw")
+    assert got == (promoted.token if promoted else None)
+
+
+def test_nothing_is_promoted_while_a_key_roll_is_pending() -> None:
+    rolling = TokenRecord(_LATEST.token, KeyType.SECONDARY, "/x", roll_from=KeyType.PRIMARY)
+    assert promotable(rolling, [_info(_LATE), _info(rolling, KeyType.PRIMARY)], [_LATE.token], "gw") is None
+    # a version written during a roll marks a key change: what came before it is not promoted
+    done = TokenRecord(_LATEST.token, KeyType.SECONDARY, "/x")
+    late_secondary = record(_LATE.token.expires_at, KeyType.SECONDARY)
+    assert promotable(done, [_info(late_secondary), _info(rolling, KeyType.PRIMARY), _info(done)],
+                      [late_secondary.token], "gw") is None
