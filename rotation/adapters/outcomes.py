@@ -17,9 +17,24 @@ log = logging.getLogger("rotation.outcomes")
 TOKEN_ROTATED = "ApimTokenRotator.TokenRotated"  # noqa: S105 - an event type name
 ROTATION_FAILED = "ApimTokenRotator.RotationFailed"
 SOURCE = "/apim-token-rotator"
-# The handler waits for the publish: bound it. No retry, because azure-eventgrid's basic-topic client
-# builds azure-core's RetryPolicy itself, which would sleep a whole Retry-After before giving up.
+# The handler waits for the publish: bound it, and do not retry (azure-core's RetryPolicy would sleep a
+# whole Retry-After first). azure-eventgrid's basic-topic client drops constructor options, so they go
+# with each call.
 PUBLISH_TIMEOUT_SECONDS = 5.0
+_CALL_OPTIONS: dict[str, Any] = {"retry_total": 0, "connection_timeout": PUBLISH_TIMEOUT_SECONDS,
+                                 "read_timeout": PUBLISH_TIMEOUT_SECONDS}
+# That client also hands a call's options to its CloudEvent model, which logs a warning for each one
+# ("retry_total is not a known attribute ... and will be ignored"); only those records are dropped.
+_MODEL_LOGGER = "azure.eventgrid._legacy._generated._serialization"
+
+
+class _DropOptionWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.args and isinstance(record.args, tuple) and record.args[0] in _CALL_OPTIONS
+                    and "is not a known attribute" in str(record.msg))
+
+
+_DROP_OPTION_WARNINGS = _DropOptionWarnings()
 
 
 class EventGridOutcomePublisher:
@@ -34,7 +49,8 @@ class EventGridOutcomePublisher:
             if self._client is None:
                 from azure.eventgrid import EventGridPublisherClient
 
-                self._client = EventGridPublisherClient(self._endpoint, self._credential, retry_total=0)
+                logging.getLogger(_MODEL_LOGGER).addFilter(_DROP_OPTION_WARNINGS)  # once: same instance
+                self._client = EventGridPublisherClient(self._endpoint, self._credential)
             return self._client
 
     def publish(self, report: RotationReport) -> None:
@@ -43,7 +59,7 @@ class EventGridOutcomePublisher:
 
             event_type = TOKEN_ROTATED if report.ok else ROTATION_FAILED
             event = CloudEvent(source=SOURCE, type=event_type, subject=report.gateway_id, data=report.to_dict())
-            self._get_client().send([event], timeout=PUBLISH_TIMEOUT_SECONDS)
+            self._get_client().send([event], **_CALL_OPTIONS)
         except Exception as exc:  # noqa: BLE001 - best effort by contract
             log.warning("could not publish the outcome event for %s: %s", report.gateway_id,
                         type(exc).__name__)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -115,6 +117,22 @@ def test_a_failing_outcome_topic_never_fails_a_rotation(world: World) -> None:
     code, text = run("rotate", "apim-devstack/gw-west")
     assert code == 0 and "updated" in text
     assert world.stack.outcome_events() == []
+
+
+def test_a_hanging_outcome_topic_is_abandoned_after_the_publish_timeout(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    from rotation.adapters.outcomes import PUBLISH_TIMEOUT_SECONDS
+
+    world.fault("eventgrid", path="/api/events", delaySeconds=30, times=0)
+    started = time.monotonic()
+    code, text = run("rotate", "apim-devstack/gw-west")
+    took = time.monotonic() - started
+    assert code == 0 and "updated" in text
+    assert took < PUBLISH_TIMEOUT_SECONDS + 3, f"the publish held the rotation for {took:.1f} s"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [w for w in warnings if "could not publish the outcome event" in w] == [
+        f"could not publish the outcome event for {devstack.gateway_id('gw-west')}: ServiceResponseTimeoutError"]
+    assert not [w for w in warnings if "not a known attribute" in w]  # the SDK's model warning
 
 
 def test_cli_errors_are_one_line(world: World, capsys: pytest.CaptureFixture[str]) -> None:
