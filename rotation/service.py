@@ -42,6 +42,7 @@ from rotation.core.model import (
 from rotation.core.policies import (
     Desired,
     TargetAction,
+    doomed_by_roll,
     key_type_for,
     new_expiry,
     promotable,
@@ -151,14 +152,15 @@ class Rotator:
         with self._exclusive(config, deadline):
             source, rotated, chosen_key = self._gather_and_renew(
                 config, deadline, force, dry_run, known, key_type, roll_from)
+            doomed = self._doomed(config, roll_from, deadline) if roll_from is not None and source else frozenset()
             held: dict[Target, GatewayToken] = {}
-            targets = self._fan_out(config, source, deadline, dry_run or source is None, held)
+            targets = self._fan_out(config, source, deadline, dry_run or source is None, held, doomed)
             # A straggler thread past the deadline may still add to `held`: take a snapshot.
             newer = tuple(held.values())
             promoted = self._promote(config, newer, deadline) if newer and not dry_run else None
             if promoted is not None:
                 source, rotated = promoted, True
-                targets = self._fan_out(config, source, deadline, False, {})
+                targets = self._fan_out(config, source, deadline, False, {}, doomed)
         report = RotationReport(
             gateway_id=config.ref.id,
             rotated=rotated,
@@ -244,15 +246,29 @@ class Rotator:
                                 "why": "a target held a later-expiring earlier version: stored it as the latest"})
         return _TokenSource(_desired(token), lambda: token, token)
 
+    def _doomed(self, config: GatewayConfig, roll_from: KeyType, deadline: _Deadline) -> frozenset[str]:
+        """During a key roll: the stored tokens of the key about to be regenerated. Best effort: without
+        them a target holding such a token stays `newer`, and the roll stops before regenerating."""
+        try:
+            versions = self.store.versions(config.key_vault_secret,
+                                           timeout=deadline.check("listing Key Vault versions"))
+        except RotationError as exc:
+            log.warning("%s: could not list Key Vault versions for the key roll: %s", config.ref, exc)
+            return frozenset()
+        return doomed_by_roll(versions, roll_from)
+
     def _fan_out(self, config: GatewayConfig, source: _TokenSource | None, deadline: _Deadline,
-                 plan_only: bool, held: dict[Target, GatewayToken]) -> tuple[TargetReport, ...]:
-        """`held` collects the tokens of targets found `newer` than `source`."""
+                 plan_only: bool, held: dict[Target, GatewayToken],
+                 doomed: frozenset[str] = frozenset()) -> tuple[TargetReport, ...]:
+        """`held` collects the tokens of targets found `newer` than `source`; a target holding a
+        `doomed` token is overwritten even if that token expires later."""
         targets = config.targets
         started = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
         try:
             futures: list[Future[TargetReport]] = [
-                pool.submit(self._sync_target, config, t, source, deadline, plan_only, held) for t in targets
+                pool.submit(self._sync_target, config, t, source, deadline, plan_only, held, doomed)
+                for t in targets
             ]
             wait(futures, timeout=deadline.left())
         finally:
@@ -266,7 +282,8 @@ class Rotator:
         )
 
     def _sync_target(self, config: GatewayConfig, target: Target, source: _TokenSource | None,
-                     deadline: _Deadline, plan_only: bool, held: dict[Target, GatewayToken]) -> TargetReport:
+                     deadline: _Deadline, plan_only: bool, held: dict[Target, GatewayToken],
+                     doomed: frozenset[str]) -> TargetReport:
         started = time.monotonic()
 
         def done(outcome: Outcome, restarted: Sequence[str] = (), error: str | None = None) -> TargetReport:
@@ -281,7 +298,7 @@ class Rotator:
                 pending = RESTART_PENDING in state.annotations
                 if source is None:
                     return done(Outcome.PLANNED, [str(w) for w in target.restart])
-                action = target_action(state.value, source.desired, target.format)
+                action = target_action(state.value, source.desired, target.format, doomed)
                 if action is TargetAction.NEWER:
                     newer = parse_stored(state.value)
                     if newer is not None:

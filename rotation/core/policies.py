@@ -62,16 +62,25 @@ class Desired:
     expires_at: datetime
 
 
-def target_action(secret_value: str | None, desired: Desired, fmt: str) -> TargetAction:
-    """In sync only when the exact formatted token is there; never replace a later-expiring token."""
+def target_action(secret_value: str | None, desired: Desired, fmt: str,
+                  doomed: frozenset[str] = frozenset()) -> TargetAction:
+    """In sync only when the exact formatted token is there; never replace a later-expiring token,
+    unless it is `doomed`: signed by the key a key roll is about to regenerate (fingerprints)."""
     current = parse_stored(secret_value)
     if current is None or current.gateway.lower() != desired.gateway.lower():
         return TargetAction.WRITE
     if current.fingerprint == desired.fingerprint:
         return TargetAction.IN_SYNC if secret_value == current.formatted(fmt) else TargetAction.WRITE
-    if current.expires_at > desired.expires_at:
+    if current.expires_at > desired.expires_at and current.fingerprint not in doomed:
         return TargetAction.NEWER
     return TargetAction.WRITE
+
+
+def doomed_by_roll(versions: Sequence[TokenInfo], roll_from: KeyType) -> frozenset[str]:
+    """Fingerprints of Key Vault's versions signed by `roll_from`: a key roll regenerates that key, so
+    these tokens stop working and a target holding one must take the new token even if it expires
+    sooner. (A later-expiring token Key Vault never held is not known to be doomed and is kept.)"""
+    return frozenset(v.fingerprint for v in versions if v.key_type is roll_from and v.fingerprint)
 
 
 def promotable(latest: TokenRecord, versions: Sequence[TokenInfo], held: Iterable[GatewayToken],

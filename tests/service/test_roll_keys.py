@@ -73,3 +73,25 @@ def test_no_target_ever_holds_a_token_of_a_regenerated_key(world: World) -> None
     world.issuer.regenerate_key = regenerate  # type: ignore[method-assign]
     assert world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0).regenerated
     assert checks == [True, True]
+
+
+def test_roll_replaces_a_later_expiring_token_of_the_key_it_regenerates(world: World) -> None:
+    """Never-downgrade would keep it, and the roll would wait forever: that token dies with its key."""
+    old = world.seed_token(world.gw1, 30 * DAY, key=KeyType.PRIMARY)  # a longer lifetime than the roll's 29
+    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=1, poll_seconds=0.01)
+    assert report.phase is KeyRollPhase.COMPLETED and report.regenerated
+    assert [t.outcome.value for t in report.rotation.targets] == ["updated", "updated"]
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert stored is not None and stored.token.expires_at < old.expires_at
+    assert world.held(world.gw1) == [stored.token.formatted(), stored.token.value]
+    assert world.issuer.verify(world.gw1.ref, old.value) is None
+
+
+def test_a_later_token_key_vault_never_held_still_blocks_the_roll(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
+    foreign = world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY, (world.now + 30 * DAY).replace(second=0))
+    world.west.secrets[("gateways", "gw1-token")].data["value"] = foreign
+    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0)
+    assert report.phase is KeyRollPhase.PENDING and not report.regenerated
+    assert report.pending == ("west/gateways/gw1-token: newer",)
+    assert world.west.value("gateways", "gw1-token", "value") == foreign

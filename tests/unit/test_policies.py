@@ -8,6 +8,7 @@ from rotation.core.model import KeyType, TokenInfo, TokenRecord
 from rotation.core.policies import (
     Desired,
     TargetAction,
+    doomed_by_roll,
     key_type_for,
     new_expiry,
     promotable,
@@ -133,3 +134,13 @@ def test_nothing_is_promoted_while_a_key_roll_is_pending() -> None:
     late_secondary = record(_LATE.token.expires_at, KeyType.SECONDARY)
     assert promotable(done, [_info(late_secondary), _info(rolling, KeyType.PRIMARY), _info(done)],
                       [late_secondary.token], "gw") is None
+
+
+def test_a_doomed_later_token_is_replaced_during_a_key_roll() -> None:
+    later_primary = _LATE
+    desired = Desired("gw", _LATEST.token.fingerprint, _LATEST.token.expires_at)
+    assert target_action(later_primary.token.value, desired, "{token}") is TargetAction.NEWER
+    doomed = doomed_by_roll([_info(later_primary), _info(record(_EARLY.token.expires_at, KeyType.SECONDARY))],
+                            KeyType.PRIMARY)
+    assert doomed == {later_primary.token.fingerprint}
+    assert target_action(later_primary.token.value, desired, "{token}", doomed) is TargetAction.WRITE
