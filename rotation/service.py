@@ -144,6 +144,10 @@ class Rotator:
                   key_type: KeyType | None = None, roll_from: KeyType | None = None) -> RotationReport:
         """Bring every target of one gateway to the Key Vault token, renewing it first if due.
 
+        If targets kept a later-expiring Key Vault version (racing rotations), that version is made
+        the latest and a second pass brings the others up to it. During a key roll (`roll_from`),
+        tokens of the key about to be regenerated are replaced even if they expire later.
+
         Raises a RotationError when Key Vault or ARM fail (nothing reached a cluster); target
         failures are reported per target instead.
         """
