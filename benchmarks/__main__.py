@@ -42,7 +42,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         head = f"1 event → {f['targets']} targets, +{f['latency_ms']:.0f} ms per Kubernetes call: vs critical path"
         figure = (f"reconcile {f['warm_ms']} ms (warm worker; first reconcile of a fresh app {f['cold_ms']} ms "
                   f"= {f['cold_vs_critical']}×; {f['no_latency_ms']} ms with no injected latency, of which "
-                  f"{f['app_cpu_ms']} ms CPU in the app) vs critical path {f['critical_ms']} ms (ARM "
+                  f"{f['app_cpu_ms']} ms CPU in the app; machine busy {f['busy_cores_warm']} of {f['cores']} "
+                  f"cores during the reconcile) vs critical path {f['critical_ms']} ms (ARM "
                   f"{parts['arm']} + Key Vault {parts['keyvault']} + patch {parts['patch']} + restart "
                   f"{parts['restart']})")
         rows.append(f"| {head} | {figure} | ≤ {f['goal_critical']}× | {f['warm_vs_critical']}× "
