@@ -159,9 +159,11 @@ class Rotator:
             doomed = self._doomed(config, roll_from, deadline) if roll_from is not None and source else frozenset()
             held: dict[Target, GatewayToken] = {}
             targets = self._fan_out(config, source, deadline, dry_run or source is None, held, doomed)
-            # A straggler thread past the deadline may still add to `held`: take a snapshot.
+            # A straggler thread past the deadline may still add to `held`: take a snapshot. A key
+            # roll decides alone what targets hold, so it promotes nothing.
             newer = tuple(held.values())
-            promoted = self._promote(config, newer, deadline) if newer and not dry_run else None
+            promote = newer and not dry_run and roll_from is None
+            promoted = self._promote(config, newer, deadline) if promote else None
             if promoted is not None:
                 source, rotated = promoted, True
                 targets = self._fan_out(config, source, deadline, False, {}, doomed)

@@ -185,7 +185,7 @@ class KubernetesClusterClient:
             metadata["annotations"] = dict(annotations)  # None deletes a key in a strategic merge patch
         body = {"metadata": metadata, "stringData": {key: value}}
         with self._errors("patch", f"secrets {namespace}/{name}", timeout, value) as t:
-            _json(client.CoreV1Api(self._api).patch_namespaced_secret(
+            _discard(client.CoreV1Api(self._api).patch_namespaced_secret(
                 name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
                 _preload_content=False))
 
@@ -195,7 +195,7 @@ class KubernetesClusterClient:
 
         body = {"metadata": {"annotations": dict(annotations)}}
         with self._errors("patch", f"secrets {namespace}/{name}", timeout) as t:
-            _json(client.CoreV1Api(self._api).patch_namespaced_secret(
+            _discard(client.CoreV1Api(self._api).patch_namespaced_secret(
                 name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
                 _preload_content=False))
 
@@ -313,6 +313,14 @@ def _short_reason(reason: object) -> str:
     if ">: " in text:
         text = text.split(">: ", 1)[1]
     return text[:300] or type(reason).__name__
+
+
+def _discard(response: Any) -> None:
+    """Reads a raw response to its end (so its connection goes back to the pool) without parsing it."""
+    try:
+        response.read()
+    finally:
+        response.release_conn()
 
 
 def _json(response: Any) -> dict[str, Any]:
