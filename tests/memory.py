@@ -60,6 +60,7 @@ class MemoryIssuer:
     keys: dict[tuple[str, KeyType], bytes] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
+    regenerated: list[KeyType] = field(default_factory=list)
 
     def key(self, gateway: GatewayRef, key_type: KeyType) -> bytes:
         return self.keys.setdefault((gateway.id.lower(), key_type), secrets.token_bytes(32))
@@ -73,6 +74,7 @@ class MemoryIssuer:
     def regenerate_key(self, gateway: GatewayRef, key_type: KeyType, timeout: float | None = None) -> None:
         self.calls.append(("regenerateKey", gateway.id))
         self.faults.hit("regenerateKey")
+        self.regenerated.append(key_type)
         self.keys[(gateway.id.lower(), key_type)] = secrets.token_bytes(32)
 
     def verify(self, gateway: GatewayRef, token: str) -> KeyType | None:
