@@ -25,7 +25,7 @@ from rotation.core.errors import (
     UnknownGateway,
 )
 from rotation.core.events import parse_event
-from rotation.core.model import GatewayConfig, check_gateway_name, check_service_name
+from rotation.core.model import GatewayConfig, KeyType, check_gateway_name, check_service_name
 
 log = logging.getLogger("rotation.triggers")
 # The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
@@ -189,14 +189,19 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"])
 @_guard
 def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
-    body = _body(req, {"dryRun": bool, "waitSeconds": int})
+    body = _body(req, {"fromKey": str, "dryRun": bool, "waitSeconds": int, "confirmRestarted": bool})
     wait_seconds = body.get("waitSeconds", 60)
     if not 0 <= wait_seconds <= 180:
         raise InvalidInput("field 'waitSeconds' must be between 0 and 180")
     config = _gateway_from_route(req)
+    if body.get("fromKey") not in ("primary", "secondary"):
+        raise InvalidInput("field 'fromKey' is required: the key to roll away from and regenerate, "
+                           "'primary' or 'secondary'")
     box = bootstrap.container()
-    report = box.rotator.roll_keys(config, deadline_seconds=box.settings.deadline_seconds,
-                                   rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False))
+    report = box.rotator.roll_keys(config, from_key=KeyType(body["fromKey"]),
+                                   deadline_seconds=box.settings.deadline_seconds,
+                                   rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False),
+                                   confirm_restarted=body.get("confirmRestarted", False))
     return _json(200 if report.ok else 409, report.to_dict())
 
 

@@ -35,7 +35,8 @@ def test_sequence_1_a_forced_rotate_while_a_roll_is_pending_does_not_reverse_the
     """roll primary->secondary pending (west unreachable); a forced rotate; roll-keys again."""
     leaked = world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
     world.west.faults.queue["read"] = [UpstreamError("cluster west unreachable")]
-    first = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0)
+    first = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=0)
     assert first.phase is KeyRollPhase.PENDING and world.issuer.regenerated == []
 
     world.rotator.reconcile(world.gw1, reason="suspected leak", force=True, deadline_seconds=5)
@@ -43,7 +44,8 @@ def test_sequence_1_a_forced_rotate_while_a_roll_is_pending_does_not_reverse_the
     assert stored is not None and stored.roll_from is KeyType.PRIMARY  # the roll is carried forward
     assert world.issuer.verify(world.gw1.ref, stored.token.value) is KeyType.SECONDARY
 
-    world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0)
+    world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=0)
     assert world.issuer.verify(world.gw1.ref, leaked.value) is None  # the leaked key is dead
     assert_roll_invariant(world, world.gw1, KeyType.PRIMARY)
 
@@ -56,6 +58,7 @@ def test_sequence_2_a_pinned_forced_rotate_during_the_rollout_wait_cannot_doom_t
          world.gw2))
     world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
     raced: list[str] = []
+    real_rollout = world.east.rollout
 
     def rollout(namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
         if not raced:
@@ -65,10 +68,11 @@ def test_sequence_2_a_pinned_forced_rotate_during_the_rollout_wait_cannot_doom_t
                 raced.append("rotated")
             except UpstreamError:
                 raced.append("refused")
-        return RolloutState(workload, True, "1/1 updated")
+        return real_rollout(namespace, workload, timeout)
 
     world.east.rollout = rollout  # type: ignore[method-assign]
-    world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=1, poll_seconds=0.01)
+    world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=1, poll_seconds=0.01)
     assert raced
     assert_roll_invariant(world, world.gw1, KeyType.PRIMARY)
 
@@ -76,7 +80,7 @@ def test_sequence_2_a_pinned_forced_rotate_during_the_rollout_wait_cannot_doom_t
 def test_sequence_3_a_target_without_restart_list_keeps_the_roll_pending(world: World) -> None:
     """gw-2's target has no `restart` list: its pods still run the old token from their environment."""
     old = world.seed_token(world.gw2, 20 * DAY, key=KeyType.PRIMARY)
-    report = world.rotator.roll_keys(world.gw2, deadline_seconds=5, rollout_wait_seconds=0)
+    report = world.rotator.roll_keys(world.gw2, from_key=KeyType.PRIMARY, deadline_seconds=5, rollout_wait_seconds=0)
     assert report.phase is KeyRollPhase.PENDING and not report.regenerated
     assert world.issuer.regenerated == []
     assert world.issuer.verify(world.gw2.ref, old.value) is KeyType.PRIMARY
