@@ -26,10 +26,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from rotation.core.errors import InvalidInput, RotationError
-from rotation.core.model import GatewayConfig, KeyType, Outcome, RolloutState, SecretState, Target, TokenRecord
+from rotation.core.model import (
+    GatewayConfig,
+    KeyType,
+    Outcome,
+    RolloutState,
+    SecretState,
+    Target,
+    TokenInfo,
+    TokenRecord,
+)
 from rotation.core.policies import CLOCK_SKEW, token_stored_at
 from rotation.core.status import KeyRollPhase, KeyRollReport, sync_state
 from rotation.core.token import parse_stored
@@ -75,9 +84,10 @@ class TargetSeen:
     error: str | None = None
 
 
-def blockers(latest: TokenRecord | None, from_key: KeyType, stored_at: datetime | None,
+def blockers(latest: TokenRecord | None, from_key: KeyType, versions: Sequence[TokenInfo],
              seen: Sequence[TargetSeen], confirm_restarted: bool) -> list[Blocker]:
-    """Everything that forbids regenerating `from_key` now (empty: regenerate)."""
+    """Everything that forbids regenerating `from_key` now (empty: regenerate). `versions`: Key Vault's
+    versions, oldest first, listed after the targets were read."""
     if latest is None:
         return [Blocker("Key Vault", "holds no token for this gateway")]
     if latest.roll_from is not from_key or latest.key_type is not from_key.other:
@@ -85,6 +95,10 @@ def blockers(latest: TokenRecord | None, from_key: KeyType, stored_at: datetime 
         return [Blocker("Key Vault", f"its latest version is a {latest.key_type.value} token {tag}, not this "
                                      f"roll's {from_key.other.value} token: run roll-keys --from {from_key.value} "
                                      "again")]
+    stored_at = token_stored_at(versions, latest.token.fingerprint)
+    # Tokens of this roll (signed by the surviving key): a target holding one converges by itself
+    # when another writer just stored a later one, so the next look decides.
+    this_roll = {v.fingerprint for v in versions if v.key_type is from_key.other and v.roll_from is from_key}
     out: list[Blocker] = []
     for s in seen:
         t = s.target
@@ -94,8 +108,12 @@ def blockers(latest: TokenRecord | None, from_key: KeyType, stored_at: datetime 
         if sync_state(s.secret.value, latest.token.fingerprint, t.format).value != "in_sync":
             held = parse_stored(s.secret.value)
             what = f"token {held.fingerprint}" if held else "no token"
-            out.append(Blocker(str(t), f"holds {what}, not Key Vault's {latest.token.fingerprint} (it may be signed "
-                                       f"by the {from_key.value} key): run roll-keys again"))
+            if held is not None and held.fingerprint in this_roll:
+                out.append(Blocker(str(t), f"holds {what}, an earlier token of this roll, not Key Vault's "
+                                           f"{latest.token.fingerprint}: run roll-keys again", waits=True))
+            else:
+                out.append(Blocker(str(t), f"holds {what}, not Key Vault's {latest.token.fingerprint} (it may be "
+                                           f"signed by the {from_key.value} key): run roll-keys again"))
             continue
         if s.secret.annotations.get(RESTART_PENDING):
             out.append(Blocker(str(t), "its workloads' restart onto the new token is not done (restart-pending "
@@ -183,10 +201,6 @@ class KeyRoll:
         """Re-reads Key Vault and every target (Secret, workloads) and says what blocks phase 2."""
         r = self.rotator
         latest = r.store.get(config.key_vault_secret, timeout=timeout)
-        stored_at = None
-        if latest is not None:
-            stored_at = token_stored_at(r.store.versions(config.key_vault_secret, timeout=timeout),
-                                        latest.token.fingerprint)
         seen: list[TargetSeen] = []
         for target in config.targets:
             try:
@@ -196,4 +210,6 @@ class KeyRoll:
                 seen.append(TargetSeen(target, secret, rollouts))
             except RotationError as exc:
                 seen.append(TargetSeen(target, None, error=str(exc)))
-        return blockers(latest, from_key, stored_at, seen, confirm_restarted)
+        # Listed after the targets were read, so it names every token a target could hold by now.
+        versions = r.store.versions(config.key_vault_secret, timeout=timeout) if latest is not None else ()
+        return blockers(latest, from_key, versions, seen, confirm_restarted)

@@ -26,6 +26,7 @@ from rotation.core.errors import (
 )
 from rotation.core.events import parse_event
 from rotation.core.model import GatewayConfig, KeyType, check_gateway_name, check_service_name
+from rotation.service import LOCAL_LEASE_WARNING, Heal
 
 log = logging.getLogger("rotation.triggers")
 # The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
@@ -68,7 +69,8 @@ def handle_event(payload: Mapping[str, Any]) -> None:
             log.warning("event %s: gateway %s of %s is not in the registry; ignored", event.event_id,
                         event.gateway, event.service_id or "an unnamed service")
             return
-        report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds)
+        report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds,
+                                       heal=Heal(instance=event.instance, instance_expires_at=event.expires_at))
     except (InvalidInput, SettingsError) as exc:
         # Retrying the same event cannot help: log it clearly and acknowledge it.
         log.error("event %s: rejected (not retried): %s", event.event_id, exc)
@@ -80,7 +82,9 @@ def handle_event(payload: Mapping[str, Any]) -> None:
         raise
     if not report.ok:
         failed = ", ".join(f"{t.cluster}/{t.namespace}/{t.secret}: {t.outcome.value}" for t in report.failed_targets)
-        raise RotationIncomplete(f"event {event.event_id}: {len(report.failed_targets)} target(s) not done ({failed})")
+        on = f" (instance {event.instance})" if event.instance else ""
+        raise RotationIncomplete(f"event {event.event_id}{on}: {len(report.failed_targets)} target(s) not done "
+                                 f"({failed})")
 
 
 @bp.function_name("on_gateway_token_event")
@@ -212,8 +216,11 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         settings = bootstrap.container().settings
     except SettingsError as exc:
         return _json(503, {"status": "unhealthy", "error": str(exc)})
-    return _json(200, {"status": "ok", "gateways": len(settings.registry.gateways),
-                       "clusters": len(settings.registry.clusters)})
+    body: dict[str, Any] = {"status": "ok", "gateways": len(settings.registry.gateways),
+                            "clusters": len(settings.registry.clusters)}
+    if not settings.lease_container_url:
+        body["warning"] = LOCAL_LEASE_WARNING
+    return _json(200, body)
 
 
 # --- timer ---------------------------------------------------------------------------------------
