@@ -12,6 +12,7 @@ blob has not been leased again since the expiration"), release; a lease needs an
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -122,7 +123,7 @@ def test_several_processes_take_turns_and_never_overlap(store: Leases, tmp_path:
         spans += [tuple(json.loads(line)) for line in out.splitlines()]
     spans.sort()
     assert len(spans) == 12
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
 
 
 def test_a_holder_that_stops_renewing_loses_the_lease_when_it_expires(store: Leases) -> None:
