@@ -161,7 +161,9 @@ class BlobLease:
                     raise SettingsError(f"{what}: the container does not exist (LEASE_CONTAINER_URL; "
                                         "infra creates it)") from None
                 self._create(blob, what)
-                continue
+                if time.monotonic() < end:
+                    continue  # acquire at once: the blob exists now
+                raise UpstreamError(f"{what}: the lease blob could not be leased within {wait:.1f}s") from None
             except ClientAuthenticationError:
                 raise AccessDenied(f"{what}: not authorised (the app's identity needs Storage Blob Data "
                                    "Contributor on the lease container)") from None
