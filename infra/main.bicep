@@ -21,6 +21,7 @@ param environmentName string
 param location string
 
 @description('Name of the resource group to create; empty for rg-<environmentName>.')
+@maxLength(90)
 param resourceGroupName string = ''
 
 @description('Object id of the deploying user: granted Key Vault Secrets Officer (to upload the registry and kubeconfigs) and Storage Blob Data Contributor (to read dead letters). Empty for none.')
