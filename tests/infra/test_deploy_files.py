@@ -55,6 +55,56 @@ def test_outputs_give_what_the_docs_and_hooks_use() -> None:
         assert name in outputs
 
 
+def test_azure_yaml_requires_an_azd_whose_down_spares_the_apim_group() -> None:
+    """azure-dev CHANGELOG: 1.22.4 (#6356) changed how `azd down` finds a deployment's resource groups and 1.24.1
+    (#7698) fixed subscription-scope deployments treating pre-existing groups as deployment-owned (cli/azd/pkg/
+    azapi/standard_deployments.go, createdResourceGroupsFromDeployment). With an older azd, `azd down` here would
+    delete the APIM and AKS resource groups. The schema's requiredVersions.azd makes older versions refuse."""
+    source = AZURE_YAML.read_text(encoding="utf-8")
+    match = re.search(r'^requiredVersions:\n  azd: ">= (\d+)\.(\d+)\.(\d+)"$', source, re.M)
+    assert match, "azure.yaml needs requiredVersions.azd"
+    assert tuple(int(x) for x in match.groups()) >= (1, 24, 1)
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "Azure Developer CLI ≥ 1.24.1" in doc
+    assert "≥ 1.10" not in doc
+
+
+def test_no_json_travels_through_azd_parameter_substitution() -> None:
+    """azd substitutes ${VAR} as raw text (azure-dev bicep_provider.go evalParamEnvSubst): JSON with quotes breaks
+    main.parameters.json, and before 1.23.4 (#6694) an array parameter given "[]" arrived as a string."""
+    declared = parse(MAIN)["parameters"]
+    supplied = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    for name, entry in supplied.items():
+        kind = declared[name]["type"]
+        assert kind in ("string", "int", "bool"), f"{name} is a {kind} parameter fed by azd substitution"
+        assert "JSON" not in str(entry["value"]), name
+    pre = (INFRA / "hooks" / "preprovision.sh").read_text(encoding="utf-8")
+    assert "ROTATION_REGISTRY_JSON AKS_CLUSTERS_JSON" in pre and "no longer read" in pre
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "azd env set ROTATION_REGISTRY_JSON" not in doc and "azd env set AKS_CLUSTERS_JSON" not in doc
+    assert "infra/registry.json" in doc and "infra/aks-clusters.json" in doc
+
+
+def test_deploy_doc_walks_through_the_first_azd_up_and_tear_down() -> None:
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    walk = doc[doc.index("## The first `azd up` on an empty subscription"):doc.index("## Deploy with plain az")]
+    for needle in ("requiredVersions", "`preprovision` hook", "First provision", "Deploy", "`postdeploy` hook",
+                   "second provision", "RoleDefinitionDoesNotExist", "minutes", "What can fail"):
+        assert needle in walk, needle
+    # Every nested deployment the walk-through names exists in main.bicep (or is built from a name there).
+    main = MAIN.read_text(encoding="utf-8")
+    named = re.findall(r"\(`([a-z][a-z-]+)`[;)]", walk)
+    named += [n for pair in re.findall(r"\(`([a-z][a-z-]+)`,\s+`([a-z][a-z-]+)`", walk) for n in pair]
+    assert {"identity", "deadletter-identity", "keyvault", "keyvault-config", "function-app", "alerts"} <= set(named)
+    for name in named:
+        assert f"name: '{name}'" in main or f"name: '{name}-" in main, name
+    for hook in ("infra/hooks/preprovision.sh", "infra/hooks/postdeploy.sh"):
+        assert hook in walk and (REPO / hook).is_file()
+    down = doc[doc.index("## Tearing down"):doc.index("## Checks")]
+    for needle in ("rg-<environment>", "APIM", "purge", "custom role definitions", "system topic"):
+        assert needle in down, needle
+
+
 def test_deploy_doc_covers_both_paths_and_the_order() -> None:
     doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
     for needle in (
@@ -68,7 +118,7 @@ def test_deploy_doc_covers_both_paths_and_the_order() -> None:
     ):
         assert needle in doc, needle
     outputs = parse(MAIN)["outputs"]
-    for name in re.findall(r"out ([A-Z][A-Z0-9_]+)", doc):
+    for name in re.findall(r"\bout ([A-Z][A-Z0-9_]+)", doc):
         assert name in outputs, f"docs/deploy.md reads output {name}, which main.bicep does not have"
     for name in re.findall(r"get-value ([A-Z][A-Z0-9_]+)", doc):
         assert name in outputs, name
