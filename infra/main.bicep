@@ -133,8 +133,8 @@ param eventTimeToLiveInMinutes int = 1440
 // Clusters
 // ---------------------------------------------------------------------------------------------------------------
 
-@description('AKS clusters with Azure RBAC for Kubernetes authorization, as [{ name, resourceGroup, namespaces: [..] }] in the deployment subscription; defaults to infra/aks-clusters.json (compiled in, never passed through azd\'s parameter substitution). The app identity gets the rotator role at each namespace scope. Clusters with Kubernetes RBAC or kubeconfig auth are not listed here: apply infra/k8s instead.')
-param aksClusters array = loadJsonContent('aks-clusters.json')
+@description('AKS clusters with Azure RBAC for Kubernetes authorization, as [{ name, resourceGroup, namespaces: [..] }] in the deployment subscription; empty (the default) takes infra/aks-clusters.json, compiled in and never passed through azd\'s parameter substitution. The app identity gets the rotator role at each namespace scope. Clusters with Kubernetes RBAC or kubeconfig auth are not listed here: apply infra/k8s instead.')
+param aksClusters array = []
 
 // ---------------------------------------------------------------------------------------------------------------
 // Monitoring
@@ -172,6 +172,8 @@ var deadLetterContainerName = 'deadletter'
 // double quotes) would break the file. `{}` (the file as shipped) leaves the secret alone.
 var registryText = loadTextContent('registry.json')
 var manageRegistry = !empty(loadJsonContent('registry.json'))
+// Same for the AKS clusters (a variable, not the parameter's default: the file functions belong in variables).
+var clusters = !empty(aksClusters) ? aksClusters : loadJsonContent('aks-clusters.json')
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -364,7 +366,7 @@ module apimEvents 'modules/apim-events.bicep' = if (deployEventSubscription) {
   }
 }
 
-module aksRole 'modules/aks-role-definition.bicep' = if (!empty(aksClusters)) {
+module aksRole 'modules/aks-role-definition.bicep' = if (!empty(clusters)) {
   name: 'aks-rotator-role-${resourceToken}'
   params: {
     roleName: 'AKS gateway token rotator (${environmentName}-${resourceToken})'
@@ -373,7 +375,7 @@ module aksRole 'modules/aks-role-definition.bicep' = if (!empty(aksClusters)) {
 
 // A deployment name is at most 64 characters ([-\w._()]); an AKS name can have 63, so take() a prefix and add a
 // hash of the full identity of the cluster to keep names unique.
-module aksAccess 'modules/aks-access.bicep' = [for cluster in (assignCustomRoles ? aksClusters : []): {
+module aksAccess 'modules/aks-access.bicep' = [for cluster in (assignCustomRoles ? clusters : []): {
   name: '${take('aks-access-${cluster.name}', 50)}-${uniqueString(cluster.resourceGroup, cluster.name, resourceToken)}'
   scope: resourceGroup(cluster.resourceGroup)
   params: {

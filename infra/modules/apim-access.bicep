@@ -17,7 +17,8 @@ resource apim 'Microsoft.ApiManagement/service@2023-05-01-preview' existing = {
 }
 
 // principalType ServicePrincipal: ARM then does not look the new identity up in Entra ID first, which fails while a
-// just-created identity replicates (Microsoft: "Create Azure RBAC resources by using Bicep", principalType).
+// just-created identity replicates (ARM's own PrincipalNotFound message says so and links aka.ms/docs-principaltype,
+// Microsoft's "Troubleshoot Azure RBAC").
 resource gatewayTokenRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (assignRole) {
   name: guid(apim.id, principalId, roleDefinitionId)
   scope: apim

@@ -437,11 +437,13 @@ def test_aks_role_only_touches_secrets_and_workloads() -> None:
 def test_aks_access_is_per_cluster_and_optional() -> None:
     _, access = module_named("aks-access.bicep")
     array = access["config"]["loop_type"]["detail"]["array_name"]["operator"]["operands"]
-    assert array == {"condition": "assignCustomRoles", "true_value": "aksClusters", "false_value": []}
+    assert array == {"condition": "assignCustomRoles", "true_value": "clusters", "false_value": []}
     _, role = module_named("aks-role-definition.bicep")
-    assert "aksClusters" in text(condition(role))
-    # The default is a real array from a file compiled into the template, not an azd-substituted string.
-    assert "param aksClusters array = loadJsonContent('aks-clusters.json')" in MAIN.read_text(encoding="utf-8")
+    assert "clusters" in text(condition(role))
+    # A real array: the parameter (plain az) or a file compiled into the template, never an azd-substituted string.
+    assert parse(MAIN)["parameters"]["aksClusters"]["default"] == []
+    assert "var clusters = !empty(aksClusters) ? aksClusters : loadJsonContent('aks-clusters.json')" in MAIN.read_text(
+        encoding="utf-8")
     assert json.loads((MAIN.parent / "aks-clusters.json").read_text(encoding="utf-8")) == []
 
 
