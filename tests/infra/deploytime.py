@@ -277,7 +277,7 @@ class Template:
             pending = {}
         # resources nested in resource bodies
         for node in self._walk(self.root):
-            if node.type == "resource_declaration" and node.parent is not None and node.parent.type == "object":
+            if node.type == "resource_declaration" and node.parent is not None and node.parent.type != "infrastructure":
                 self._declare(node)
 
     def _declare(self, node: Node) -> None:
@@ -326,100 +326,141 @@ class Template:
 
     # -- deploy-time constants ---------------------------------------------------------------------------------
 
+    def _symbol_of(self, node: Node, local: frozenset[str]) -> str | None:
+        """The resource or module a symbol expression names: `foo`, or `parent::child` (a nested resource)."""
+        node = _unparen(node)
+        if node.type == "resource_expression":
+            node = node.child_by_field_name("resource")
+        name = _ident(node)
+        return name if name is not None and name in self.declared and name not in local else None
+
+    def _collection_element(self, node: Node, local: frozenset[str]) -> str | None:
+        """`foos[<int>]`: one element of a resource/module collection (Bicep resolves it to the resource symbol)."""
+        node = _unparen(node)
+        if node.type != "subscript_expression":
+            return None
+        sym = self._symbol_of(node.child_by_field_name("object"), local)
+        if sym is None or self.declared[sym].loop is None:
+            return None
+        return sym if self.possible_strings(node.child_by_field_name("index")) is None else None
+
     def _runtime_reasons(self, expr: Node, local: frozenset[str], container_key: str | None = None,
-                         chain: tuple[str, ...] = ()) -> list[str]:
-        """Why `expr` is not known when the deployment starts (empty: it is)."""
-        reasons: list[str] = []
+                         chain: tuple[str, ...] = (), anchor: Node | None = None) -> list[tuple[int, str]]:
+        """Why `expr` is not known when the deployment starts, as (line, reason); empty when it is.
+
+        A violation found through a variable is reported at the variable's use in the container (`anchor`), as
+        DeployTimeConstantIndirectViolationVisitor does ("errorSyntax is always variableDependency").
+        """
+        reasons: list[tuple[int, str]] = []
         allow_whole = container_key in ("scope", "parent")
 
-        def via(text: str) -> str:
-            return f"{' -> '.join(chain)} -> {text}" if chain else text
+        def flag(at: Node, text: str) -> None:
+            where = anchor if anchor is not None else at
+            reasons.append((where.start_point[0] + 1, f"{' -> '.join(chain)} -> {text}" if chain else text))
 
-        def symbol_access(sym: str, prop: str | None, at: Node) -> bool:
-            """Flag an access to resource/module `sym`; True when `sym` is one (so the caller stops there)."""
-            decl = self.declared.get(sym)
-            if decl is None or sym in local:
-                return False
-            if prop is None:
+        def symbol_access(sym: str, props: list[str] | None, at: Node) -> None:
+            """Flag access to resource/module `sym` (`props` None: the whole symbol)."""
+            decl = self.declared[sym]
+            if props is None:
                 if allow_whole and not (decl.kind == "resource" and sym in self._runtime_identified):
-                    return True
-                reasons.append(via(f"`{_text(at)}` is the whole {decl.kind} {sym}"))
-                return True
+                    return
+                flag(at, f"`{_text(at)}` is the whole {decl.kind} {sym}")
+                return
             readable = MODULE_READABLE if decl.kind == "module" else RESOURCE_READABLE
             if decl.kind == "resource" and sym in self._runtime_identified:
                 readable = frozenset({"type", "apiVersion"})
-            if prop not in readable:
+            for prop in sorted(props):
+                if prop in readable:
+                    continue
                 if decl.kind == "module":
                     what = "only name"
                 elif sym in self._runtime_identified:
                     what = "only type and apiVersion (its own name/scope/parent is a runtime value)"
                 else:
                     what = "only id, name, type and apiVersion"
-                reasons.append(via(f"`{_text(at)}`: of {decl.kind} {sym} {what} are known at the start"))
-            return True
+                flag(at, f"`{_text(at)}`: of {decl.kind} {sym} {what} are known at the start")
+                return
 
-        def visit(node: Node) -> None:
-            node = _unparen(node) if node.type == "parenthesized_expression" else node
+        def accessed(obj: Node) -> str | None:
+            """The resource/module whose property `obj.<p>` / `obj['p']` reads, if any."""
+            return self._symbol_of(obj, local) or self._collection_element(obj, local)
+
+        def access(obj: Node, props: list[str], at: Node) -> None:
+            """`obj.<props>`: a property read, checked against what is readable at the start."""
+            if obj.type == "ternary_expression":  # tree-sitter-bicep parses `c ? a : b.p` as `(c ? a : b).p`
+                visit(obj.child_by_field_name("condition"))
+                visit(obj.child_by_field_name("consequence"))
+                access(obj.child_by_field_name("alternative"), props, at)
+                return
+            sym = accessed(obj)
+            if sym is None:
+                visit(obj)
+                return
+            symbol_access(sym, props, at)
+            if _unparen(obj).type == "subscript_expression":
+                visit(_unparen(obj).child_by_field_name("index"))
+
+        def visit(node: Node | None) -> None:
+            if node is None or node.has_error:  # a syntax error: tree-sitter's ERROR nodes are reported elsewhere
+                return
+            node = _unparen(node)
             t = node.type
-            if t == "identifier":
-                name = _text(node)
-                if name in local or name in self.params:
+            if t == "identifier" or t == "resource_expression":
+                name = _text(node) if t == "identifier" else None
+                if name is not None and (name in local or name in self.params):
                     return
-                if name in self.variables:
-                    if name in chain:
-                        return
-                    reasons.extend(self._runtime_reasons(self.variables[name], local, container_key, (*chain, name)))
+                if name is not None and name in self.variables:
+                    if name not in chain:
+                        reasons.extend(self._runtime_reasons(self.variables[name], local, container_key,
+                                                             (*chain, name), anchor if anchor is not None else node))
                     return
-                symbol_access(name, None, node)
+                sym = self._symbol_of(node, local)
+                if sym is not None:
+                    symbol_access(sym, None, node)
                 return
             if t == "member_expression":
-                obj = node.child_by_field_name("object")
-                prop = node.child_by_field_name("property")
-                base = _unparen(obj)
-                if base.type == "subscript_expression":  # collection[i].prop
-                    inner = _ident(_unparen(base.child_by_field_name("object")))
-                    if inner is not None and inner in self.declared and inner not in local:
-                        symbol_access(inner, _text(prop), node)
-                        visit(base.child_by_field_name("index"))
-                        return
-                sym = _ident(base)
-                if sym is not None and symbol_access(sym, _text(prop), node):
-                    return
-                visit(obj)
+                access(node.child_by_field_name("object"), [_text(node.child_by_field_name("property"))], node)
                 return
             if t == "subscript_expression":
-                obj = _unparen(node.child_by_field_name("object"))
+                obj = node.child_by_field_name("object")
                 index = node.child_by_field_name("index")
-                sym = _ident(obj)
-                key = _string_literal(index) if index is not None else None
-                if sym is not None and sym in self.declared and sym not in local:
-                    if key is not None:
-                        symbol_access(sym, key, node)
-                    elif self.declared[sym].loop is not None:  # collection[i]: the whole i-th resource/module
-                        symbol_access(sym, None, node)
-                        visit(index)
+                if obj.type == "ternary_expression":  # tree-sitter-bicep's `c ? a : b[i]` (see _misparsed_ternary)
+                    visit(obj.child_by_field_name("condition"))
+                    visit(obj.child_by_field_name("consequence"))
+                    obj = obj.child_by_field_name("alternative")
+                keys = self.possible_strings(index)
+                sym = accessed(obj)
+                if sym is not None and keys is not None:
+                    symbol_access(sym, sorted(keys), node)
+                    if _unparen(obj).type == "subscript_expression":
+                        visit(_unparen(obj).child_by_field_name("index"))
+                    return
+                direct = self._symbol_of(obj, local)
+                if direct is not None:
+                    if self.declared[direct].loop is not None:  # collection[i]: the whole i-th resource/module
+                        symbol_access(direct, None, node)
                     else:
-                        reasons.append(via(f"`{_text(node)}`: a computed property of {sym}"))
+                        flag(node, f"`{_text(node)}`: a property of {direct} that is not known before deployment")
+                    visit(index)
                     return
                 visit(obj)
-                if index is not None:
-                    visit(index)
+                visit(index)
                 return
             if t == "call_expression":
                 function = node.child_by_field_name("function")
                 fname = _text(function) if function.type == "identifier" else _text(
                     function.child_by_field_name("property"))
                 if RUNTIME_FUNCTIONS.match(fname):
-                    reasons.append(via(f"`{_text(node)}` calls {fname}(), a runtime function"))
+                    flag(node, f"`{_text(node)}` calls {fname}(), a runtime function")
                     return
                 if fname == "nameof":
                     return
                 if function.type == "member_expression":
-                    owner = _ident(_unparen(function.child_by_field_name("object")))
-                    if owner is not None and owner in self.declared and owner not in local:
-                        reasons.append(via(f"`{_text(node)}` calls a resource function at runtime"))
+                    owner = self._symbol_of(function.child_by_field_name("object"), local)
+                    if owner is not None:
+                        flag(node, f"`{_text(node)}` calls a resource function at runtime")
                         return
-                    if owner not in ("sys", "az"):
+                    if _ident(_unparen(function.child_by_field_name("object"))) not in ("sys", "az"):
                         visit(function.child_by_field_name("object"))
                 for arg in _named(node.child_by_field_name("arguments")):
                     visit(arg)
@@ -427,13 +468,13 @@ class Template:
             if t == "lambda_expression":
                 params = tuple(_text(c) for c in self._walk(node.children[0]) if c.type in ("identifier", "variable"))
                 body = _named(node)[-1]
-                sub = self._runtime_reasons(body, local | frozenset(params), container_key, chain)
-                reasons.extend(sub)
+                reasons.extend(self._runtime_reasons(body, local | frozenset(params), container_key, chain, anchor))
                 return
             if t == "for_statement":
                 array, body = _for_parts(node)
                 visit(array)
-                reasons.extend(self._runtime_reasons(body, local | frozenset(_loop_names(node)), container_key, chain))
+                reasons.extend(self._runtime_reasons(body, local | frozenset(_loop_names(node)), container_key,
+                                                     chain, anchor))
                 return
             if t == "object_property":
                 visit(_named(node)[-1])
@@ -447,6 +488,26 @@ class Template:
 
         visit(expr)
         return reasons
+
+    def possible_strings(self, expr: Node) -> set[str] | None:
+        """The string values an expression can take when its type is a string literal or a union of them (how
+        Bicep decides whether `res[expr]` names a property); None when it is not."""
+        expr = _unparen(expr)
+        if expr.type == "subscript_expression" and expr.child_by_field_name("object").type == "ternary_expression":
+            # tree-sitter-bicep 1.1.0 parses `c ? a : b[i]` as `(c ? a : b)[i]` (a bare ternary as the object; a
+            # parenthesized one would be kept as such): read it the way Bicep does.
+            ternary = expr.child_by_field_name("object")
+            left = self.possible_strings(ternary.child_by_field_name("consequence"))
+            base = self.static_value(ternary.child_by_field_name("alternative"))
+            index = self.static_value(expr.child_by_field_name("index"))
+            right = base[index] if isinstance(base, list) and isinstance(index, int) and index < len(base) else None
+            return left | {right} if left is not None and isinstance(right, str) else None
+        if expr.type == "ternary_expression":
+            left = self.possible_strings(expr.child_by_field_name("consequence"))
+            right = self.possible_strings(expr.child_by_field_name("alternative"))
+            return left | right if left is not None and right is not None else None
+        value = self.static_value(expr)
+        return {value} if isinstance(value, str) else None
 
     def _containers(self) -> Iterator[tuple[str, Node, frozenset[str], str | None, str]]:
         """(rule, expression, local names, property key, description) for every deploy-time-constant container."""
@@ -488,8 +549,8 @@ class Template:
     def deploy_time_violations(self) -> list[Violation]:
         found = []
         for rule, expr, local, key, where in self._containers():
-            for reason in self._runtime_reasons(expr, local, key):
-                found.append(Violation(self.path, expr.start_point[0] + 1, rule,
+            for line, reason in self._runtime_reasons(expr, local, key):
+                found.append(Violation(self.path, line, rule,
                                        f"{where} needs a value known when the deployment starts; {reason}"))
         return found
 
@@ -499,7 +560,7 @@ class Template:
         """The compile-time value of literals, loadJsonContent/loadTextContent and variables built from them."""
         expr = _unparen(expr)
         t = expr.type
-        if t == "string":
+        if t == "string" and _string_literal(expr) is not None:
             return _string_literal(expr)
         if t == "number":
             return int(_text(expr))
@@ -512,6 +573,36 @@ class Template:
                 target = self.path.parent / str(_string_literal(args[0]))
                 content = target.read_text(encoding="utf-8")
                 return json.loads(content) if fname == "loadJsonContent" else content
+        if t == "string":  # interpolation of static parts ('${'id'}', 'i${dStr}')
+            parts = []
+            for child in expr.children:
+                if child.type == "string_content":
+                    parts.append(_text(child))
+                elif child.type == "escape_sequence":
+                    parts.append(_text(child)[1:])
+                elif child.type == "interpolation":
+                    inner = self.static_value(_named(child)[0], seen)
+                    if not isinstance(inner, (str, int)):
+                        return None
+                    parts.append(str(inner))
+            return "".join(parts)
+        if t == "array":
+            items = [self.static_value(c, seen) for c in _named(expr)]
+            return None if any(i is None for i in items) else items
+        if t == "call_expression" and _text(expr.child_by_field_name("function")) in ("first", "last"):
+            args = _named(expr.child_by_field_name("arguments"))
+            items = self.static_value(args[0], seen) if len(args) == 1 else None
+            if isinstance(items, list) and items:
+                return items[0] if _text(expr.child_by_field_name("function")) == "first" else items[-1]
+            return None
+        if t == "subscript_expression":
+            base = self.static_value(expr.child_by_field_name("object"), seen)
+            index = self.static_value(expr.child_by_field_name("index"), seen)
+            if isinstance(base, list) and isinstance(index, int) and 0 <= index < len(base):
+                return base[index]
+            if isinstance(base, dict) and isinstance(index, str):
+                return base.get(index)
+            return None
         if t == "member_expression":
             base = self.static_value(expr.child_by_field_name("object"), seen)
             if isinstance(base, dict):

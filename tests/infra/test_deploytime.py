@@ -8,6 +8,7 @@ compiler or ARM rejects; each passing case is one they accept (so the checker do
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,8 @@ deploytime = pytest.importorskip("tests.infra.deploytime")
 pytest.importorskip("tree_sitter_bicep")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+BASELINES = sorted((FIXTURES / "bicep-baselines").glob("*.diagnostics.bicep"))
+DTC_RULES = ("BCP120", "BCP177", "BCP178", "BCP182")
 
 
 def violations_of(source: str, tmp_path: Path, name: str = "t.bicep") -> list[str]:
@@ -42,6 +45,44 @@ def project_violations(files: dict[str, str], tmp_path: Path) -> list[str]:
 def test_infra_passes_every_deploy_time_rule() -> None:
     problems = [str(v) for v in deploytime.Project.load(INFRA).violations()]
     assert problems == []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Conformance with the Bicep compiler's own baselines.
+# ------------------------------------------------------------------------------------------------------------
+
+def _baseline(path: Path) -> tuple[str, dict[int, set[str]]]:
+    """Source and expected deploy-time errors (line -> rules) of a Bicep `main.diagnostics.bicep` baseline."""
+    source: list[str] = []
+    expected: dict[int, set[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("//@["):
+            match = re.search(r"\[(BCP\d+) \(Error\)\]", line)
+            if match and match.group(1) in DTC_RULES:
+                expected.setdefault(len(source), set()).add(match.group(1))
+        else:
+            source.append(line)
+    return "\n".join(source) + "\n", expected
+
+
+@pytest.mark.parametrize("baseline", BASELINES, ids=[p.name.split(".")[0] for p in BASELINES])
+def test_same_errors_on_the_same_lines_as_the_bicep_compiler(baseline: Path, tmp_path: Path) -> None:
+    """Azure/bicep src/Bicep.Core.Samples/Files/baselines (see fixtures/bicep-baselines/README.md): the compiler's
+    recorded diagnostics are the oracle, rule and line, including zero errors for ValidDeployTimeUsages."""
+    source, expected = _baseline(baseline)
+    path = tmp_path / "main.bicep"
+    path.write_text(source, encoding="utf-8")
+    got: dict[int, set[str]] = {}
+    for violation in deploytime.Template(path).deploy_time_violations():
+        got.setdefault(violation.line, set()).add(violation.rule)
+    assert got == expected
+    if "Valid" not in baseline.name[:5]:
+        assert expected, "an Invalid baseline with no deploy-time errors would test nothing"
+
+
+def test_the_corpus_covers_every_rule() -> None:
+    rules = {rule for path in BASELINES for rules in _baseline(path)[1].values() for rule in rules}
+    assert {"BCP120", "BCP178", "BCP182"} <= rules  # BCP177 has no baseline in Bicep's samples; cases below
 
 
 # ------------------------------------------------------------------------------------------------------------
