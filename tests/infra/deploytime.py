@@ -591,9 +591,9 @@ class Template:
             return None if any(i is None for i in items) else items
         if t == "call_expression" and _text(expr.child_by_field_name("function")) in ("first", "last"):
             args = _named(expr.child_by_field_name("arguments"))
-            items = self.static_value(args[0], seen) if len(args) == 1 else None
-            if isinstance(items, list) and items:
-                return items[0] if _text(expr.child_by_field_name("function")) == "first" else items[-1]
+            sequence = self.static_value(args[0], seen) if len(args) == 1 else None
+            if isinstance(sequence, list) and sequence:
+                return sequence[0] if _text(expr.child_by_field_name("function")) == "first" else sequence[-1]
             return None
         if t == "subscript_expression":
             base = self.static_value(expr.child_by_field_name("object"), seen)
