@@ -109,6 +109,8 @@ RULES = {
     "ARM-NAME-LENGTH": "a resource or deployment name stays within ARM's limit for its type, for the longest values "
                        "the parameters allow",
     "ARM-DEPLOYMENT-NAME-CHARS": "a deployment (module) name uses only [-\\w._()]",
+    "no-unused-params": "every parameter is used (Bicep linter rule; infra/bicepconfig.json makes it an error)",
+    "no-unused-vars": "every variable is used (Bicep linter rule; infra/bicepconfig.json makes it an error)",
 }
 
 
@@ -546,6 +548,29 @@ class Template:
             parent = parent.parent
         return frozenset(names)
 
+    def unused_violations(self) -> list[Violation]:
+        """Bicep's no-unused-params / no-unused-vars linter rules (src/Bicep.Core/Analyzers/Linter/Rules)."""
+        used: set[str] = set()
+        for node in self._walk(self.root):
+            if node.type != "identifier" or node.parent is None:
+                continue
+            parent = node.parent
+            if parent.type == "object_property" and parent.children[0] == node:
+                continue  # a property key
+            if parent.type in ("parameter_declaration", "variable_declaration") and _named(parent)[0] == node:
+                continue  # the declaration itself
+            used.add(_text(node))
+        found = []
+        for name, param in self.params.items():
+            if name not in used:
+                found.append(Violation(self.path, param.node.start_point[0] + 1, "no-unused-params",
+                                       f"parameter {name} is declared but never used"))
+        for name, expr in self.variables.items():
+            if name not in used:
+                found.append(Violation(self.path, expr.parent.start_point[0] + 1, "no-unused-vars",
+                                       f"variable {name} is declared but never used"))
+        return found
+
     def deploy_time_violations(self) -> list[Violation]:
         found = []
         for rule, expr, local, key, where in self._containers():
@@ -767,6 +792,7 @@ class Project:
 
     def violations(self) -> list[Violation]:
         found = [v for t in self.templates.values() for v in t.deploy_time_violations()]
+        found += [v for t in self.templates.values() for v in t.unused_violations()]
         return found + self.name_violations()
 
 

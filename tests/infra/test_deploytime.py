@@ -109,8 +109,10 @@ def test_putting_the_bcp120_line_back_fails(tmp_path: Path) -> None:
     source = events.read_text(encoding="utf-8")
     assert "  location: location\n" in source
     events.write_text(source.replace("  location: location\n", "  location: apim.location\n", 1), encoding="utf-8")
-    found = list(deploytime.Project.load(tmp_path / "infra").violations())
-    assert [(v.rule, v.path.name) for v in found] == [("BCP120", "apim-events.bicep")]
+    found = deploytime.Project.load(tmp_path / "infra").violations()
+    # (the `location` parameter it no longer uses is reported too: no-unused-params)
+    assert sorted((v.rule, v.path.name) for v in found) == [
+        ("BCP120", "apim-events.bicep"), ("no-unused-params", "apim-events.bicep")]
 
 
 def test_putting_the_bcp178_loop_back_fails(tmp_path: Path) -> None:
@@ -121,7 +123,7 @@ def test_putting_the_bcp178_loop_back_fails(tmp_path: Path) -> None:
             "  name: setting.key\n  value: setting.value\n}]\n")
     anchor = "resource plan "
     app.write_text(source.replace(anchor, loop + anchor, 1), encoding="utf-8")
-    found = deploytime.Project.load(tmp_path / "infra").violations()
+    found = [v for v in deploytime.Project.load(tmp_path / "infra").violations() if v.rule in DTC_RULES]
     assert {v.rule for v in found} == {"BCP178"}
     assert all(v.path.name == "function-app.bicep" for v in found)
 
@@ -316,9 +318,27 @@ resource s 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     ])
 
 
+def test_unused_parameters_and_variables_fail(tmp_path: Path) -> None:
+    """infra/bicepconfig.json sets no-unused-params and no-unused-vars to error: `bicep build` fails on them."""
+    path = tmp_path / "t.bicep"
+    path.write_text("""
+param used string
+param name string
+var spare = 'x'
+var alsoUsed = '${used}-1'
+resource r 'Microsoft.Insights/components@2020-02-02' = {
+  name: alsoUsed
+  location: 'westeurope'
+}
+""", encoding="utf-8")
+    found = [(v.rule, v.message) for v in deploytime.Template(path).unused_violations()]
+    assert sorted(found) == [("no-unused-params", "parameter name is declared but never used"),
+                             ("no-unused-vars", "variable spare is declared but never used")]
+
+
 def test_rules_listed_are_the_ones_checked() -> None:
     assert set(deploytime.RULES) == {"BCP120", "BCP177", "BCP178", "BCP182", "ARM-NAME-LENGTH",
-                                     "ARM-DEPLOYMENT-NAME-CHARS"}
+                                     "ARM-DEPLOYMENT-NAME-CHARS", "no-unused-params", "no-unused-vars"}
     assert {"name", "location", "scope", "parent", "tags", "sku", "identity"} <= deploytime.RESOURCE_DTC_PROPERTIES
     assert deploytime.NAME_LIMITS["microsoft.resources/deployments"] == 64
     assert (MODULES / "function-app.bicep").is_file()
