@@ -62,7 +62,11 @@ MODULE_READABLE = frozenset({"name", "scope"})
 RUNTIME_FUNCTIONS = re.compile(r"^(reference|list\w*|toLogicalZones?|toPhysicalZones?)$")
 
 # Worst-case lengths of names, per resource type (lower case). Deployments: Bicep LanguageConstants.cs (REST spec);
-# the rest: Microsoft's resource-name-rules page.
+# the rest: Microsoft's "Naming rules and restrictions for Azure resources" (MicrosoftDocs/azure-docs
+# articles/azure-resource-manager/management/resource-name-rules.md; checked there: vaults 3-24, vaults/secrets
+# 1-127, sites 2-60, serverfarms 1-60, EventGrid topics 3-50, eventSubscriptions 3-64, Insights components /
+# scheduledQueryRules / metricAlerts 1-260, roleAssignments / roleDefinitions a GUID). systemTopics is not on that
+# page: 128 is an assumption, and main.bicep bounds systemTopicName by it.
 NAME_LIMITS: dict[str, int] = {
     "microsoft.resources/deployments": 64,
     "microsoft.resources/resourcegroups": 90,
