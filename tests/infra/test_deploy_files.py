@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+from pathlib import Path
 
 from tests.infra.templates import INFRA, MAIN, REPO, parse
 
@@ -122,3 +125,36 @@ def test_deploy_doc_covers_both_paths_and_the_order() -> None:
         assert name in outputs, f"docs/deploy.md reads output {name}, which main.bicep does not have"
     for name in re.findall(r"get-value ([A-Z][A-Z0-9_]+)", doc):
         assert name in outputs, name
+
+
+def _run_preprovision(tmp_path: Path, env: dict[str, str]) -> tuple[int, str, list[str]]:
+    """Run the POSIX preprovision hook with a recording stand-in for `azd` first on PATH (the hook's only
+    side effect is `azd env set`), stdin not a terminal (as in CI)."""
+    log = tmp_path / "azd-calls"
+    fake = tmp_path / "bin" / "azd"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n', encoding="utf-8")
+    fake.chmod(0o755)
+    run_env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", **env}
+    result = subprocess.run(["sh", str(INFRA / "hooks" / "preprovision.sh")], env=run_env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=30, check=False)
+    calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return result.returncode, result.stderr, calls
+
+
+def test_preprovision_without_a_terminal_names_the_missing_value_and_writes_nothing(tmp_path: Path) -> None:
+    code, stderr, calls = _run_preprovision(tmp_path, {"APIM_RESOURCE_GROUP": "rg-apim"})
+    assert code == 1
+    assert "APIM_SERVICE_NAME is not set; run: azd env set APIM_SERVICE_NAME <value>" in stderr
+    assert calls == []
+
+
+def test_preprovision_warns_about_json_in_the_environment(tmp_path: Path) -> None:
+    code, stderr, calls = _run_preprovision(tmp_path, {
+        "APIM_SERVICE_NAME": "contoso-apim", "APIM_RESOURCE_GROUP": "rg-apim",
+        "ROTATION_REGISTRY_JSON": '{"clusters": []}', "AKS_CLUSTERS_JSON": "[]",
+    })
+    assert code == 0
+    assert "ROTATION_REGISTRY_JSON is no longer read" in stderr and "AKS_CLUSTERS_JSON is no longer read" in stderr
+    assert '{"clusters"' not in stderr  # the value itself is not echoed
+    assert calls == ["env set DEPLOY_EVENT_SUBSCRIPTION false"]
