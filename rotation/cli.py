@@ -124,6 +124,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                                    for r in t.rollouts)
                 err = f"  ({t.error})" if t.error else ""
                 print(f"  {t.state.value:11} {t.cluster}/{t.namespace}/{t.secret}{rollouts}{err}", file=out)
+        for warning in sorted({s.warning for s in statuses if s.warning}):
+            print(f"warning: {warning}", file=out)
     return 0 if all(s.healthy for s in statuses) else 1
 
 

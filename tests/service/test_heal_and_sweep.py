@@ -87,3 +87,10 @@ def test_a_bug_in_one_gateway_does_not_lose_the_other_reports(world: World, capl
     gw1, gw2 = result.reports
     assert gw1.error == "internal error: KeyError" and gw2.ok and gw2.rotated
     assert "unexpected error reconciling contoso-apim/gw-1" in caplog.text
+
+
+def test_status_says_when_leases_are_in_process_only(world: World) -> None:
+    world.seed_token(world.gw2, 20 * DAY)
+    (status,) = world.rotator.status([world.gw2], timeout=5)
+    assert status.healthy and status.warning is not None and "in-process only" in status.warning
+    assert status.to_dict()["warning"] == status.warning
