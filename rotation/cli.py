@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from rotation.core.errors import PermanentError, RotationError, SettingsError
 from rotation.core.model import GatewayConfig, GatewayRef, RotationReport, check_gateway_name, check_service_name
+from rotation.printing import print_report
 
 EXAMPLES = """\
 examples:
@@ -68,18 +69,7 @@ def _gateway(text: str) -> GatewayConfig:
     return box.rotator.gateway(service, gateway)  # type: ignore[no-any-return]
 
 
-def _print_report(report: RotationReport, out: TextIO) -> None:
-    expires = report.expires_at.strftime("%Y-%m-%d %H:%M UTC") if report.expires_at else "-"
-    head = "rotated" if report.rotated else ("planned" if report.dry_run else "kept")
-    print(f"{report.gateway_id.split('/service/')[-1].replace('/gateways/', '/')}: {head}, token "
-          f"{report.fingerprint or '-'} expires {expires} ({report.key_type or '-'} key), "
-          f"{report.duration_ms} ms", file=out)
-    if report.error:
-        print(f"  error: {report.error}", file=out)
-    for t in report.targets:
-        extra = f"  restarted {', '.join(t.restarted)}" if t.restarted and t.outcome.value == "updated" else ""
-        err = f"  ({t.error})" if t.error else ""
-        print(f"  {t.outcome.value:8} {t.cluster}/{t.namespace}/{t.secret}{extra}{err}", file=out)
+_print_report = print_report  # the name replay and older callers used
 
 
 def cmd_rotate(args: argparse.Namespace, out: TextIO) -> int:
@@ -191,24 +181,27 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_devstack(args: argparse.Namespace, out: TextIO) -> int:
-    from devstack import stack
+def _devstack_cli() -> Any:
+    """The development stack's entry point, looked up at run time: the product does not import it,
+    and a deployed package has none (`python -m devstack` is its own entry point)."""
+    import importlib
 
+    try:
+        return importlib.import_module("devstack.cli")
+    except ImportError:
+        raise UsageError("the local stack (devstack/) is not installed here: it ships with the source "
+                         "checkout, not with the app; run `python -m devstack` from the repository") from None
+
+
+def cmd_devstack(args: argparse.Namespace, out: TextIO) -> int:
+    cli = _devstack_cli()
     if args.action == "up":
-        s = stack.up(args.dir, say=lambda m: print(m, file=sys.stderr), with_azurite=args.azurite)
-        print(f"devstack up in {s.dir}: settings {s.dir / 'settings.json'}, kubeconfig {s.dir / 'kubeconfig'}",
-              file=out)
-        print(f"  try: python -m rotation --settings {s.dir / 'settings.json'} status", file=out)
-    else:
-        stopped = stack.down(args.dir)
-        print(f"devstack down in {args.dir}: stopped {', '.join(stopped) or 'nothing'}", file=out)
-    return 0
+        return int(cli.up(args.dir, azurite=args.azurite, out=out))
+    return int(cli.down(args.dir, out=out))
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from devstack.demo import run
-
-    return run(Path(args.dir), keep=args.keep, out=out)
+    return int(_devstack_cli().demo(args.dir, keep=args.keep, out=out))
 
 
 def cmd_replay_deadletter(args: argparse.Namespace, out: TextIO) -> int:
