@@ -81,6 +81,7 @@ class Container:
                 renew_before=s.renew_before,
                 publisher=build_publisher(s.outcome_topic_endpoint, self.credential),
                 sweep_concurrency=s.sweep_concurrency,
+                adopt_existing=True,
             )
 
         return self._once("rotator", build)  # type: ignore[no-any-return]

@@ -114,6 +114,7 @@ class Rotator:
     renew_before: timedelta = timedelta(days=7)
     publisher: OutcomePublisher | None = None
     sweep_concurrency: int = 8
+    adopt_existing: bool = False  # Key Vault's first token: the one targets run (rotation.adoption)
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -204,6 +205,14 @@ class Rotator:
             return _TokenSource(_desired(token), lambda: token, token), False, current.key_type
         if dry_run:
             return None, False, chosen
+        if current is None and self.adopt_existing and not force and key_type is None:
+            # Onboarding: Key Vault's first version is the newest valid token the targets already run.
+            from rotation.adoption import adopt
+
+            adopted = adopt(self, config, now, deadline.check)
+            if adopted is not None:
+                held = adopted.token
+                return _TokenSource(_desired(held), lambda: held, held), False, adopted.key_type
 
         expiry = new_expiry(now, self.token_lifetime)
         value = self.issuer.generate_token(config.ref, chosen, expiry, timeout=deadline.check("generateToken"))

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rotation.core.model import Target, Workload
+if TYPE_CHECKING:  # model imports SecretUse from here
+    from rotation.core.model import Target, Workload
 
 HELM_LABEL = "app.kubernetes.io/managed-by"
 HELM_VALUE = "Helm"

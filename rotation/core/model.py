@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from rotation.core.consumption import SecretUse
 from rotation.core.errors import InvalidGatewayId, InvalidInput
 from rotation.core.token import DEFAULT_FORMAT, GatewayToken
 
@@ -63,6 +64,7 @@ class SyncState(StrEnum):
     STALE = "stale"
     MISSING = "missing"
     UNREACHABLE = "unreachable"
+    MISMATCH = "mismatch"  # a registered workload does not read the registered Secret key
 
 
 class WorkloadKind(StrEnum):
@@ -206,6 +208,7 @@ class TokenRecord:
     gateway_id: str
     version: str | None = None
     roll_from: KeyType | None = None  # set while a two-phase key roll away from this key is pending
+    origin: str | None = None  # set when the token was adopted from a target instead of generated
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,7 @@ class TokenInfo:
     expires_at: datetime | None
     fingerprint: str | None
     roll_from: KeyType | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,7 @@ class SecretState:
     resource_version: str
     value: str | None = field(repr=False)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +239,7 @@ class RolloutState:
     workload: Workload
     ready: bool
     detail: str
+    uses: tuple[SecretUse, ...] | None = None  # the Secrets its pod template reads (None: not read)
 
 
 # --- what happened --------------------------------------------------------------------------------
