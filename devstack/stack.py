@@ -148,16 +148,18 @@ def _registry(ca_pem: bytes, east: kube.ClusterInfo) -> dict[str, Any]:
     }
 
 
-def _workload(kind: str, name: str, namespace: str, target: dict[str, Any]) -> dict[str, Any]:
+def _workload(kind: str, name: str, namespace: str, target: dict[str, Any] | None = None) -> dict[str, Any]:
     """A workload reading its target's Secret key the way its deployment shape does: the env var
     `config.service.auth` from a `secretKeyRef` (portal YAML, Helm chart, rotation doc), or, for the
-    StatefulSet, a `secret` volume."""
+    StatefulSet, a `secret` volume. Without a target: every key of Secret `{name}-token` (envFrom)."""
     api_kind = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}[kind]
     labels = {"app": name}
     key = target.get("key", "config.service.auth.key")
     container: dict[str, Any] = {"name": "gateway", "image": "mcr.microsoft.com/azure-api-management/gateway:v2"}
     pod: dict[str, Any] = {"containers": [container]}
-    if kind == "statefulset":
+    if target is None:
+        container["envFrom"] = [{"secretRef": {"name": f"{name}-token"}}]
+    elif kind == "statefulset":
         container["volumeMounts"] = [{"name": "gateway-token", "mountPath": "/etc/gateway", "readOnly": True}]
         pod["volumes"] = [{"name": "gateway-token", "secret": {"secretName": target["secret"]}}]
     else:
