@@ -154,7 +154,6 @@ def _workload(kind: str, name: str, namespace: str, target: dict[str, Any] | Non
     StatefulSet, a `secret` volume. Without a target: every key of Secret `{name}-token` (envFrom)."""
     api_kind = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}[kind]
     labels = {"app": name}
-    key = target.get("key", "config.service.auth.key")
     container: dict[str, Any] = {"name": "gateway", "image": "mcr.microsoft.com/azure-api-management/gateway:v2"}
     pod: dict[str, Any] = {"containers": [container]}
     if target is None:
@@ -164,7 +163,7 @@ def _workload(kind: str, name: str, namespace: str, target: dict[str, Any] | Non
         pod["volumes"] = [{"name": "gateway-token", "secret": {"secretName": target["secret"]}}]
     else:
         container["env"] = [{"name": "config.service.auth", "valueFrom": {
-            "secretKeyRef": {"name": target["secret"], "key": key}}}]
+            "secretKeyRef": {"name": target["secret"], "key": target.get("key", "config.service.auth.key")}}}]
     spec: dict[str, Any] = {
         "selector": {"matchLabels": labels},
         "template": {"metadata": {"labels": labels}, "spec": pod},
