@@ -5,8 +5,8 @@ Called from the reconcile's gather step when Key Vault has no token for the gate
 the newest candidate by asking ARM for a token of the same gateway and expiry from each key
 (`generateToken`, which the app may call anyway and which invalidates nothing): HMAC signatures are
 deterministic, so the same key gives the same token. A candidate no key reproduces (another
-gateway's key, a regenerated key, an expiry ARM will not sign) is not adopted by the reconcile: it
-mints as before. `adopt --assume-key` takes the newest anyway, recording the key as assumed.
+gateway's key, a regenerated key, an expiry ARM will not sign) is not adopted: its key type is
+unknown and it may not work, so the reconcile mints as before (and `adopt` says why).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ log = logging.getLogger("rotation")
 class Adopted:
     record: TokenRecord
     candidate: Candidate
-    verified: bool
 
     @property
     def token(self) -> GatewayToken:
@@ -89,33 +88,26 @@ def signing_key(rotator: Rotator, config: GatewayConfig, token: GatewayToken,
     return None
 
 
-def choose(rotator: Rotator, config: GatewayConfig, now: datetime, check: Callable[[str], float], *,
-           assume_key: KeyType | None = None) -> Adopted | None:
-    """The token to adopt (verified, else with `assume_key`), or None: then a new one is minted."""
+def choose(rotator: Rotator, config: GatewayConfig, now: datetime,
+           check: Callable[[str], float]) -> tuple[Adopted | None, list[Candidate]]:
+    """The token to adopt (None: a new one is minted), and every candidate considered. Writes nothing."""
     # At most a third of what is left: the fan-out to the targets must still fit in the deadline.
     budget = max(0.1, check("reading the targets for adoption") / 3)
     found = candidates(held_tokens(rotator, config, check, budget), config.ref.gateway, now, rotator.renew_before)
     for candidate in found:
         key_type = signing_key(rotator, config, candidate.token, check)
         if key_type is not None:
-            return _adopted(config, candidate, key_type, verified=True)
-    if found and assume_key is not None:
-        return _adopted(config, found[0], assume_key, verified=False)
-    return None
+            record = TokenRecord(token=candidate.token, key_type=key_type, gateway_id=config.ref.id,
+                                 origin=origin(candidate, key_type))
+            return Adopted(record, candidate), found
+    return None, found
 
 
-def _adopted(config: GatewayConfig, candidate: Candidate, key_type: KeyType, *, verified: bool) -> Adopted:
-    record = TokenRecord(token=candidate.token, key_type=key_type, gateway_id=config.ref.id,
-                         origin=origin(candidate, key_type, verified))
-    return Adopted(record, candidate, verified)
-
-
-def adopt(rotator: Rotator, config: GatewayConfig, now: datetime, check: Callable[[str], float], *,
-          assume_key: KeyType | None = None) -> Adopted | None:
+def adopt(rotator: Rotator, config: GatewayConfig, now: datetime, check: Callable[[str], float]) -> Adopted | None:
     """Choose and store (Key Vault before any cluster, like a minted token). None: nothing adopted."""
     from rotation.service import emit
 
-    adopted = choose(rotator, config, now, check, assume_key=assume_key)
+    adopted, _ = choose(rotator, config, now, check)
     if adopted is None:
         return None
     rotator.store.put(config.key_vault_secret, adopted.record, timeout=check("writing Key Vault"))

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from rotation.core.errors import PermanentError, RotationError, SettingsError
+from rotation.core.consumption import Consumption, ConsumptionState
+from rotation.core.errors import PermanentError, RotationError, SettingsError, UpstreamError
 from rotation.core.model import GatewayConfig, GatewayRef, RotationReport, check_gateway_name, check_service_name
 from rotation.printing import print_report
 
@@ -26,10 +27,12 @@ examples:
   python -m rotation rotate contoso-apim/onprem-gw --dry-run --json
   python -m rotation sweep --dry-run
   python -m rotation roll-keys contoso-apim/onprem-gw --wait 120
-  python -m rotation validate-registry registry.json
+  python -m rotation validate-registry registry.json --live
+  python -m rotation discover --service /subscriptions/…/service/contoso-apim --context aks-prod --out registry.json
+  python -m rotation adopt contoso-apim/onprem-gw --dry-run
   python -m rotation replay-deadletter --since 2026-11-01
-  python -m rotation devstack up --dir .devstack/dev && python -m rotation devstack down --dir .devstack/dev
-  python -m rotation demo
+  python -m devstack up --dir .devstack/dev && python -m devstack down --dir .devstack/dev   (or: rotation devstack …)
+  python -m devstack demo                                                                       (or: rotation demo)
 """
 
 
@@ -102,12 +105,72 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             roll = f", key roll from {s.key_roll_pending} pending" if s.key_roll_pending else ""
             print(f"{s.service}/{s.gateway}: expires {expires} ({left}), {s.key_type or '-'} key, "
                   f"token {s.fingerprint or '-'}{roll}", file=out)
+            if s.origin:
+                print(f"  token {s.origin}: Key Vault's first version is the one the targets already ran",
+                      file=out)
             for t in s.targets:
                 rollouts = "".join(f"  {r.workload}: {'ready' if r.ready else 'rolling'} ({r.detail})"
                                    for r in t.rollouts)
                 err = f"  ({t.error})" if t.error else ""
                 print(f"  {t.state.value:11} {t.cluster}/{t.namespace}/{t.secret}{rollouts}{err}", file=out)
+                _print_consumption(t.consumption, out)
     return 0 if all(s.healthy for s in statuses) else 1
+
+
+def _print_consumption(consumption: Consumption | None, out: TextIO) -> None:
+    if consumption is None:
+        return
+    if consumption.state is ConsumptionState.MISMATCH and consumption.fix:
+        print(f"              fix: {consumption.fix}", file=out)
+    if consumption.helm:
+        print(f"              helm: {consumption.helm}", file=out)
+
+
+def cmd_adopt(args: argparse.Namespace, out: TextIO) -> int:
+    """Key Vault's first version from the newest token the targets run, then bring the rest to it."""
+    import time
+
+    from rotation.adoption import choose
+    from rotation.bootstrap import utcnow
+
+    config = _gateway(args.gateway)
+    box = _container()
+    rotator = box.rotator
+    budget = args.deadline or box.settings.deadline_seconds
+    current = rotator.store.get(config.key_vault_secret, timeout=budget)
+    if current is not None:
+        print(f"{config.ref}: Key Vault already holds its token ({current.token.fingerprint}, expires "
+              f"{current.token.expires_at:%Y-%m-%d %H:%M} UTC): nothing to adopt", file=out)
+        return 1
+    end = time.monotonic() + float(budget)
+
+    def check(what: str) -> float:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise UpstreamError(f"deadline passed before {what}")
+        return left
+
+    adopted, considered = choose(rotator, config, utcnow(), check)
+    for c in considered:
+        mark = "chosen" if adopted is not None and c is adopted.candidate else "not verified"
+        print(f"  candidate {c.token.fingerprint} expires {c.token.expires_at:%Y-%m-%d %H:%M} UTC held by "
+              f"{c.where}: {mark}", file=out)
+    if adopted is None:
+        why = ("no target holds a valid token of this gateway that is not due for renewal" if not considered else
+               "no key reproduces these tokens (key type unknown: signed by another or a regenerated key)")
+        print(f"{config.ref}: nothing adopted: {why}; `rotate` mints a new token", file=out)
+        return 1
+    if args.dry_run:
+        print(f"{config.ref}: would adopt {adopted.token.fingerprint} ({adopted.record.origin})", file=out)
+        return 0
+    # The reconcile adopts the same way (Key Vault is empty) under the gateway's lock, then brings
+    # the other targets up to it.
+    report = rotator.reconcile(config, reason="adopt", deadline_seconds=budget)
+    _print_report(report, out)
+    stored = rotator.store.get(config.key_vault_secret, timeout=budget)
+    if stored is not None and stored.origin:
+        print(f"{config.ref}: {stored.origin}", file=out)
+    return 0 if report.ok and stored is not None and stored.origin else 1
 
 
 def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
@@ -178,7 +241,19 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
         for g in registry.gateways:
             print(f"  {g.ref}: Key Vault secret {g.key_vault_secret}, "
                   f"{', '.join(str(t) for t in g.targets)}", file=out)
-    return 0
+    if not getattr(args, "live", False):
+        return 0
+    from rotation.live_check import live_check, print_results
+
+    box = _container()  # the app's own access: its credential and the kubeconfigs in Key Vault
+    results = live_check(registry, box.rotator.clusters, timeout=args.deadline or box.settings.deadline_seconds)
+    if args.json:
+        json.dump({"live": [r.to_dict() for r in results]}, out, indent=2)
+        print(file=out)
+    else:
+        print("live check (the app's identity; does each registered workload read its target's key?):", file=out)
+        print_results(results, out)
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _devstack_cli() -> Any:
@@ -252,6 +327,16 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_validate_registry)
     c.add_argument("file")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--live", action="store_true",
+                   help="also check, with the app's access (settings), that each target's registered workloads "
+                        "read its Secret key and that the key holds a token of that gateway")
+    c.add_argument("--deadline", type=float, metavar="SECONDS", help="per-request timeout of --live")
+    c = command("adopt", cmd_adopt, "Key Vault has no token yet: store the newest one the targets already run "
+                "(verified by ARM), then bring the other targets to it", gateway="required", dry_run=True,
+                json_out=False)
+    from rotation.discover import add_parser as add_discover
+
+    add_discover(sub, EXAMPLES)
     c = sub.add_parser("replay-deadletter", help="reconcile the gateways of dead-lettered events")
     c.set_defaults(func=cmd_replay_deadletter)
     c.add_argument("--container-url", help="dead-letter container URL (default DEADLETTER_BLOB_URL)")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from rotation.core.consumption import ConsumptionState
+from rotation.core.consumption import check as check_consumption
 from rotation.core.errors import (
     Conflict,
     InvalidToken,
@@ -484,6 +486,7 @@ class Rotator:
                 targets=tuple(next(results) for _ in config.targets),
                 key_roll_pending=info.roll_from if info else None,
                 error=None if info else "no token in Key Vault",
+                origin=info.origin if info else None,
             ))
         return out
 
@@ -502,9 +505,12 @@ class Rotator:
         except RotationError as exc:
             return status(SyncState.UNREACHABLE, error=str(exc))
         held = parse_stored(secret.value)
-        return status(sync_state(secret.value, info.fingerprint if info else None, target.format),
-                      fingerprint=held.fingerprint if held else None,
-                      expires_at=held.expires_at if held else None, rollouts=rollouts)
+        state = sync_state(secret.value, info.fingerprint if info else None, target.format)
+        consumption = check_consumption(target, {r.workload: r.uses for r in rollouts}, secret.labels)
+        if consumption.state is ConsumptionState.MISMATCH:  # rotating cannot help: the pods read another key
+            state = SyncState.MISMATCH
+        return status(state, fingerprint=held.fingerprint if held else None,
+                      expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption)
 
     # --- reporting --------------------------------------------------------------------------------
 

@@ -54,7 +54,6 @@ def key_order(configured: KeyType | None) -> Sequence[KeyType]:
     return (first, first.other)
 
 
-def origin(candidate: Candidate, key_type: KeyType, verified: bool) -> str:
+def origin(candidate: Candidate, key_type: KeyType) -> str:
     """The Key Vault tag (and status line) saying where the token came from."""
-    how = f"{key_type.value} key, verified by ARM" if verified else f"key type unknown, {key_type.value} assumed"
-    return f"adopted from {candidate.where} ({how})"
+    return f"adopted from {candidate.where} ({key_type.value} key, verified by ARM)"

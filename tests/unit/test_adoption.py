@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from rotation.adoption import adopt
+from rotation.adoption import adopt, choose
 from rotation.core.model import KeyType, Outcome
 from rotation.core.status import TargetStatus
 from rotation.core.token import GatewayToken
@@ -73,16 +73,13 @@ def test_tokens_due_for_renewal_are_not_adopted_and_nothing_is_reproduced(world:
     assert all(t.outcome is Outcome.UPDATED for t in report.targets)
 
 
-def test_explicit_adopt_can_assume_the_key_of_an_unverifiable_token(world: World) -> None:
+def test_choose_writes_nothing_and_lists_what_it_considered(world: World) -> None:
     foreign = GatewayToken.parse(sign("gw-1", (world.now + timedelta(days=25)).replace(second=0), b"unknown"))
     put(world, 1, foreign.value)
+    adopted, considered = choose(world.rotator, world.gw1, world.now, lambda what: 5.0)
+    assert adopted is None and [c.token.fingerprint for c in considered] == [foreign.fingerprint]
     assert adopt(world.rotator, world.gw1, world.now, lambda what: 5.0) is None
-    assert world.store.get(world.gw1.key_vault_secret) is None  # nothing written
-    adopted = adopt(world.rotator, world.gw1, world.now, lambda what: 5.0, assume_key=KeyType.PRIMARY)
-    assert adopted is not None and not adopted.verified
-    stored = world.store.get(world.gw1.key_vault_secret)
-    assert stored is not None and stored.token.value == foreign.value
-    assert stored.origin == "adopted from west/gateways/gw1-token (key type unknown, primary assumed)"
+    assert world.store.get(world.gw1.key_vault_secret) is None and world.store.calls == [("get", world.gw1.key_vault_secret)]
 
 
 def test_dry_run_and_forced_rotations_do_not_adopt(world: World) -> None:
