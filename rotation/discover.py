@@ -251,7 +251,7 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
 def _yaml(docs: Sequence[dict[str, Any]]) -> str:
     import yaml
 
-    return "".join("---\n" + yaml.safe_dump(d, sort_keys=False) for d in docs)
+    return "".join("---\n" + yaml.safe_dump(d, sort_keys=False, default_flow_style=None) for d in docs)
 
 
 def _print(proposal: Proposal, gateways: Sequence[GatewayRef], contexts: Sequence[str], namespaces: Sequence[str],
