@@ -4,7 +4,12 @@ Called from the reconcile's gather step when Key Vault has no token for the gate
 `adopt` command. Reads every target's Secret (the app's `get` right), then proves which key signed
 the newest candidate by asking ARM for a token of the same gateway and expiry from each key
 (`generateToken`, which the app may call anyway and which invalidates nothing): HMAC signatures are
-deterministic, so the same key gives the same token. A candidate no key reproduces (another
+deterministic, so the same key gives the same token. Microsoft documents APIM's SAS tokens of the
+same `{id}&{yyyyMMddHHmm}&{signature}` shape as Base64(HMAC-SHA512(key, id + "\n" + expiry))
+("Authenticate to the direct management Azure API Management REST API", learn.microsoft.com/rest/api/
+apimanagement/apimanagementrest/azure-api-management-rest-api-authentication); for gateway tokens it
+is not documented, and if APIM's were not reproducible nothing would be verified and the reconcile
+would mint exactly as before adoption existed: safe either way. A candidate no key reproduces (another
 gateway's key, a regenerated key, an expiry ARM will not sign) is not adopted: its key type is
 unknown and it may not work, so the reconcile mints as before (and `adopt` says why).
 """

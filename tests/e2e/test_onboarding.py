@@ -202,7 +202,10 @@ def put(world: World, target: dict[str, Any], value: str) -> None:
 def test_first_reconcile_adopts_the_newest_token_the_targets_run(world: World) -> None:
     """gw-shared: east runs a 25-day primary-key token, west a 30-day secondary-key one (the portal's
     maximum). Key Vault has none. The first rotate stores west's as Key Vault's first version (ARM
-    reproduces it from the secondary key), brings east up to it, and mints nothing."""
+    reproduces it from the secondary key), brings east up to it, and mints nothing. Reproduction
+    rests on HMAC signing, as Microsoft documents for APIM's SAS tokens of the same shape
+    (learn.microsoft.com/rest/api/apimanagement/apimanagementrest/azure-api-management-rest-api-authentication:
+    Base64(HMAC-SHA512(key, id + "\n" + expiry))); the devstack's ARM fake signs gateway tokens so."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     east_t, west_t = devstack.targets()["gw-shared"]
     older = GatewayToken.parse(world.stack.sign("gw-shared", now + timedelta(days=25)))
