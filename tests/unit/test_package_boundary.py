@@ -58,3 +58,11 @@ def test_the_cli_aliases_say_clearly_when_the_devstack_is_absent(tmp_path: Path)
     assert "the local stack (devstack/) is not installed here" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_cli_aliases_delegate_to_the_devstack_in_a_checkout(tmp_path: Path) -> None:
+    """`python -m rotation devstack down` (DESIGN §6) still works from the repository: it runs devstack.cli."""
+    result = subprocess.run([sys.executable, "-m", "rotation", "devstack", "down", "--dir", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"devstack down in {tmp_path}: stopped nothing"
