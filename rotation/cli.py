@@ -231,9 +231,17 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"{args.file}: {exc.strerror}") from None
     registry = load_registry(text)
     targets = sum(len(g.targets) for g in registry.gateways)
+    summary: dict[str, Any] = {"valid": True, "clusters": len(registry.clusters),
+                               "gateways": len(registry.gateways), "targets": targets}
+    results = None
+    if getattr(args, "live", False):
+        from rotation.live_check import live_check
+
+        box = _container()  # the app's own access: its credential and the kubeconfigs in Key Vault
+        results = live_check(registry, box.rotator.clusters, timeout=args.deadline or box.settings.deadline_seconds)
+        summary["live"] = [r.to_dict() for r in results]
     if args.json:
-        json.dump({"valid": True, "clusters": len(registry.clusters), "gateways": len(registry.gateways),
-                   "targets": targets}, out)
+        json.dump(summary, out, indent=2 if results is not None else None)
         print(file=out)
     else:
         print(f"{args.file}: valid ({len(registry.clusters)} clusters, {len(registry.gateways)} gateways, "
@@ -241,19 +249,13 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
         for g in registry.gateways:
             print(f"  {g.ref}: Key Vault secret {g.key_vault_secret}, "
                   f"{', '.join(str(t) for t in g.targets)}", file=out)
-    if not getattr(args, "live", False):
-        return 0
-    from rotation.live_check import live_check, print_results
+        if results is not None:
+            from rotation.live_check import print_results
 
-    box = _container()  # the app's own access: its credential and the kubeconfigs in Key Vault
-    results = live_check(registry, box.rotator.clusters, timeout=args.deadline or box.settings.deadline_seconds)
-    if args.json:
-        json.dump({"live": [r.to_dict() for r in results]}, out, indent=2)
-        print(file=out)
-    else:
-        print("live check (the app's identity; does each registered workload read its target's key?):", file=out)
-        print_results(results, out)
-    return 0 if all(r.ok for r in results) else 1
+            print("live check (the app's identity; does each registered workload read its target's key?):",
+                  file=out)
+            print_results(results, out)
+    return 0 if results is None or all(r.ok for r in results) else 1
 
 
 def _devstack_cli() -> Any:

@@ -160,6 +160,12 @@ def test_the_consumption_check_catches_a_key_mismatch(world: World, tmp_path: Pa
                 "key 'config.service.auth.key' is not in the Secret") in text
         assert "deployment/gw-shared reads key 'value' of Secret gw-shared-token, not 'config.service.auth.key': " \
                "set the target's \"key\" to 'value'" in text
+        code, text, _ = run("validate-registry", str(path), "--live", "--json")
+        doc = json.loads(text)
+        assert code == 1 and doc["valid"] is True
+        assert [(r["secret"], r["state"]) for r in doc["live"]] == [
+            ("gw-east-token", "consumed"), ("gw-shared-token", "mismatch"), ("gw-shared-token", "consumed"),
+            ("gw-west-token", "consumed")]
         code, text, _ = run("status", "apim-devstack/gw-shared", "--json")
         target = json.loads(text)["gateways"][0]["targets"][0]
         assert code == 1 and target["state"] == "mismatch"
