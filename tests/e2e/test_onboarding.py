@@ -20,9 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devstack import kube
 from devstack import stack as devstack
 from rotation import bootstrap
+from rotation import discover as discover_module
 from rotation.cli import main
 from rotation.core.registry import load_registry
 from rotation.core.token import GatewayToken
@@ -79,7 +82,9 @@ def test_discover_reproduces_the_devstacks_registry_from_the_clusters_alone(worl
     assert text.count("  consumed ") == 4 and "helm: Secret gw-west-token is managed by Helm" in text
 
 
-def test_discover_prints_a_reviewable_proposal_without_tokens(world: World) -> None:
+def test_discover_prints_a_reviewable_proposal_without_tokens(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of one item: the kube-apiserver's `continue` tokens are followed to the end."""
+    monkeypatch.setattr(discover_module, "PAGE", 1)
     code, text, err = discover(world)
     no_token_in(text + err, world)
     assert code == 1  # gw-unused and the retired gateway's token want a human's look
