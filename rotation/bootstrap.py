@@ -83,6 +83,7 @@ class Container:
                 publisher=build_publisher(s.outcome_topic_endpoint, self.credential),
                 sweep_concurrency=s.sweep_concurrency,
                 lease=build_lease(s.lease_container_url, self.credential),
+                adopt_existing=True,
             )
 
         return self._once("rotator", build)  # type: ignore[no-any-return]

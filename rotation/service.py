@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from rotation.core.consumption import ConsumptionState
+from rotation.core.consumption import check as check_consumption
 from rotation.core.errors import (
     Conflict,
     InvalidToken,
@@ -190,6 +192,7 @@ class Rotator:
     sweep_concurrency: int = 8
     lease: Lease | None = None  # None: an in-process lease (local runs; see rotation.adapters.lease)
     sweep_budget_seconds: float = SWEEP_BUDGET_SECONDS
+    adopt_existing: bool = False  # Key Vault's first token: the one targets run (rotation.adoption)
 
     def __post_init__(self) -> None:
         if self.lease is None:
@@ -313,6 +316,15 @@ class Rotator:
                     False, current.key_type, rolling)
         if dry_run:
             return None, False, chosen, rolling
+        if current is None and self.adopt_existing and not force and key_type is None and rolling is None:
+            # Onboarding: Key Vault's first version is the newest valid token the targets already run.
+            from rotation.adoption import adopt
+
+            adopted = adopt(self, config, now, deadline.check)
+            if adopted is not None:
+                held = adopted.token
+                return (_TokenSource(_desired(held), lambda: held, held, stored_at=lambda: now),
+                        False, adopted.key_type, None)
 
         expiry = new_expiry(now, self.token_lifetime)
         value = self.issuer.generate_token(config.ref, chosen, expiry, timeout=deadline.check("generateToken"))
@@ -624,6 +636,7 @@ class Rotator:
                 key_roll_pending=info.roll_from if info else None,
                 error=None if info else "no token in Key Vault",
                 warning=None if self.lease_shared else LOCAL_LEASE_WARNING,
+                origin=info.origin if info else None,
             ))
         return out
 
@@ -642,9 +655,12 @@ class Rotator:
         except RotationError as exc:
             return status(SyncState.UNREACHABLE, error=str(exc))
         held = parse_stored(secret.value)
-        return status(sync_state(secret.value, info.fingerprint if info else None, target.format),
-                      fingerprint=held.fingerprint if held else None,
-                      expires_at=held.expires_at if held else None, rollouts=rollouts)
+        state = sync_state(secret.value, info.fingerprint if info else None, target.format)
+        consumption = check_consumption(target, {r.workload: r.uses for r in rollouts}, secret.labels)
+        if consumption.state is ConsumptionState.MISMATCH:  # rotating cannot help: the pods read another key
+            state = SyncState.MISMATCH
+        return status(state, fingerprint=held.fingerprint if held else None,
+                      expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption)
 
     # --- reporting --------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rotation.core.consumption import secret_uses, template_of
 from rotation.core.errors import (
     AccessDenied,
     Conflict,
@@ -181,7 +182,8 @@ class KubernetesClusterClient:
         meta = secret.get("metadata") or {}
         annotations = meta.get("annotations") or {}
         return SecretState(resource_version=str(meta.get("resourceVersion") or ""), value=value,
-                           annotations={str(k): str(v) for k, v in annotations.items()})
+                           annotations={str(k): str(v) for k, v in annotations.items()},
+                           labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()})
 
     def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
                          timeout: float | None = None,
@@ -250,7 +252,9 @@ class KubernetesClusterClient:
         ready, detail = _rollout_status(workload.kind, obj)
         template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
         restarted = (template.get("annotations") or {}).get(RESTARTED_AT)
-        return RolloutState(workload=workload, ready=ready, detail=detail, restarted_at=_parse_rfc3339(restarted))
+        # The same GET tells which Secrets the pod template reads (the consumption check, issue 14).
+        return RolloutState(workload=workload, ready=ready, detail=detail, restarted_at=_parse_rfc3339(restarted),
+                            uses=secret_uses(template_of(obj)))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from rotation.core.consumption import SecretUse
 from rotation.core.errors import InvalidGatewayId, InvalidInput
 from rotation.core.token import DEFAULT_FORMAT, GatewayToken
 
@@ -63,6 +64,7 @@ class SyncState(StrEnum):
     STALE = "stale"
     MISSING = "missing"
     UNREACHABLE = "unreachable"
+    MISMATCH = "mismatch"  # a registered workload does not read the registered Secret key
 
 
 class WorkloadKind(StrEnum):
@@ -207,6 +209,7 @@ class TokenRecord:
     version: str | None = None
     roll_from: KeyType | None = None  # set while a two-phase key roll away from this key is pending
     created_at: datetime | None = None  # when Key Vault stored this version (its `created` attribute)
+    origin: str | None = None  # set when the token was adopted from a target instead of generated
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,7 @@ class TokenInfo:
     fingerprint: str | None
     roll_from: KeyType | None = None
     created_at: datetime | None = None  # the version's `created` (listings of versions only)
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +233,7 @@ class SecretState:
     resource_version: str
     value: str | None = field(repr=False)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +242,7 @@ class RolloutState:
     ready: bool
     detail: str
     restarted_at: datetime | None = None  # the pod template's kubectl.kubernetes.io/restartedAt
+    uses: tuple[SecretUse, ...] | None = None  # the Secrets its pod template reads (None: not read)
 
 
 # --- what happened --------------------------------------------------------------------------------

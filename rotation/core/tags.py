@@ -20,6 +20,7 @@ TAG_KEY_TYPE = "keyType"
 TAG_EXPIRES = "expiresAt"
 TAG_FINGERPRINT = "fingerprint"
 TAG_ROLL_FROM = "keyRollFrom"
+TAG_ORIGIN = "origin"  # how an adopted token got here (Key Vault tag values are at most 256 chars)
 
 
 def _key_type(value: str | None) -> KeyType | None:
@@ -46,6 +47,8 @@ def tags_for(record: TokenRecord) -> dict[str, str]:
     }
     if record.roll_from is not None:
         tags[TAG_ROLL_FROM] = record.roll_from.value
+    if record.origin:
+        tags[TAG_ORIGIN] = record.origin[:256]
     return tags
 
 
@@ -61,6 +64,7 @@ def record_from(value: str, tags: Mapping[str, str] | None, version: str | None,
         version=version,
         roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
         created_at=created_at,
+        origin=tags.get(TAG_ORIGIN),
     )
 
 
@@ -75,6 +79,7 @@ def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: date
         fingerprint=tags.get(TAG_FINGERPRINT),
         roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
         created_at=created_at,
+        origin=tags.get(TAG_ORIGIN),
     )
 
 
