@@ -51,7 +51,9 @@ def _load_settings_file(path: str) -> None:
 def _container() -> Any:
     from rotation import bootstrap
 
-    return bootstrap.container()
+    box = bootstrap.container()
+    box.developer_credentials = True  # the operator's Azure login off Azure; managed identity in Azure
+    return box
 
 
 def _gateway(text: str) -> GatewayConfig:

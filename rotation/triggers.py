@@ -21,6 +21,7 @@ from rotation.core.errors import (
     InvalidInput,
     RotationError,
     SettingsError,
+    SettingsPending,
     TransientError,
     UnknownGateway,
 )
@@ -69,6 +70,10 @@ def handle_event(payload: Mapping[str, Any]) -> None:
                         event.gateway, event.service_id or "an unnamed service")
             return
         report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds)
+    except SettingsPending as exc:
+        # e.g. the registry's Key Vault reference not resolved yet: acknowledging would lose the event.
+        log.warning("event %s: settings not available yet, Event Grid will redeliver: %s", event.event_id, exc)
+        raise
     except (InvalidInput, SettingsError) as exc:
         # Retrying the same event cannot help: log it clearly and acknowledge it.
         log.error("event %s: rejected (not retried): %s", event.event_id, exc)

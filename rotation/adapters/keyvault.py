@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rotation.adapters.credential import call_options, is_azure_error, scrub, translate
+from rotation.adapters.credential import call_options, is_azure_error, scrub, token_deadline, translate
 from rotation.core import tags
 from rotation.core.errors import InvalidToken, NotFound, PermanentError, RotationError, UpstreamError
 from rotation.core.model import TokenInfo, TokenRecord
@@ -71,7 +71,8 @@ class KeyVaultTokenStore:
         """The latest `KeyVaultSecret`, or None when it does not exist."""
         options = call_options(timeout, what)
         try:
-            return self._client().get_secret(secret_name, **options)
+            with token_deadline(timeout):
+                return self._client().get_secret(secret_name, **options)
         except RotationError:
             raise
         except Exception as exc:
@@ -103,9 +104,10 @@ class KeyVaultTokenStore:
         what = f"Key Vault set of secret {secret_name!r}"
         options = call_options(timeout, what)
         try:
-            secret = self._client().set_secret(
-                secret_name, record.token.value, content_type=tags.CONTENT_TYPE, tags=tags.tags_for(record),
-                expires_on=record.token.expires_at, **options)
+            with token_deadline(timeout):
+                secret = self._client().set_secret(
+                    secret_name, record.token.value, content_type=tags.CONTENT_TYPE, tags=tags.tags_for(record),
+                    expires_on=record.token.expires_at, **options)
         except RotationError:
             raise
         except Exception as exc:
@@ -123,9 +125,10 @@ class KeyVaultTokenStore:
         options = call_options(timeout, what)
         out: list[TokenInfo] = []
         try:
-            for props in self._client().list_properties_of_secrets(**options):
-                if tags.is_managed(props.tags):
-                    out.append(tags.info_from(props.name, props.tags, props.expires_on))
+            with token_deadline(timeout):
+                for props in self._client().list_properties_of_secrets(**options):
+                    if tags.is_managed(props.tags):
+                        out.append(tags.info_from(props.name, props.tags, props.expires_on))
         except RotationError:
             raise
         except Exception as exc:
@@ -139,8 +142,9 @@ class KeyVaultTokenStore:
         what = f"Key Vault listing of the versions of secret {secret_name!r}"
         options = call_options(timeout, what)
         try:
-            found = [p for p in self._client().list_properties_of_secret_versions(secret_name, **options)
-                     if p.enabled is not False and tags.is_managed(p.tags)]
+            with token_deadline(timeout):
+                found = [p for p in self._client().list_properties_of_secret_versions(secret_name, **options)
+                         if p.enabled is not False and tags.is_managed(p.tags)]
         except RotationError:
             raise
         except Exception as exc:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rotation.adapters.credential import token_deadline
 from rotation.core.errors import (
     AccessDenied,
     Conflict,
@@ -252,7 +253,8 @@ class KubernetesClusterClient:
         if timeout is not None and timeout <= 0:
             raise UpstreamError(f"cluster {self.name}: no time left to {verb} {what}")
         try:
-            yield timeout
+            with token_deadline(timeout):  # the AKS token refresh happens inside the call
+                yield timeout
         except RotationError:
             raise
         except ApiException as exc:

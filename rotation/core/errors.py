@@ -45,6 +45,12 @@ class SettingsError(PermanentError):
     """An app setting is missing or invalid; the message names the setting."""
 
 
+class SettingsPending(SettingsError, TransientError):
+    """A setting the platform has not resolved yet (a Key Vault reference right after a deployment):
+    wrong now, likely right soon. Unhealthy like any SettingsError, but the event path lets Event Grid
+    redeliver instead of acknowledging the event."""
+
+
 class UnknownGateway(PermanentError):
     """The gateway is not in the registry, so the rotator has no business touching it."""
 

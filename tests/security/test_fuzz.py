@@ -79,7 +79,7 @@ def registries(draw: st.DrawFn) -> dict[str, Any]:
     """Shaped like a registry, with any field replaced by junk or hostile names."""
     cluster = {"name": draw(_maybe(st.sampled_from(["east", "west"]))),
                "auth": draw(_maybe(st.sampled_from(["aks", "kubeconfig"]))),
-               "server": draw(_maybe(st.just("https://east.example:443"))),
+               "server": draw(_maybe(st.just("https://east-dns-4f1c2a9b.hcp.westeurope.azmk8s.io:443"))),
                "caData": draw(_maybe(st.just(CA_DATA))),
                "kubeconfigSecret": draw(_maybe(st.just("kubeconfig-west")))}
     target = {"cluster": draw(_maybe(st.just("east"))), "namespace": draw(_maybe(st.just("apim"))),
