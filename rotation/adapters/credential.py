@@ -10,8 +10,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,16 +41,18 @@ _token_deadline: ContextVar[float | None] = ContextVar("rotation_token_deadline"
 
 
 def build_credential(client_id: str | None = None, *, developer: bool = False,
-                     authority: str | None = None) -> TokenCredential:
+                     authority: str | None = None, retry_total: int | None = None) -> TokenCredential:
     """The app's identity, with every token request bounded by the caller's deadline.
 
     By default `ManagedIdentityCredential` (user-assigned when `client_id` is given, which settings take
     from `AZURE_CLIENT_ID`): in Azure nothing else may answer, and `DefaultAzureCredential` would, when
     the identity endpoint fails, walk developer credentials (CLI, PowerShell, azd subprocesses).
     `developer=True` is for the CLI on an operator's machine only: `DefaultAzureCredential` without the
-    interactive and shared-cache credentials; `authority` is the cloud's login host.
+    interactive and shared-cache credentials; `authority` is the cloud's login host. `retry_total`:
+    azure-core retries of the identity request (default: its own; the deadline bounds them anyway).
     """
     inner: Any
+    options: dict[str, Any] = {} if retry_total is None else {"retry_total": retry_total}
     if developer:
         from azure.identity import DefaultAzureCredential
 
@@ -65,11 +65,11 @@ def build_credential(client_id: str | None = None, *, developer: bool = False,
             kwargs["managed_identity_client_id"] = client_id
         if authority:
             kwargs["authority"] = authority
-        inner = DefaultAzureCredential(**kwargs)
+        inner = DefaultAzureCredential(**kwargs, **options)
     else:
         from azure.identity import ManagedIdentityCredential
 
-        inner = ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+        inner = ManagedIdentityCredential(client_id=client_id, **options)
     return BoundedCredential(inner)
 
 
@@ -92,14 +92,12 @@ class BoundedCredential:
 
     azure-identity gives a managed-identity request no overall timeout (MSAL retries 5xx and 429 with
     backoff; a stalled endpoint holds the caller for as long as the socket allows), and azure-core asks
-    the credential outside the per-call `timeout`. The request runs on a small pool and the caller stops
-    waiting at the deadline; an abandoned request finishes in the background and fills MSAL's cache.
+    the credential outside the per-call `timeout`. The request runs on its own daemon thread and the
+    caller stops waiting at the deadline; an abandoned request finishes in the background (filling
+    MSAL's cache for the next caller).
     Failures become core errors: endpoint 5xx/429/timeouts are transient (`UpstreamError`), a 4xx or a
     host without any identity is `AccessDenied`.
     """
-
-    _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="identity")
-    _pool_lock = threading.Lock()
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -136,15 +134,34 @@ class BoundedCredential:
         what = f"could not get a token for {', '.join(scopes)[:120]} from the app's identity"
         if limit <= 0:
             raise UpstreamError(f"{what}: the deadline has passed")
-        future = self._pool.submit(request)
+        call = _Call(request)
+        # A daemon thread: an abandoned request must not hold the worker process at exit either.
+        threading.Thread(target=call.run, name="identity-token", daemon=True).start()
+        if not call.done.wait(limit):
+            raise UpstreamError(f"{what}: no answer within {limit:.1f}s (the deadline)")
+        if call.error is not None:
+            if isinstance(call.error, RotationError):
+                raise call.error
+            raise identity_error(call.error, what) from None
+        return call.result  # type: ignore[return-value]
+
+
+class _Call:
+    """One token request run on its own thread; the caller waits on `done` for as long as it may."""
+
+    def __init__(self, request: Callable[[], object]) -> None:
+        self._request = request
+        self.done = threading.Event()
+        self.result: object = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
         try:
-            return future.result(timeout=limit)
-        except FutureTimeout:
-            raise UpstreamError(f"{what}: no answer within {limit:.1f}s (the deadline)") from None
-        except RotationError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every credential failure, classified below
-            raise identity_error(exc, what) from None
+            self.result = self._request()
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 def identity_error(exc: Exception, what: str) -> RotationError:
