@@ -24,6 +24,7 @@ from rotation.core.errors import (
     NotFound,
     RotationError,
     UnknownGateway,
+    UnusableSecret,
     UpstreamError,
 )
 from rotation.core.model import (
@@ -50,6 +51,7 @@ from rotation.core.policies import (
     target_action,
 )
 from rotation.core.ports import ClusterClient, Clusters, OutcomePublisher, TokenIssuer, TokenStore
+from rotation.core.redact import clean_reason
 from rotation.core.status import GatewayStatus, KeyRollPhase, KeyRollReport, SweepReport, TargetStatus, sync_state
 from rotation.core.token import GatewayToken, parse_stored
 
@@ -152,6 +154,7 @@ class Rotator:
         failures are reported per target instead.
         """
         started = time.monotonic()
+        reason = clean_reason(reason)  # free text from an operator: never log or publish a pasted secret
         deadline = _Deadline(deadline_seconds)
         with self._exclusive(config, deadline):
             source, rotated, chosen_key = self._gather_and_renew(
@@ -194,7 +197,12 @@ class Rotator:
             return (_TokenSource(desired, lambda: self._load(config, deadline)), False,
                     known.key_type or KeyType.PRIMARY)
 
-        current = self.store.get(secret, timeout=deadline.check("reading Key Vault"))
+        try:
+            current = self.store.get(secret, timeout=deadline.check("reading Key Vault"))
+        except UnusableSecret:
+            if not force:
+                raise  # the routine path reports it; a forced rotation overwrites it
+            current = None
         why = renewal_reason(current, now, self.renew_before, force)
         if key_type is not None and current is not None and current.key_type is not key_type:
             why = why or f"key roll to {key_type.value}"

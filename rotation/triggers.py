@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import azure.functions as func
 
 from rotation import bootstrap
+from rotation.core.caller import caller_from_headers
 from rotation.core.errors import (
     IgnoredEvent,
     InvalidEvent,
@@ -67,7 +69,8 @@ def handle_event(payload: Mapping[str, Any]) -> None:
         config = settings.registry.find_by_gateway(event.service_id, event.gateway)
         if config is None:
             log.warning("event %s: gateway %s of %s is not in the registry; ignored", event.event_id,
-                        event.gateway, event.service_id or "an unnamed service")
+                        event.gateway, event.service_id
+                        or "an unnamed service (without a topic, the name must be registered exactly once)")
             return
         report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds)
     except SettingsPending as exc:
@@ -144,6 +147,8 @@ def _body(req: func.HttpRequest, fields: Mapping[str, type]) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("request body must be JSON") from None
+    except RecursionError:  # e.g. 100k nested arrays: the client's mistake, not an unhandled 500
+        raise InvalidInput("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
     for key, value in body.items():
@@ -191,7 +196,9 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.function_name("roll_keys")
-@bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"])
+# Regenerating keys invalidates every token of a key: the host's master (admin) key only, not any
+# function key.
+@bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 @_guard
 def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
     body = _body(req, {"dryRun": bool, "waitSeconds": int})
@@ -200,9 +207,12 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
         raise InvalidInput("field 'waitSeconds' must be between 0 and 180")
     config = _gateway_from_route(req)
     box = bootstrap.container()
+    caller = caller_from_headers(req.headers, os.environ.get("WEBSITE_AUTH_ENABLED", "").lower() == "true")
+    requested_by = caller.to_dict() if caller else None
+    log.warning("key roll of %s requested by %s", config.ref, json.dumps(requested_by))
     report = box.rotator.roll_keys(config, deadline_seconds=box.settings.deadline_seconds,
                                    rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False))
-    return _json(200 if report.ok else 409, report.to_dict())
+    return _json(200 if report.ok else 409, {**report.to_dict(), "requestedBy": requested_by})
 
 
 @bp.function_name("health")

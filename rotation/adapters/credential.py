@@ -16,20 +16,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rotation.core.errors import (
     AccessDenied,
-    InvalidInput,
     NotFound,
     PermanentError,
     RotationError,
     UpstreamError,
+    UpstreamRejected,
 )
+from rotation.core.redact import redact
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential, TokenRequestOptions
 
 T = TypeVar("T")
 
-# Anything shaped like a gateway token (or its portal form) is cut out of upstream error texts.
-_TOKENISH = re.compile(r"(GatewayKey\s+)?[^&\s\"']{1,256}&\d{12}&[A-Za-z0-9+/=_-]{8,}")
 _MAX_DETAIL = 300
 # Without a deadline in scope (e.g. a status page), a token request still ends after this long.
 DEFAULT_TOKEN_SECONDS = 20.0
@@ -195,7 +194,7 @@ def call_options(timeout: float | None, what: str) -> dict[str, Any]:
 
 def scrub(text: str) -> str:
     """An upstream message made safe for logs: token-shaped text removed, length bounded."""
-    cleaned = _TOKENISH.sub("<redacted>", " ".join(text.split()))
+    cleaned = redact(" ".join(text.split()))
     return cleaned if len(cleaned) <= _MAX_DETAIL else cleaned[: _MAX_DETAIL - 1] + "…"
 
 
@@ -248,7 +247,8 @@ def translate(exc: Exception, what: str) -> RotationError:
         if status in (408, 409, 423, 429) or status >= 500:
             return UpstreamError(head + tail)
         if status in (400, 422):
-            return InvalidInput(head + tail)
+            # The request came from the registry and stored state, not the caller: a server-side problem.
+            return UpstreamRejected(head + tail)
         return PermanentError(head + tail)
     return UpstreamError(f"{what} failed: {type(exc).__name__} ({scrub(str(exc))})")
 

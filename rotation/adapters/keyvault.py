@@ -13,14 +13,39 @@ from typing import TYPE_CHECKING, Any
 
 from rotation.adapters.credential import call_options, is_azure_error, scrub, token_deadline, translate
 from rotation.core import tags
-from rotation.core.errors import InvalidToken, NotFound, PermanentError, RotationError, UpstreamError
+from rotation.core.errors import (
+    InvalidToken,
+    NotFound,
+    PermanentError,
+    RotationError,
+    SoftDeletedSecret,
+    UnusableSecret,
+    UpstreamError,
+)
 from rotation.core.model import TokenInfo, TokenRecord
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 
-def _translate(exc: Exception, what: str) -> RotationError | None:
+def _soft_deleted(exc: Exception) -> bool:
+    """Key Vault's 409 for a name held by a soft-deleted secret: `{"error": {"code": "Conflict",
+    "innererror": {"code": "ObjectIsDeletedButRecoverable"}}}` (as reported against the service in
+    external-secrets/external-secrets#3519 and ansible-collections/azure#1145)."""
+    if getattr(exc, "status_code", None) != 409:
+        return False
+    inner = getattr(getattr(exc, "error", None), "innererror", None) or {}
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return code == "ObjectIsDeletedButRecoverable" or "deleted but recoverable" in str(exc)
+
+
+def _translate(exc: Exception, what: str, secret_name: str | None = None) -> RotationError | None:
+    if secret_name is not None and _soft_deleted(exc):
+        return SoftDeletedSecret(
+            f"{what} failed: the secret is deleted but recoverable (soft delete) and its name cannot be "
+            f"reused; recover it (az keyvault secret recover --vault-name VAULT --name {secret_name}) to keep "
+            f"its history, or purge it (az keyvault secret purge --vault-name VAULT --name {secret_name}), "
+            "then rotate again")
     if is_azure_error(exc):
         return translate(exc, what)
     if isinstance(exc, ValueError):
@@ -92,13 +117,15 @@ class KeyVaultTokenStore:
             return None
         value = secret.value
         if not isinstance(value, str) or not value:
-            raise InvalidToken(f"Key Vault secret {secret_name!r} is empty, not a gateway token")
+            raise UnusableSecret(f"Key Vault secret {secret_name!r} is empty, not a gateway token "
+                                 "(rotate with force to overwrite it)")
         props = secret.properties
         try:
             return tags.record_from(value, props.tags, props.version)
         except InvalidToken as exc:
             # exc names only the length and fingerprint, never the value.
-            raise InvalidToken(f"Key Vault secret {secret_name!r} does not hold a gateway token: {exc}") from None
+            raise UnusableSecret(f"Key Vault secret {secret_name!r} does not hold a gateway token: {exc} "
+                                 "(rotate with force to overwrite it)") from None
 
     def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:
         what = f"Key Vault set of secret {secret_name!r}"
@@ -111,7 +138,7 @@ class KeyVaultTokenStore:
         except RotationError:
             raise
         except Exception as exc:
-            translated = _translate(exc, what)
+            translated = _translate(exc, what, secret_name)
             if translated is None:
                 raise
             raise translated from None

@@ -13,7 +13,7 @@ from azure.core.credentials import AccessToken
 from devstack.fakes import Fakes
 from rotation.adapters.arm import ArmTokenIssuer
 from rotation.adapters.credential import build_credential
-from rotation.core.errors import AccessDenied, InvalidInput, NotFound, PermanentError, UpstreamError
+from rotation.core.errors import AccessDenied, NotFound, PermanentError, UpstreamError, UpstreamRejected
 from rotation.core.model import GatewayRef, KeyType
 from rotation.core.token import GatewayToken
 from tests import leakcheck
@@ -90,7 +90,8 @@ def test_regenerate_key_invalidates_only_that_keys_tokens(fakes: Fakes, gateway:
 
 
 def test_expiry_beyond_30_days_is_a_permanent_error(fakes: Fakes, gateway: GatewayRef) -> None:
-    with pytest.raises(InvalidInput) as caught:
+    # UpstreamRejected, not InvalidInput: the request came from the rotator, not from the caller (502).
+    with pytest.raises(UpstreamRejected) as caught:
         issuer(fakes, retry_total=0).generate_token(gateway, KeyType.PRIMARY, in_days(31))
 
     message = str(caught.value)
