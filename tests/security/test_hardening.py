@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 import pytest
 
+from devstack import keyvault as kv_fake
+from devstack.keyvault import KeyVaultFake
 from rotation import bootstrap
 from rotation.core.errors import SettingsPending, SoftDeletedSecret, TransientError, UnusableSecret
 from tests import leakcheck
@@ -177,3 +181,58 @@ def test_event_without_topic_matches_only_a_gateway_name_registered_once(app: Ap
     monkeypatch.setenv("ROTATION_REGISTRY", json.dumps(doc))
     bootstrap.reset()
     assert bootstrap.container().settings.registry.find_by_gateway(None, "GW-1") is not None
+
+
+# --- which credential, which vault --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cli", "azure_variable", "expected"), [
+    (False, None, "ManagedIdentityCredential"),            # the function app, anywhere
+    (True, None, "DefaultAzureCredential"),                # the CLI on an operator's machine
+    (True, "WEBSITE_SITE_NAME", "ManagedIdentityCredential"),  # the CLI on an Azure host
+    (True, "WEBSITE_SKU", "ManagedIdentityCredential"),
+])
+def test_developer_credentials_only_for_the_cli_off_azure(app: App, monkeypatch: pytest.MonkeyPatch, cli: bool,
+                                                          azure_variable: str | None, expected: str) -> None:
+    if azure_variable:
+        monkeypatch.delenv("ROTATION_LOCAL_EMULATORS")  # refused on an Azure host
+        monkeypatch.setenv("ARM_ENDPOINT", "")
+        monkeypatch.setenv(azure_variable, "FlexConsumption")
+        env = {**os.environ, "KEY_VAULT_URL": "https://kv-sec-test.vault.azure.net",
+               "ROTATION_REGISTRY": json.dumps({"clusters": [], "gateways": []})}
+        box = bootstrap.reset(env)
+    else:
+        box = bootstrap.reset()
+    box.developer_credentials = cli
+    assert type(box.credential.inner).__name__ == expected
+
+
+def test_kubeconfigs_come_from_the_configuration_vault(app: App, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    """CONFIG_KEY_VAULT_URL holds the kubeconfigs (the app reads it only); tokens stay in KEY_VAULT_URL."""
+    config_vault = KeyVaultFake(app.fakes.ca.server_context(tmp_path, "config-vault"),
+                                authorize=kv_fake.identity_authorizer(app.fakes.identity))
+    with config_vault:
+        kubeconfig = {"apiVersion": "v1", "kind": "Config",
+                      "clusters": [{"name": "west", "cluster": {"server": app.sentinel.url}}],
+                      "users": [{"name": "rotator", "user": {"token": "kc-token-0123456789"}}],
+                      "contexts": [{"name": "west", "context": {"cluster": "west", "user": "rotator"}}]}
+        config_vault.set_secret("kubeconfig-west", json.dumps(kubeconfig))
+        doc = registry(app.sentinel.url, app.fakes.ca.ca_pem)
+        doc["clusters"].append({"name": "west", "auth": "kubeconfig", "kubeconfigSecret": "kubeconfig-west"})
+        monkeypatch.setenv("ROTATION_REGISTRY", json.dumps(doc))
+        monkeypatch.setenv("CONFIG_KEY_VAULT_URL", config_vault.url)
+        box = bootstrap.reset()
+        assert box.config_store.vault_url == config_vault.url and box.store.vault_url == app.fakes.keyvault.url
+        box.rotator.clusters.client(box.settings.registry.clusters["west"])
+        assert [(c["method"], c["path"].rstrip("/")) for c in config_vault.calls() if c["status"] == 200] == [
+            ("GET", "/secrets/kubeconfig-west")]
+        assert app.fakes.keyvault.calls() == []
+
+
+def test_user_assigned_identity_is_selected_by_azure_client_id(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    client_id = "5b0c4a8e-27f1-4c3e-9d7a-2f6e1b3c4d5e"
+    monkeypatch.setenv("AZURE_CLIENT_ID", client_id)
+    box = bootstrap.reset()
+    box.credential.get_token("https://vault.azure.net/.default")
+    assert app.fakes.identity.requests()[-1]["clientId"] == client_id
