@@ -178,7 +178,14 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
         text = Path(args.file).read_text()
     except OSError as exc:
         raise UsageError(f"{args.file}: {exc.strerror}") from None
-    registry = load_registry(text)
+    from rotation.cloud import cloud_named
+
+    try:  # aks servers are checked against the configured cloud (and loopback only for the devstack)
+        cloud = cloud_named(os.environ.get("AZURE_CLOUD", "").strip())
+    except ValueError as exc:
+        raise UsageError(f"AZURE_CLOUD: {exc}") from None
+    local = os.environ.get("ROTATION_LOCAL_EMULATORS", "").strip().lower() in {"1", "true", "yes", "on"}
+    registry = load_registry(text, aks_servers=cloud.aks_rule(allow_loopback=local))
     targets = sum(len(g.targets) for g in registry.gateways)
     if args.json:
         json.dump({"valid": True, "clusters": len(registry.clusters), "gateways": len(registry.gateways),

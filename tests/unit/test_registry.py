@@ -185,3 +185,21 @@ def test_loopback_aks_servers_only_with_the_emulator_rule() -> None:
     with pytest.raises(RegistryError, match="not an IP address"):  # loopback, not any IP
         load_registry(_mutate("clusters.0.server", "https://10.0.0.1:6443"),
                       aks_servers=AksServerRule(allow_loopback=True))
+
+
+def test_validate_registry_checks_aks_servers_against_the_configured_cloud(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from rotation.cli import main
+
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(_mutate("clusters.0.server",
+                                       "https://c-1a2b.hcp.usgovvirginia.cx.aks.containerservice.azure.us")))
+    monkeypatch.delenv("AZURE_CLOUD", raising=False)
+    monkeypatch.delenv("ROTATION_LOCAL_EMULATORS", raising=False)
+    assert main(["validate-registry", str(path)], io.StringIO()) == 2
+    assert "is not an AKS API server of this cloud" in capsys.readouterr().err
+    monkeypatch.setenv("AZURE_CLOUD", "AzureUSGovernment")
+    out = io.StringIO()
+    assert main(["validate-registry", str(path)], out) == 0 and "valid (2 clusters" in out.getvalue()
