@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rotation.core.errors import PermanentError, RotationError, SettingsError
-from rotation.core.model import GatewayConfig, GatewayRef, RotationReport, check_gateway_name, check_service_name
+from rotation.core.model import (
+    GatewayConfig,
+    GatewayRef,
+    KeyType,
+    RotationReport,
+    check_gateway_name,
+    check_service_name,
+)
 
 EXAMPLES = """\
 examples:
@@ -24,7 +31,7 @@ examples:
   python -m rotation rotate contoso-apim/onprem-gw --force --reason "suspected leak"
   python -m rotation rotate contoso-apim/onprem-gw --dry-run --json
   python -m rotation sweep --dry-run
-  python -m rotation roll-keys contoso-apim/onprem-gw --wait 120
+  python -m rotation roll-keys contoso-apim/onprem-gw --from primary --wait 120
   python -m rotation validate-registry registry.json
   python -m rotation replay-deadletter --since 2026-11-01
   python -m rotation devstack up --dir .devstack/dev && python -m rotation devstack down --dir .devstack/dev
@@ -119,6 +126,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                                    for r in t.rollouts)
                 err = f"  ({t.error})" if t.error else ""
                 print(f"  {t.state.value:11} {t.cluster}/{t.namespace}/{t.secret}{rollouts}{err}", file=out)
+        for warning in sorted({s.warning for s in statuses if s.warning}):
+            print(f"warning: {warning}", file=out)
     return 0 if all(s.healthy for s in statuses) else 1
 
 
@@ -154,8 +163,10 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_roll_keys(args: argparse.Namespace, out: TextIO) -> int:
     config = _gateway(args.gateway)
     box = _container()
-    report = box.rotator.roll_keys(config, deadline_seconds=args.deadline or box.settings.deadline_seconds,
-                                   rollout_wait_seconds=args.wait, dry_run=args.dry_run)
+    report = box.rotator.roll_keys(config, from_key=KeyType(args.from_key),
+                                   deadline_seconds=args.deadline or box.settings.deadline_seconds,
+                                   rollout_wait_seconds=args.wait, dry_run=args.dry_run,
+                                   confirm_restarted=args.confirm_restarted)
     if args.json:
         json.dump(report.to_dict(), out, indent=2, default=str)
         print(file=out)
@@ -167,7 +178,8 @@ def cmd_roll_keys(args: argparse.Namespace, out: TextIO) -> int:
         for item in report.pending:
             print(f"  pending: {item}", file=out)
         if report.pending:
-            print("  the old key was NOT regenerated; fix the above and run roll-keys again to resume", file=out)
+            print(f"  the {report.from_key} key was NOT regenerated; fix the above and run "
+                  f"roll-keys --from {report.from_key} again to resume", file=out)
     return 0 if report.ok else 1
 
 
@@ -262,8 +274,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--progress", action="store_true", help="print progress lines even when not on a terminal")
     c = command("roll-keys", cmd_roll_keys, "two-phase key roll: move to the other key, then regenerate the old one",
                 gateway="required", dry_run=True)
+    c.add_argument("--from", dest="from_key", required=True, choices=["primary", "secondary"],
+                   help="the key to roll away from and regenerate (refused if it contradicts a pending roll)")
     c.add_argument("--wait", type=float, default=60, metavar="SECONDS",
                    help="how long to wait for restarted workloads to finish rolling out (default 60)")
+    c.add_argument("--confirm-restarted", action="store_true",
+                   help="you restarted the pods of targets that have no `restart` list: their Secrets still "
+                        "have to hold the new token")
     c = sub.add_parser("validate-registry", help="check a registry file and print what it registers")
     c.set_defaults(func=cmd_validate_registry)
     c.add_argument("file")

@@ -53,6 +53,7 @@ class Settings:
     deadletter_blob_url: str | None = None
     sweep_concurrency: int = 8
     local_emulators: bool = False
+    lease_container_url: str | None = None  # LEASE_CONTAINER_URL; unset: in-process leases (local only)
     cloud: Cloud = CLOUDS[CloudName.PUBLIC]
     config_key_vault_url: str = ""
     in_azure: bool = False
@@ -155,7 +156,13 @@ class Settings:
         except RegistryError as exc:
             raise SettingsError(f"ROTATION_REGISTRY: {exc}") from None
         key_vault_url = vault("KEY_VAULT_URL", required=True) or ""
+        lease_container_url = https_url("LEASE_CONTAINER_URL")
+        if lease_container_url is None and azure:
+            raise SettingsError(
+                f"LEASE_CONTAINER_URL is required in Azure ({azure} is set): without it, "
+                "instances cannot agree on one writer per gateway and a key roll is unsafe")
         return cls(
+            lease_container_url=lease_container_url,
             registry=registry,
             key_vault_url=key_vault_url,
             config_key_vault_url=vault("CONFIG_KEY_VAULT_URL", required=False) or "",

@@ -28,7 +28,8 @@ from rotation.core.errors import (
     UnknownGateway,
 )
 from rotation.core.events import parse_event
-from rotation.core.model import GatewayConfig, check_gateway_name, check_service_name
+from rotation.core.model import GatewayConfig, KeyType, check_gateway_name, check_service_name
+from rotation.service import LOCAL_LEASE_WARNING, Heal
 
 log = logging.getLogger("rotation.triggers")
 # The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
@@ -72,7 +73,8 @@ def handle_event(payload: Mapping[str, Any]) -> None:
                         event.gateway, event.service_id
                         or "an unnamed service (without a topic, the name must be registered exactly once)")
             return
-        report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds)
+        report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds,
+                                       heal=Heal(instance=event.instance, instance_expires_at=event.expires_at))
     except SettingsPending as exc:
         # e.g. the registry's Key Vault reference not resolved yet: acknowledging would lose the event.
         log.warning("event %s: settings not available yet, Event Grid will redeliver: %s", event.event_id, exc)
@@ -88,7 +90,9 @@ def handle_event(payload: Mapping[str, Any]) -> None:
         raise
     if not report.ok:
         failed = ", ".join(f"{t.cluster}/{t.namespace}/{t.secret}: {t.outcome.value}" for t in report.failed_targets)
-        raise RotationIncomplete(f"event {event.event_id}: {len(report.failed_targets)} target(s) not done ({failed})")
+        on = f" (instance {event.instance})" if event.instance else ""
+        raise RotationIncomplete(f"event {event.event_id}{on}: {len(report.failed_targets)} target(s) not done "
+                                 f"({failed})")
 
 
 @bp.function_name("on_gateway_token_event")
@@ -201,17 +205,22 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 @_guard
 def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
-    body = _body(req, {"dryRun": bool, "waitSeconds": int})
+    body = _body(req, {"fromKey": str, "dryRun": bool, "waitSeconds": int, "confirmRestarted": bool})
     wait_seconds = body.get("waitSeconds", 60)
     if not 0 <= wait_seconds <= 180:
         raise InvalidInput("field 'waitSeconds' must be between 0 and 180")
     config = _gateway_from_route(req)
+    if body.get("fromKey") not in ("primary", "secondary"):
+        raise InvalidInput("field 'fromKey' is required: the key to roll away from and regenerate, "
+                           "'primary' or 'secondary'")
     box = bootstrap.container()
     caller = caller_from_headers(req.headers, os.environ.get("WEBSITE_AUTH_ENABLED", "").lower() == "true")
     requested_by = caller.to_dict() if caller else None
     log.warning("key roll of %s requested by %s", config.ref, json.dumps(requested_by))
-    report = box.rotator.roll_keys(config, deadline_seconds=box.settings.deadline_seconds,
-                                   rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False))
+    report = box.rotator.roll_keys(config, from_key=KeyType(body["fromKey"]),
+                                   deadline_seconds=box.settings.deadline_seconds,
+                                   rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False),
+                                   confirm_restarted=body.get("confirmRestarted", False))
     return _json(200 if report.ok else 409, {**report.to_dict(), "requestedBy": requested_by})
 
 
@@ -222,8 +231,11 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         settings = bootstrap.container().settings
     except SettingsError as exc:
         return _json(503, {"status": "unhealthy", "error": str(exc)})
-    return _json(200, {"status": "ok", "gateways": len(settings.registry.gateways),
-                       "clusters": len(settings.registry.clusters)})
+    body: dict[str, Any] = {"status": "ok", "gateways": len(settings.registry.gateways),
+                            "clusters": len(settings.registry.clusters)}
+    if not settings.lease_container_url:
+        body["warning"] = LOCAL_LEASE_WARNING
+    return _json(200, body)
 
 
 # --- timer ---------------------------------------------------------------------------------------

@@ -79,6 +79,17 @@ def _rfc3339(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _parse_rfc3339(text: object) -> datetime | None:
+    """A restartedAt annotation (kubectl writes RFC 3339); None when absent or not a time."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 def _status_message(body: object) -> str:
     """The `message` of a Kubernetes `Status` response body, if there is one."""
     if not isinstance(body, str | bytes) or not body:
@@ -192,10 +203,13 @@ class KubernetesClusterClient:
                 _preload_content=False))
 
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
-                        timeout: float | None = None) -> None:
+                        timeout: float | None = None, resource_version: str | None = None) -> None:
         from kubernetes import client
 
-        body = {"metadata": {"annotations": dict(annotations)}}
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version  # precondition: 409 if changed meanwhile
+        body = {"metadata": metadata}
         with self._errors("patch", f"secrets {namespace}/{name}", timeout) as t:
             _discard(client.CoreV1Api(self._api).patch_namespaced_secret(
                 name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
@@ -236,7 +250,9 @@ class KubernetesClusterClient:
         with self._errors("get", what, timeout) as t:
             obj = _json(read(workload.name, namespace, _request_timeout=t, _preload_content=False))
         ready, detail = _rollout_status(workload.kind, obj)
-        return RolloutState(workload=workload, ready=ready, detail=detail)
+        template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        restarted = (template.get("annotations") or {}).get(RESTARTED_AT)
+        return RolloutState(workload=workload, ready=ready, detail=detail, restarted_at=_parse_rfc3339(restarted))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

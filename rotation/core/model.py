@@ -206,6 +206,7 @@ class TokenRecord:
     gateway_id: str
     version: str | None = None
     roll_from: KeyType | None = None  # set while a two-phase key roll away from this key is pending
+    created_at: datetime | None = None  # when Key Vault stored this version (its `created` attribute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,7 @@ class TokenInfo:
     expires_at: datetime | None
     fingerprint: str | None
     roll_from: KeyType | None = None
+    created_at: datetime | None = None  # the version's `created` (listings of versions only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +236,7 @@ class RolloutState:
     workload: Workload
     ready: bool
     detail: str
+    restarted_at: datetime | None = None  # the pod template's kubectl.kubernetes.io/restartedAt
 
 
 # --- what happened --------------------------------------------------------------------------------
@@ -273,6 +276,7 @@ class RotationReport:
     targets: tuple[TargetReport, ...]
     dry_run: bool = False
     error: str | None = None  # set when the reconcile failed before reaching the targets
+    instance: str | None = None  # the gateway instance (pod) an event named
 
     @property
     def ok(self) -> bool:
@@ -294,5 +298,6 @@ class RotationReport:
             "durationMs": self.duration_ms,
             "ok": self.ok,
             "error": self.error,
+            "instance": self.instance,
             "targets": [t.to_dict() for t in self.targets],
         }

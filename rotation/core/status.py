@@ -54,10 +54,13 @@ class GatewayStatus:
     targets: tuple[TargetStatus, ...]
     key_roll_pending: KeyType | None = None
     error: str | None = None
+    warning: str | None = None  # e.g. leases are in-process only (LEASE_CONTAINER_URL unset)
 
     @property
     def healthy(self) -> bool:
-        return self.error is None and all(
+        """Every target in sync with rolled-out workloads, and no key roll pending (a pending roll
+        leaves the key it retires valid: the compromise is not contained yet)."""
+        return self.error is None and self.key_roll_pending is None and all(
             t.state is SyncState.IN_SYNC and all(r.ready for r in t.rollouts) for t in self.targets
         )
 
@@ -69,7 +72,7 @@ class GatewayStatus:
             "keyType": self.key_type.value if self.key_type else None,
             "fingerprint": self.fingerprint,
             "keyRollPending": self.key_roll_pending.value if self.key_roll_pending else None,
-            "healthy": self.healthy, "error": self.error,
+            "healthy": self.healthy, "error": self.error, "warning": self.warning,
             "targets": [t.to_dict() for t in self.targets],
         }
 

@@ -49,7 +49,8 @@ def tags_for(record: TokenRecord) -> dict[str, str]:
     return tags
 
 
-def record_from(value: str, tags: Mapping[str, str] | None, version: str | None) -> TokenRecord:
+def record_from(value: str, tags: Mapping[str, str] | None, version: str | None,
+                created_at: datetime | None = None) -> TokenRecord:
     """Rebuild a record from a secret; raises InvalidToken if the value is not a token."""
     tags = tags or {}
     token = GatewayToken.parse(value)
@@ -59,10 +60,12 @@ def record_from(value: str, tags: Mapping[str, str] | None, version: str | None)
         gateway_id=tags.get(TAG_GATEWAY, ""),
         version=version,
         roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
+        created_at=created_at,
     )
 
 
-def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: datetime | None) -> TokenInfo:
+def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: datetime | None,
+              created_at: datetime | None = None) -> TokenInfo:
     tags = tags or {}
     return TokenInfo(
         secret_name=secret_name,
@@ -71,6 +74,7 @@ def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: date
         expires_at=_when(tags.get(TAG_EXPIRES)) or expires_on,
         fingerprint=tags.get(TAG_FINGERPRINT),
         roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
+        created_at=created_at,
     )
 
 

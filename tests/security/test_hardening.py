@@ -89,7 +89,7 @@ def test_roll_keys_records_the_caller_from_app_service_authentication(app: App,
     auth level ADMIN (tests/functions/test_indexing.py)."""
     monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
     status, body = _roll({"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com", "X-MS-CLIENT-PRINCIPAL-ID": "0f1e",
-                          "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}, {"dryRun": True})
+                          "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}, {"dryRun": True, "fromKey": "primary"})
     assert status == 200 and body["phase"] == "planned", body
     assert body["requestedBy"] == {"name": "alice@contoso.com", "principalId": "0f1e", "identityProvider": "aad",
                                    "verified": True}
@@ -97,10 +97,10 @@ def test_roll_keys_records_the_caller_from_app_service_authentication(app: App,
         {"typ": "preferred_username", "val": "bob@contoso.com"},
         {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": "9a8b"}]}).encode()).decode()
     monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
-    status, body = _roll({"x-ms-client-principal": principal}, {"dryRun": True})
+    status, body = _roll({"x-ms-client-principal": principal}, {"dryRun": True, "fromKey": "primary"})
     assert body["requestedBy"] == {"name": "bob@contoso.com", "principalId": "9a8b", "identityProvider": "aad",
                                    "verified": False}  # without App Service authentication: as claimed
-    status, body = _roll({}, {"dryRun": True})
+    status, body = _roll({}, {"dryRun": True, "fromKey": "primary"})
     assert status == 200 and body["requestedBy"] is None
     assert app.fakes.arm.calls() == []  # a dry run regenerates nothing
 
@@ -199,6 +199,7 @@ def test_developer_credentials_only_for_the_cli_off_azure(app: App, monkeypatch:
         monkeypatch.setenv("ARM_ENDPOINT", "")
         monkeypatch.setenv(azure_variable, "FlexConsumption")
         env = {**os.environ, "KEY_VAULT_URL": "https://kv-sec-test.vault.azure.net",
+               "LEASE_CONTAINER_URL": "https://acct.blob.core.windows.net/gateway-leases",
                "ROTATION_REGISTRY": json.dumps({"clusters": [], "gateways": []})}
         box = bootstrap.reset(env)
     else:

@@ -91,7 +91,8 @@ def test_emulator_switch_is_refused_on_every_azure_plan(variable: str) -> None:
     env = {**BASE, "ROTATION_LOCAL_EMULATORS": "true", variable: "FlexConsumption"}
     with pytest.raises(SettingsError, match=f"refused in Azure \\({variable} is set\\)"):
         Settings.from_env(env)
-    assert Settings.from_env({**BASE, variable: "x"}).in_azure
+    lease = "https://acct.blob.core.windows.net/gateway-leases"  # required in Azure (key roll leases)
+    assert Settings.from_env({**BASE, variable: "x", "LEASE_CONTAINER_URL": lease}).in_azure
 
 
 @pytest.mark.parametrize(("cloud", "vault", "arm", "scope", "aks"), [
