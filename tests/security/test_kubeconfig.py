@@ -15,6 +15,7 @@ import base64
 import copy
 import errno
 import os
+import ssl
 import stat
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import yaml
 
 from rotation.adapters.kubeconfig import SafeKubeconfig, parse_kubeconfig, validate_kubeconfig
 from rotation.adapters.kubernetes import KubernetesClusters
-from rotation.core.errors import PermanentError
+from rotation.core.errors import PermanentError, UpstreamError
 from rotation.core.model import Cluster, KubeconfigAuth
 
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -208,3 +209,39 @@ def test_client_certificate_files_are_private_and_removed_on_close() -> None:
     assert conf.verify_ssl is True and conf.proxy == environment_proxy and not conf.tls_server_name
     clusters.close()
     assert not key_file.exists() and not key_file.parent.exists()
+
+
+def test_client_certificate_shape_authenticates_over_mutual_tls(tmp_path: Path) -> None:
+    """The validated inline client certificate is what the client presents: a server that requires a
+    client certificate from the devstack CA answers the read; without it the handshake is refused."""
+    from devstack.httpfake import FakeServer, Request, Response, json_response
+    from devstack.tls import DevCA
+
+    ca = DevCA.create(tmp_path / "ca")
+    context = ca.server_context(tmp_path / "ca", "mtls-server")
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(ca.ca_path)
+    secret = {"metadata": {"resourceVersion": "7"}, "data": {"value": b64("GatewayKey sample")}}
+
+    def read(request: Request) -> Response:
+        return json_response(200, secret)
+
+    cert_path, key_path = ca.issue(tmp_path / "ca", "rotator-client", ["apim-token-rotator"])
+    shape = {"client-certificate-data": b64(Path(cert_path).read_text()),
+             "client-key-data": b64(Path(key_path).read_text())}
+    with FakeServer("mtls", ssl_context=context) as server:
+        server.route("GET", r"/api/v1/namespaces/apim/secrets/gw-1-token", read)
+        docs = {"with-cert": mutate("users.0.user", shape), "token-only": good()}
+        for doc in docs.values():
+            doc["clusters"][0]["cluster"] = {"server": server.url, "certificate-authority-data": b64(ca.ca_pem.decode())}
+        clusters = KubernetesClusters(None, lambda name: yaml.safe_dump(docs[name]))
+        try:
+            state = clusters.client(Cluster("west", KubeconfigAuth("with-cert"))).read_secret(
+                "apim", "gw-1-token", "value", timeout=5)
+            assert (state.value, state.resource_version) == ("GatewayKey sample", "7")
+            with pytest.raises(UpstreamError, match="cluster east unreachable"):
+                clusters.client(Cluster("east", KubeconfigAuth("token-only"))).read_secret(
+                    "apim", "gw-1-token", "value", timeout=5)
+        finally:
+            clusters.close()
+        assert [c["status"] for c in server.calls()] == [200]
