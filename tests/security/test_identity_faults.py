@@ -99,3 +99,11 @@ def test_aks_token_is_bounded_by_the_call_deadline(app: App, identity: Any) -> N
     finally:
         clusters.close()
     assert app.sentinel.stats.connections == 0
+
+
+def test_unreachable_identity_endpoint_is_transient(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDENTITY_ENDPOINT", "http://127.0.0.1:9/msi/token")  # nothing listens on port 9
+    store = KeyVaultTokenStore(build_credential(retry_total=0), app.fakes.keyvault.url,
+                               verify_challenge_resource=False, retry_total=0)
+    with pytest.raises(UpstreamError, match=r"identity endpoint unreachable \(ServiceRequestError\)"):
+        store.get(SECRET, timeout=5)
