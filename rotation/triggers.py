@@ -124,6 +124,8 @@ def _guard(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable
             return _error(404, str(exc))
         except InvalidInput as exc:
             return _error(400, str(exc))
+        except SettingsPending as exc:  # e.g. a Key Vault reference not resolved yet: try again later
+            return _error(503, str(exc), {"Retry-After": "30"})
         except SettingsError as exc:
             log.error("misconfigured: %s", exc)
             return _error(500, f"the rotator is misconfigured: {exc}")

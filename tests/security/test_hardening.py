@@ -39,6 +39,9 @@ def test_unresolved_registry_reference_makes_the_event_retried(app: App, monkeyp
     with caplog.at_level(logging.WARNING), pytest.raises(SettingsPending, match="unresolved Key Vault reference"):
         deliver(_event())
     assert "Event Grid will redeliver" in caplog.text
+    status, body = http("rotate", "POST", "http://localhost/api/gateways/apim-sec/gw-1/rotate",
+                        {"service": "apim-sec", "gateway": "gw-1"}, {"force": True})
+    assert status == 503 and "unresolved Key Vault reference" in body["error"]
     app.assert_no_outbound()
 
 
