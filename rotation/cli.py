@@ -59,6 +59,15 @@ def _load_settings_file(path: str) -> None:
     os.environ.update({str(k): str(v) for k, v in values.items() if v is not None and v != ""})
 
 
+def _operator_cloud() -> Any:
+    from rotation.cloud import operator_cloud
+
+    try:
+        return operator_cloud(os.environ)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _container() -> Any:
     from rotation import bootstrap
 
@@ -243,14 +252,8 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
         text = Path(args.file).read_text()
     except OSError as exc:
         raise UsageError(f"{args.file}: {exc.strerror}") from None
-    from rotation.cloud import cloud_named
-
-    try:  # aks servers are checked against the configured cloud (and loopback only for the devstack)
-        cloud = cloud_named(os.environ.get("AZURE_CLOUD", "").strip())
-    except ValueError as exc:
-        raise UsageError(f"AZURE_CLOUD: {exc}") from None
-    local = os.environ.get("ROTATION_LOCAL_EMULATORS", "").strip().lower() in {"1", "true", "yes", "on"}
-    registry = load_registry(text, aks_servers=cloud.aks_rule(allow_loopback=local))
+    where = _operator_cloud()  # aks servers: the configured cloud's (loopback only for the devstack)
+    registry = load_registry(text, aks_servers=where.cloud.aks_rule(allow_loopback=where.local_emulators))
     targets = sum(len(g.targets) for g in registry.gateways)
     summary: dict[str, Any] = {"valid": True, "clusters": len(registry.clusters),
                                "gateways": len(registry.gateways), "targets": targets}

@@ -20,6 +20,7 @@ Sources (checked for this table):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -82,3 +83,33 @@ def cloud_named(text: str | None) -> Cloud:
         raise ValueError(f"{text[:40]!r} is not one of {names}") from None
 
 
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCloud:
+    """What an operator's command (`validate-registry`, `discover`) needs without the app's settings:
+    the cloud, whether the local emulators are on, and the ARM endpoint to call."""
+
+    cloud: Cloud
+    local_emulators: bool
+    arm_endpoint: str
+    arm_endpoint_problem: str | None = None  # set when ARM_ENDPOINT may not be used (see operator_cloud)
+
+
+def operator_cloud(env: Mapping[str, str]) -> OperatorCloud:
+    """The same rules as the app's settings: `ARM_ENDPOINT` may only name a loopback emulator with
+    `ROTATION_LOCAL_EMULATORS`, so an operator's ARM token never goes to a host that is not the cloud's
+    Resource Manager (a command that calls ARM refuses `arm_endpoint_problem`). ValueError: a bad
+    `AZURE_CLOUD`."""
+    try:
+        cloud = cloud_named(env.get("AZURE_CLOUD", "").strip())
+    except ValueError as exc:
+        raise ValueError(f"AZURE_CLOUD: {exc}") from None
+    local = env.get("ROTATION_LOCAL_EMULATORS", "").strip().lower() in {"1", "true", "yes", "on"}
+    endpoint = (env.get("ARM_ENDPOINT", "").strip() or cloud.arm_endpoint).rstrip("/")
+    problem = None
+    if endpoint != cloud.arm_endpoint and (
+            not local or server_problem(endpoint, None, allow_loopback=True) is not None):
+        problem = (f"ARM_ENDPOINT {endpoint[:80]!r} is only an override for a loopback emulator with "
+                   "ROTATION_LOCAL_EMULATORS; set AZURE_CLOUD for a sovereign cloud")
+    return OperatorCloud(cloud, local, endpoint, problem)

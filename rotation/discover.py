@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from rotation.cloud import OperatorCloud, operator_cloud
 from rotation.core.consumption import SecretUse, secret_uses, template_of
 from rotation.core.discovery import ClusterScan, Proposal, ScannedSecret, cluster_entry, parse_service_id, propose
 from rotation.core.errors import AccessDenied, InvalidInput, PermanentError, RotationError, UpstreamError
@@ -40,7 +41,7 @@ _KINDS = ((WorkloadKind.DEPLOYMENT, "deployment"), (WorkloadKind.STATEFULSET, "s
 # --- ARM --------------------------------------------------------------------------------------------
 
 
-def list_gateways(service_ids: Sequence[str], credential: Any, endpoint: str) -> list[GatewayRef]:
+def list_gateways(service_ids: Sequence[str], credential: Any, endpoint: str, scope: str) -> list[GatewayRef]:
     """The self-hosted gateways of each service, in ARM's order."""
     from azure.mgmt.apimanagement import ApiManagementClient
 
@@ -57,7 +58,7 @@ def list_gateways(service_ids: Sequence[str], credential: Any, endpoint: str) ->
             if client is None:
                 client = clients[probe.subscription] = ApiManagementClient(
                     credential, probe.subscription, base_url=endpoint, retry_policy=retry_policy(None),
-                    credential_scopes=[f"{endpoint}/.default"])
+                    credential_scopes=[scope])
             what = f"ARM list gateways of {probe.service}"
             try:
                 for item in client.gateway.list_by_service(probe.resource_group, probe.service):
@@ -218,7 +219,7 @@ def scan(api: Any, context: str, entry: dict[str, Any], namespaces: Sequence[str
 
 def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[str], namespaces: Sequence[str],
              aks: Sequence[str] = (), principal: str | None = None, credential: Any = None,
-             arm_endpoint: str | None = None) -> tuple[Proposal, list[GatewayRef]]:
+             where: OperatorCloud | None = None) -> tuple[Proposal, list[GatewayRef]]:
     """Everything `discover` prints, from ARM and the contexts (nothing is written anywhere)."""
     services = list(dict.fromkeys(parse_service_id(s) for s in service_ids))
     doc = _load_kubeconfig(kubeconfig)
@@ -229,12 +230,18 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
     if unknown_aks:
         raise InvalidInput(f"--aks {unknown_aks[0]} is not one of the scanned contexts ({', '.join(chosen)})")
     entries = {c: context_entry(doc, c, aks=c in aks, base=Path(kubeconfig).resolve().parent) for c in chosen}
+    where = where or operator_cloud(os.environ)
+    if where.arm_endpoint_problem is not None:
+        raise InvalidInput(where.arm_endpoint_problem)
     if credential is None:
         from rotation.adapters.credential import build_credential
+        from rotation.settings import hosted_in_azure
 
-        credential = build_credential(None)
-    endpoint = arm_endpoint or os.environ.get("ARM_ENDPOINT") or "https://management.azure.com"
-    gateways = list_gateways(services, credential, endpoint)
+        # The operator's own login (az, azd, environment); managed identity only on an Azure host.
+        credential = build_credential(os.environ.get("AZURE_CLIENT_ID") or None,
+                                      developer=hosted_in_azure(os.environ) is None,
+                                      authority=where.cloud.authority_host)
+    gateways = list_gateways(services, credential, where.arm_endpoint, where.cloud.arm_scope)
     scans = []
     for context in chosen:
         api = _api_client(kubeconfig, context)
@@ -291,9 +298,15 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from rotation.core.registry import load_registry
 
     kubeconfig = kubeconfig_path(args.kubeconfig)
+    try:
+        where = operator_cloud(os.environ)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
     proposal, gateways = discover(args.service, kubeconfig=kubeconfig, contexts=args.context or [],
-                                  namespaces=args.namespace or [], aks=args.aks or [], principal=args.principal)
-    load_registry(proposal.registry)  # what validate-registry will say; a bug here must not write a file
+                                  namespaces=args.namespace or [], aks=args.aks or [], principal=args.principal,
+                                  where=where)
+    # What validate-registry will say (same cloud rule); a bug here must not write a file.
+    load_registry(proposal.registry, aks_servers=where.cloud.aks_rule(allow_loopback=where.local_emulators))
     if args.out:
         path = Path(args.out)
         try:

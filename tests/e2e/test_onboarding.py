@@ -27,11 +27,14 @@ from devstack import stack as devstack
 from rotation import bootstrap
 from rotation import discover as discover_module
 from rotation.cli import main
+from rotation.cloud import cloud_named
 from rotation.core.registry import load_registry
 from rotation.core.token import GatewayToken
 from tests import leakcheck
 from tests.e2e.conftest import World
 
+# The devstack's AKS cluster listens on loopback, which only the local-emulator rule admits.
+DEVSTACK_AKS = cloud_named("").aks_rule(allow_loopback=True)
 
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
@@ -57,11 +60,12 @@ def test_discover_reproduces_the_devstacks_registry_from_the_clusters_alone(worl
     code, text, err = discover(world, "--aks", "east", "--principal", devstack.APP_PRINCIPAL, "--json",
                                "--out", str(out_file))
     no_token_in(text + err, world)
+    assert text, err
     doc = json.loads(text)
     assert set(doc) == {"registry", "unmatched", "manifests", "warnings"}
-    expected = load_registry(world.stack.settings["ROTATION_REGISTRY"])
-    assert load_registry(doc["registry"]) == expected
-    assert load_registry(out_file.read_text()) == expected  # --out writes the registry alone
+    expected = load_registry(world.stack.settings["ROTATION_REGISTRY"], aks_servers=DEVSTACK_AKS)
+    assert load_registry(doc["registry"], aks_servers=DEVSTACK_AKS) == expected
+    assert load_registry(out_file.read_text(), aks_servers=DEVSTACK_AKS) == expected  # --out writes the registry alone
     # Not taken for targets, and reported: the gateway nobody runs, the token of a gateway APIM lacks.
     assert sorted((u["kind"], u.get("secret") or u.get("gateway")) for u in doc["unmatched"]) == [
         ("gateway-without-target", devstack.gateway_id(devstack.UNUSED_GATEWAY)),
@@ -111,7 +115,7 @@ def test_the_apps_least_privilege_identity_cannot_discover(world: World, tmp_pat
     code, _, _ = run("discover", "--service", devstack.SERVICE_ID, "--kubeconfig",
                      str(world.stack.dir / "kubeconfig"), "--context", "west", "--namespace", "gateways",
                      "--out", str(out_file))
-    assert code == 1 and len(load_registry(out_file.read_text()).gateways) == 2  # gw-shared, gw-west
+    assert code == 1 and len(load_registry(out_file.read_text(), aks_servers=DEVSTACK_AKS).gateways) == 2  # gw-shared, gw-west
 
 
 def test_bad_discover_input_is_a_clear_error_and_writes_nothing(world: World, tmp_path: Path) -> None:
