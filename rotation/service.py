@@ -7,12 +7,11 @@ parallel under one deadline. Nothing here imports an SDK.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, as_completed, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -52,6 +51,7 @@ from rotation.core.policies import (
 from rotation.core.ports import ClusterClient, Clusters, OutcomePublisher, TokenIssuer, TokenStore
 from rotation.core.status import GatewayStatus, KeyRollPhase, KeyRollReport, SweepReport, TargetStatus, sync_state
 from rotation.core.token import GatewayToken, parse_stored
+from rotation.telemetry import Executor, emit, error_class
 
 log = logging.getLogger("rotation")
 
@@ -61,16 +61,6 @@ RESTART_PENDING = "apim-token-rotator/restart-pending"
 MAX_FANOUT = 128
 
 Clock = Callable[[], datetime]
-
-
-def emit(event: str, fields: Mapping[str, object], level: int = logging.INFO) -> None:
-    """One structured record whose message is a JSON object with `event` first.
-
-    The Python worker forwards only the message to Application Insights (not `extra`), so the
-    alerts and the workbook in infra/ parse the message; `extra` serves OpenTelemetry exporters.
-    """
-    record = {"event": event, **fields}
-    log.log(level, "%s", json.dumps(record, default=str), extra={"custom_dimensions": record})
 
 
 class _Deadline:
@@ -153,6 +143,16 @@ class Rotator:
         """
         started = time.monotonic()
         deadline = _Deadline(deadline_seconds)
+        try:
+            return self._reconcile(config, reason, deadline, started, force, dry_run, known, key_type, roll_from)
+        except Exception as exc:
+            # A failure before the targets (ARM 403, Key Vault 5xx, a bad setting) is an outcome too.
+            self._record(config, _failed(config, reason, dry_run, started, exc), error_class(exc), deadline=deadline)
+            raise
+
+    def _reconcile(self, config: GatewayConfig, reason: str, deadline: _Deadline, started: float, force: bool,
+                   dry_run: bool, known: TokenInfo | None, key_type: KeyType | None,
+                   roll_from: KeyType | None) -> RotationReport:
         with self._exclusive(config, deadline):
             source, rotated, chosen_key = self._gather_and_renew(
                 config, deadline, force, dry_run, known, key_type, roll_from)
@@ -178,7 +178,7 @@ class Rotator:
             targets=targets,
             dry_run=dry_run,
         )
-        self._record(config, report)
+        self._record(config, report, deadline=deadline)
         return report
 
     def _gather_and_renew(
@@ -270,7 +270,7 @@ class Rotator:
         `doomed` token is overwritten even if that token expires later."""
         targets = config.targets
         started = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
+        pool = Executor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
         try:
             futures: list[Future[TargetReport]] = [
                 pool.submit(self._sync_target, config, t, source, deadline, plan_only, held, doomed)
@@ -420,7 +420,7 @@ class Rotator:
                 emit("rotation.expiry", {"gatewayId": config.ref.id, "expiresAt": info.expires_at.isoformat(),
                                          "hoursLeft": round((info.expires_at - now).total_seconds() / 3600, 1)})
         reports: list[RotationReport] = []
-        with ThreadPoolExecutor(max_workers=self.sweep_concurrency, thread_name_prefix="sweep") as pool:
+        with Executor(max_workers=self.sweep_concurrency, thread_name_prefix="sweep") as pool:
             futures = [
                 pool.submit(self.reconcile_safely, config, reason="sweep", deadline_seconds=deadline_seconds,
                             dry_run=dry_run, known=infos.get(config.key_vault_secret.lower()))
@@ -440,14 +440,8 @@ class Rotator:
         started = time.monotonic()
         try:
             return self.reconcile(config, **kwargs)
-        except RotationError as exc:
-            report = RotationReport(
-                gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None,
-                reason=str(kwargs.get("reason", "")), duration_ms=int((time.monotonic() - started) * 1000),
-                targets=(), dry_run=bool(kwargs.get("dry_run", False)), error=str(exc),
-            )
-            self._record(config, report)
-            return report
+        except RotationError as exc:  # reconcile() recorded it
+            return _failed(config, str(kwargs.get("reason", "")), bool(kwargs.get("dry_run", False)), started, exc)
 
     def _listing(self, timeout: float) -> dict[str, TokenInfo]:
         return {i.secret_name.lower(): i for i in self.store.list(timeout=timeout)}
@@ -459,7 +453,7 @@ class Rotator:
         infos = self._listing(timeout)
         jobs = [(c, t) for c in configs for t in c.targets]
         deadline = _Deadline(timeout)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), MAX_FANOUT)),
+        with Executor(max_workers=max(1, min(len(jobs), MAX_FANOUT)),
                                 thread_name_prefix="status") as pool:
             futures = [pool.submit(self._target_status, t, infos.get(c.key_vault_secret.lower()), deadline)
                        for c, t in jobs]
@@ -499,7 +493,8 @@ class Rotator:
 
     # --- reporting --------------------------------------------------------------------------------
 
-    def _record(self, config: GatewayConfig, report: RotationReport) -> None:
+    def _record(self, config: GatewayConfig, report: RotationReport, failure: str | None = None, *,
+                deadline: _Deadline | None = None) -> None:
         base = {"gatewayId": report.gateway_id, "service": config.ref.service, "gateway": config.ref.gateway,
                 "rotated": report.rotated, "fingerprint": report.fingerprint, "keyType":
                 report.key_type.value if report.key_type else None,
@@ -510,10 +505,20 @@ class Rotator:
                  logging.INFO if t.outcome.ok else logging.WARNING)
         emit("rotation.reconcile", {**base, "durationMs": report.duration_ms,
                                     "outcome": "ok" if report.ok else "failed",
-                                    "failed": len(report.failed_targets)},
+                                    "failed": len(report.failed_targets), "errorClass": failure,
+                                    "error": report.error},
              logging.INFO if report.ok else logging.WARNING)
         if self.publisher is not None and not report.dry_run and (report.rotated or not report.ok):
-            self.publisher.publish(report)
+            # Inside the caller's deadline: the event handler must answer Event Grid in time.
+            self.publisher.publish(report, timeout=deadline.left() if deadline else None)
+
+
+def _failed(config: GatewayConfig, reason: str, dry_run: bool, started: float, exc: Exception) -> RotationReport:
+    message = str(exc) if isinstance(exc, RotationError) else f"internal error: {type(exc).__name__}"
+    return RotationReport(
+        gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None, reason=reason,
+        duration_ms=int((time.monotonic() - started) * 1000), targets=(), dry_run=dry_run, error=message,
+    )
 
 
 def _desired(token: GatewayToken) -> Desired:

@@ -105,7 +105,7 @@ def test_roll_keys_route(app_world: World) -> None:
 
 def test_health(app_world: World) -> None:
     status, body = http("health", "GET", "http://localhost/api/health")
-    assert status == 200 and body == {"status": "ok", "gateways": 2, "clusters": 2}
+    assert status == 200 and body == {"status": "ok", "gateways": 2, "clusters": 2, "sweepSchedule": "0 0 * * * *"}
 
 
 def test_health_reports_invalid_settings() -> None:
