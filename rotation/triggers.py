@@ -33,6 +33,8 @@ log = logging.getLogger("rotation.triggers")
 # The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 logging.getLogger("azure.identity").setLevel(logging.WARNING)
+# The Azure Monitor exporter logs every transmission at INFO, from its own threads.
+logging.getLogger("azure.monitor.opentelemetry.exporter").setLevel(logging.WARNING)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 # The worker passes `context` to a handler that declares it (annotated exactly `func.Context`:
