@@ -40,8 +40,12 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 @pytest.fixture(scope="module")
 def ingestion(stack: devstack.Stack) -> Iterator[AppInsightsFake]:
     ca = DevCA.load_or_create(stack.dir)
-    with AppInsightsFake(ca.server_context(stack.dir, "appinsights")) as fake:
+    fake = AppInsightsFake(ca.server_context(stack.dir, "appinsights"))
+    fake.start()
+    try:
         yield fake
+    finally:
+        fake.stop()
 
 
 @pytest.fixture(scope="module")
