@@ -1,0 +1,115 @@
+"""rotation.telemetry without a worker: attribution in pool threads, record fields, one outcome record.
+
+The attribution rules reproduced here are the workers': the classic worker reads only the
+thread-local `context.thread_local_storage.invocation_id` (Azure/azure-functions-python-worker,
+azure_functions_worker/dispatcher.py `get_current_invocation_id`); azure-functions-runtime sets the
+context variable `invocation_id_cv` on the invocation's thread (utils/executor.py `run_sync_func`).
+tests/worker runs the real library; this is the fast check of the mechanism.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from rotation import telemetry
+from rotation.core.errors import AccessDenied
+from tests.service.conftest import World
+
+RUNTIME_CV: contextvars.ContextVar[str | None] = contextvars.ContextVar("invocation_id", default=None)
+
+
+@dataclass
+class Context:
+    """What the worker hands a handler declaring `context` (the parts telemetry reads)."""
+
+    invocation_id: str
+    thread_local_storage: threading.local = field(default_factory=threading.local)
+
+
+def seen(ctx: Context) -> tuple[str | None, str | None, str]:
+    return (getattr(ctx.thread_local_storage, "invocation_id", None), RUNTIME_CV.get(),
+            threading.current_thread().name)
+
+
+def test_a_plain_pool_loses_the_invocation_and_the_executor_keeps_it() -> None:
+    ctx = Context("inv-1")
+    RUNTIME_CV.set("inv-1")
+    ctx.thread_local_storage.invocation_id = "inv-1"  # what run_sync_func does on the invocation thread
+    with ThreadPoolExecutor(1) as plain:
+        assert plain.submit(seen, ctx).result()[:2] == (None, None)  # the defect: nothing attributes it
+    with telemetry.invocation(ctx), telemetry.Executor(2, thread_name_prefix="outer") as outer:
+        def nested() -> tuple[str | None, str | None, str]:
+            with telemetry.Executor(1, thread_name_prefix="inner") as inner:
+                return inner.submit(seen, ctx).result()
+
+        assert outer.submit(seen, ctx).result()[:2] == ("inv-1", "inv-1")
+        assert nested()[:2] == ("inv-1", "inv-1")
+        assert outer.submit(nested).result()[:2] == ("inv-1", "inv-1")
+    # a pool thread gives the id back: a later task of another invocation does not inherit it
+    with telemetry.Executor(1) as pool:
+        pool.submit(lambda: None).result()
+        assert pool.submit(lambda: getattr(ctx.thread_local_storage, "invocation_id", None)).result() is None
+
+
+def test_outside_an_invocation_the_executor_is_a_plain_pool() -> None:
+    ctx = Context("unused")
+    with telemetry.Executor(1) as pool:
+        assert pool.submit(seen, ctx).result()[0] is None
+    with telemetry.invocation(None):
+        assert telemetry.current_invocation_id() is None
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def records() -> Any:
+    handler = Records()
+    logging.getLogger("rotation").addHandler(handler)
+    yield handler.records
+    logging.getLogger("rotation").removeHandler(handler)
+
+
+def test_fields_are_record_attributes_and_the_message_reads_as_text(records: list[logging.LogRecord]) -> None:
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    telemetry.emit("rotation.target", {"gatewayId": "/x/gateways/gw", "restarted": ["Deployment/a", "Deployment/b"],
+                                       "error": 'said "no"', "expiresAt": at, "fingerprint": None, "rotated": True})
+    (record,) = records
+    fields = telemetry.fields_of(record)
+    assert fields == {"event": "rotation.target", "gatewayId": "/x/gateways/gw", "restarted": "Deployment/a,Deployment/b",
+                      "error": 'said "no"', "expiresAt": "2026-12-01T00:00:00+00:00", "rotated": True}
+    assert record.getMessage() == ('rotation.target gatewayId=/x/gateways/gw restarted=Deployment/a,Deployment/b '
+                                   'error="said \\"no\\"" expiresAt=2026-12-01T00:00:00+00:00 rotated=true')
+    assert not record.getMessage().startswith("{")
+    assert telemetry.fields_of(logging.LogRecord("x", 20, "", 0, "plain", (), None)) == {}
+
+
+def test_a_failure_before_any_target_is_one_reconcile_record(records: list[logging.LogRecord]) -> None:
+    world = World()
+    world.issuer.faults.queue["generateToken"] = [AccessDenied("ARM answered 403 AuthorizationFailed")] * 2
+    with pytest.raises(AccessDenied):
+        world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5, force=True)
+    outcomes = [f for f in map(telemetry.fields_of, records) if f.get("event") == "rotation.reconcile"]
+    assert len(outcomes) == 1
+    assert outcomes[0]["outcome"] == "failed" and outcomes[0]["errorClass"] == "AccessDenied"
+    assert "403" in outcomes[0]["error"] and outcomes[0]["gatewayId"] == world.gw1.ref.id
+    # the sweep path reports it without raising, and still records it once
+    records.clear()
+    report = world.rotator.reconcile_safely(world.gw1, reason="sweep", deadline_seconds=5, force=True)
+    assert report.error and not report.ok
+    assert [f["errorClass"] for f in map(telemetry.fields_of, records) if f.get("event") == "rotation.reconcile"] == [
+        "AccessDenied"]
