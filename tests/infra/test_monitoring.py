@@ -9,6 +9,7 @@ names and locations come from parameters and literals only.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from typing import Any
@@ -148,3 +149,16 @@ def test_workbook_queries_target_application_insights() -> None:
         if item["type"] == 3:
             assert item["content"]["resourceType"] == "microsoft.insights/components"
             assert item["content"]["timeContextFromParameter"] == "TimeRange"
+
+
+def test_the_readme_picture_is_the_workbook_of_today() -> None:
+    """docs/workbook-layout.svg is what scripts/render_workbook.py draws from infra/workbook.json."""
+    spec = importlib.util.spec_from_file_location("render_workbook", INFRA.parent / "scripts" / "render_workbook.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    drawn = module.render(workbook())
+    assert (INFRA.parent / "docs" / "workbook-layout.svg").read_text(encoding="utf-8") == drawn, (
+        "run: python scripts/render_workbook.py")
+    for title in workbook_queries():
+        assert f">{title}<" in drawn.replace("&amp;", "&")
