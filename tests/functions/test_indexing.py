@@ -57,7 +57,8 @@ def test_import_with_an_empty_environment_loads_no_sdk() -> None:
     probe = (
         "import sys, function_app\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] == 'kubernetes' or m.startswith(("
-        "'azure.identity', 'azure.keyvault', 'azure.mgmt', 'azure.eventgrid', 'azure.core', 'msal', 'yaml'))]\n"
+        "'azure.identity', 'azure.keyvault', 'azure.mgmt', 'azure.eventgrid', 'azure.core', 'msal', 'yaml',"
+        " 'opentelemetry', 'azure.monitor'))]\n"
         "print(','.join(sorted(heavy)))\n"
     )
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
