@@ -42,7 +42,7 @@ test: setup lint
 	bash scripts/infra-check.sh
 
 demo: setup
-	$(BIN)/python -m rotation demo
+	$(BIN)/python -m devstack demo
 
 bench: setup
 	$(BIN)/python -m benchmarks

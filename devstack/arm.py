@@ -4,6 +4,9 @@ Routes (any `api-version`), under `/subscriptions/{sub}/resourceGroups/{rg}/prov
 Microsoft.ApiManagement/service/{svc}/gateways/{gw}` (matched case-insensitively, like ARM):
 
 - `GET …`                     the gateway resource
+- `GET …/service/{svc}/gateways` (no gateway segment) the service's gateways, ARM's list shape
+                              `{"value": [...], "count": n}` (what `client.gateway.list_by_service`
+                              reads; one page); a service with no gateway here → 404
 - `POST …/generateToken`      `{"keyType", "expiry"}` → `{"value": "{gw}&{yyyyMMddHHmm}&{sig}"}` where
                               sig = base64(HMAC-SHA512(key, f"{gw}\\n{yyyyMMddHHmm}")), expiry truncated
                               to minutes; expiry in the past or beyond now + 30 days → 400
@@ -56,6 +59,7 @@ _GATEWAY_PATH = (
     r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ApiManagement"
     r"/service/(?P<svc>[^/]+)/gateways/(?P<gw>[^/]+)"
 )
+_SERVICE_PATH = _GATEWAY_PATH.rsplit("/gateways/", 1)[0]
 _ID = re.compile("^" + _GATEWAY_PATH + "$", re.IGNORECASE)
 
 Authorizer = Callable[[str | None, "ArmFake"], bool]
@@ -133,6 +137,7 @@ class ArmFake(FakeServer):
         for gateway_id in gateways:
             self.create_gateway(gateway_id)
         self.route("GET", _GATEWAY_PATH, self._get)
+        self.route("GET", _SERVICE_PATH + "/gateways", self._list)
         self.route("POST", _GATEWAY_PATH + "/generateToken", self._generate_token)
         self.route("POST", _GATEWAY_PATH + "/regenerateKey", self._regenerate_key)
         self.route("POST", _GATEWAY_PATH + "/listKeys", self._list_keys)
@@ -215,6 +220,18 @@ class ArmFake(FakeServer):
 
     def _get(self, request: Request) -> Response:
         return json_response(200, self._target(request).resource(), {"ETag": '"devstack"'})
+
+    def _list(self, request: Request) -> Response:
+        self._authenticate(request)
+        assert request.match is not None
+        m = request.match
+        with self._state:
+            found = [g.resource() for g in self._gateways.values()
+                     if (g.subscription.lower(), g.resource_group.lower(), g.service.lower())
+                     == (m["sub"].lower(), m["rg"].lower(), m["svc"].lower())]
+        if not found:
+            raise HttpError(404, "ResourceNotFound", f"API Management service {m['svc']} not found")
+        return json_response(200, {"value": found, "count": len(found)})
 
     def _generate_token(self, request: Request) -> Response:
         gw = self._target(request)

@@ -1,7 +1,9 @@
 """`make demo`: the product's main job, end to end, on the local stack.
 
 Starts the devstack (real kube-apiservers with RBAC, HTTPS fakes of ARM, Key Vault and the identity
-endpoint), shows gateways whose tokens expire within the renew window, delivers one
+endpoint), discovers the gateways' Secrets and workloads from ARM and the clusters alone (and shows
+the proposal is the stack's own registry, every target consumed), shows gateways whose tokens expire
+within the renew window, delivers one
 `GatewayTokenNearExpiry` event per gateway to the real Event Grid function (decoded by
 azure-functions' own converter), prints each target as it completes and the report, delivers a
 duplicate to show that it writes nothing, checks every target's token with the ARM fake, shows the
@@ -98,10 +100,14 @@ def run(directory: Path, *, keep: bool = False, out: TextIO) -> int:
         settings_file = stack.dir / "settings.json"
         print(f"   ready in {time.monotonic() - started:.1f}s; settings in {settings_file}", file=out)
 
-        print("\n== 2. seeded state: every token expires within RENEW_BEFORE_DAYS (7)", file=out)
+        print("\n== 2. onboarding: discover what already runs (ARM's gateway list, both clusters' Secrets and "
+              "workloads, the operator's admin kubeconfig)", file=out)
+        reproduced = _discover(stack, out, cli)
+
+        print("\n== 3. seeded state: every token expires within RENEW_BEFORE_DAYS (7)", file=out)
         cli(["status"], out)
 
-        print("\n== 3. Event Grid delivers GatewayTokenNearExpiry for each gateway to on_gateway_token_event",
+        print("\n== 4. Event Grid delivers GatewayTokenNearExpiry for each gateway to on_gateway_token_event",
               file=out)
         progress = _Progress(out)
         logger = logging.getLogger("rotation")
@@ -116,17 +122,17 @@ def run(directory: Path, *, keep: bool = False, out: TextIO) -> int:
                 last = progress.reconciles[-1]
                 print(f"    report: rotated={last['rotated']} outcome={last['outcome']} "
                       f"in {last['durationMs']} ms", file=out)
-            print("\n== 4. the same event again (Event Grid delivers at least once): nothing is written", file=out)
+            print("\n== 5. the same event again (Event Grid delivers at least once): nothing is written", file=out)
             before = len(progress.targets)
             _deliver(_event(status[0].gateway, ""))
             again = progress.targets[before:]
         finally:
             logger.removeHandler(progress)
 
-        print("\n== 5. every target checked against APIM (the ARM fake verifies the signature)", file=out)
+        print("\n== 6. every target checked against APIM (the ARM fake verifies the signature)", file=out)
         valid = _verify_targets(stack, out)
 
-        print("\n== 6. status after rotation (once the restarted workloads have rolled out)", file=out)
+        print("\n== 7. status after rotation (once the restarted workloads have rolled out)", file=out)
         rotator = bootstrap.container().rotator
         wait_until = time.monotonic() + 30
         while not all(s.healthy for s in rotator.status(timeout=20)) and time.monotonic() < wait_until:
@@ -135,17 +141,46 @@ def run(directory: Path, *, keep: bool = False, out: TextIO) -> int:
         first_pass = progress.targets[:before]
         updated = all(t["outcome"] == "updated" for t in first_pass) and len(first_pass) == 4
         dup_ok = all(t["outcome"] == "in_sync" for t in again)
-        ok = updated and dup_ok and valid and healthy
-        print(f"\n{'OK' if ok else 'FAILED'}: {len(first_pass)} targets updated, duplicate wrote nothing: "
+        ok = reproduced and updated and dup_ok and valid and healthy
+        print(f"\n{'OK' if ok else 'FAILED'}: discovery reproduced the registry: {reproduced}, "
+              f"{len(first_pass)} targets updated, duplicate wrote nothing: "
               f"{dup_ok}, tokens valid: {valid}, status healthy: {healthy} "
               f"({time.monotonic() - started:.1f}s)", file=out)
     finally:
         if keep:
             print(f"stack left running: python -m rotation --settings {stack.dir / 'settings.json'} status; "
-                  f"stop it with python -m rotation devstack down --dir {stack.dir}", file=out)
+                  f"stop it with python -m devstack down --dir {stack.dir}", file=out)
         else:
             devstack.down(stack.dir)
     return 0 if ok else 1
+
+
+def _discover(stack: devstack.Stack, out: TextIO, cli: Any) -> bool:
+    """`discover` on the stack; True when its proposal is the registry the stack was seeded with."""
+    import io
+
+    from rotation.core.registry import load_registry
+
+    proposal = stack.dir / "discovered-registry.json"
+    text = io.StringIO()
+    cli(["discover", "--service", devstack.SERVICE_ID, "--kubeconfig", str(stack.dir / "kubeconfig"),
+         "--context", "east", "--context", "west", "--aks", "east", "--principal", devstack.APP_PRINCIPAL,
+         "--out", str(proposal)], text)
+    lines = text.getvalue().splitlines()
+    shown = next((i for i, line in enumerate(lines) if line.startswith("RBAC for cluster")), len(lines))
+    for line in lines[:shown]:
+        print(f"   {line}", file=out)
+    roles = sum(line == "kind: Role" for line in lines)
+    reproduced = load_registry(proposal.read_text()) == load_registry(stack.settings["ROTATION_REGISTRY"])
+    print(f"   + {roles} Role/RoleBinding pairs to apply (infra/k8s/ shapes); the proposal equals the stack's "
+          f"registry: {reproduced}", file=out)
+    print("   validate-registry --live, with the app's own least-privilege access:", file=out)
+    live = io.StringIO()
+    cli(["validate-registry", str(proposal), "--live"], live)
+    for line in live.getvalue().splitlines()[1:]:
+        if not line.startswith("  apim-devstack/") and not line.startswith("live check"):
+            print(f"   {line}", file=out)
+    return reproduced
 
 
 def _verify_targets(stack: devstack.Stack, out: TextIO) -> bool:

@@ -43,19 +43,38 @@ def gateway_id(name: str) -> str:
 
 
 def targets() -> dict[str, list[dict[str, Any]]]:
-    """gateway name → its targets, in registry form."""
+    """gateway name → its targets, in registry form.
+
+    Each target has the shape of one way gateways are deployed, so `discover` and the consumption
+    check have something real to find: `gw-east` as in Microsoft's token-rotation doc (key
+    `config.service.auth.key`), `gw-shared` in `east` as the portal's deployment YAML (key `value`,
+    `GatewayKey …`) and in `west` as a raw token read through a volume, `gw-west` as the Helm
+    chart's Secret (key `gateway-key`, label `app.kubernetes.io/managed-by: Helm`).
+    """
     return {
         "gw-east": [{"cluster": "east", "namespace": "apim", "secret": "gw-east-token",
                      "restart": ["deployment/gw-east"]}],
         "gw-shared": [
-            {"cluster": "east", "namespace": "apim", "secret": "gw-shared-token",
+            {"cluster": "east", "namespace": "apim", "secret": "gw-shared-token", "key": "value",
              "restart": ["deployment/gw-shared"]},
             {"cluster": "west", "namespace": "gateways", "secret": "gw-shared-token", "key": "value",
              "format": "{token}", "restart": ["statefulset/gw-shared"]},
         ],
-        "gw-west": [{"cluster": "west", "namespace": "gateways", "secret": "gw-west-token",
+        "gw-west": [{"cluster": "west", "namespace": "gateways", "secret": "gw-west-token", "key": "gateway-key",
                      "restart": ["daemonset/gw-west"]}],
     }
+
+
+# A gateway APIM has but no cluster runs (discover reports it), and a token of one APIM no longer has.
+UNUSED_GATEWAY = "gw-unused"
+RETIRED_GATEWAY = "gw-retired"
+HELM_LABELS = {"app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/name": "azure-api-management-gateway",
+               "app.kubernetes.io/instance": "gw-west"}
+
+
+def secret_labels(target: dict[str, Any]) -> dict[str, str]:
+    """The Helm-shaped target's Secret carries the chart's labels (the chart's key is `gateway-key`)."""
+    return dict(HELM_LABELS) if target.get("key") == "gateway-key" else {}
 
 
 @dataclass(frozen=True)
@@ -129,14 +148,25 @@ def _registry(ca_pem: bytes, east: kube.ClusterInfo) -> dict[str, Any]:
     }
 
 
-def _workload(kind: str, name: str, namespace: str) -> dict[str, Any]:
+def _workload(kind: str, name: str, namespace: str, target: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A workload reading its target's Secret key the way its deployment shape does: the env var
+    `config.service.auth` from a `secretKeyRef` (portal YAML, Helm chart, rotation doc), or, for the
+    StatefulSet, a `secret` volume. Without a target: every key of Secret `{name}-token` (envFrom)."""
     api_kind = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}[kind]
     labels = {"app": name}
+    container: dict[str, Any] = {"name": "gateway", "image": "mcr.microsoft.com/azure-api-management/gateway:v2"}
+    pod: dict[str, Any] = {"containers": [container]}
+    if target is None:
+        container["envFrom"] = [{"secretRef": {"name": f"{name}-token"}}]
+    elif kind == "statefulset":
+        container["volumeMounts"] = [{"name": "gateway-token", "mountPath": "/etc/gateway", "readOnly": True}]
+        pod["volumes"] = [{"name": "gateway-token", "secret": {"secretName": target["secret"]}}]
+    else:
+        container["env"] = [{"name": "config.service.auth", "valueFrom": {
+            "secretKeyRef": {"name": target["secret"], "key": target.get("key", "config.service.auth.key")}}}]
     spec: dict[str, Any] = {
         "selector": {"matchLabels": labels},
-        "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
-            "name": "gateway", "image": "mcr.microsoft.com/azure-api-management/gateway:v2",
-            "envFrom": [{"secretRef": {"name": f"{name}-token"}}]}]}},
+        "template": {"metadata": {"labels": labels}, "spec": pod},
     }
     if kind != "daemonset":
         spec["replicas"] = 1
@@ -188,7 +218,7 @@ def up(directory: str | os.PathLike[str], *, say: Any = print, with_azurite: boo
     kubeconfig_token = "kc-" + secrets.token_urlsafe(24)  # the app's user in the west kubeconfig
     config = {"identity": {"tokens": {kube.AKS_SERVER_SCOPE: aks_token,
                                       azurite.STORAGE_RESOURCE: azurite.storage_token()}},
-              "arm": {"gateways": [gateway_id(n) for n in targets()]}}
+              "arm": {"gateways": [gateway_id(n) for n in (*targets(), UNUSED_GATEWAY)]}}
     (d / "fakes-config.json").write_text(json.dumps(config))
     (d / "fakes.json").unlink(missing_ok=True)
     proc = _spawn(d, "fakes", [sys.executable, "-m", "devstack.fakes", "--dir", str(d),
@@ -257,9 +287,20 @@ def _seed(stack: Stack, kubeconfig_token: str) -> None:
             auth = "aks" if cluster == "east" else "kubeconfig"
             principal = APP_PRINCIPAL if auth == "aks" else kube.APP_USER
             docs[cluster].extend(kube.render_rbac(ns, t["secret"], t.get("restart", []), principal, auth))
-    # A decoy in the same namespace: the app must get 403 on it (tests check least privilege).
-    docs["east"].append({"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "unrelated-secret", "namespace": "apim"}, "stringData": {"password": "not-for-the-rotator"}})
+    # Decoys in the same namespace: the app must get 403 on them (tests check least privilege), and
+    # discover must not take them for targets: a token of a gateway APIM does not have, and a value
+    # that starts like a portal token but is not one.
+    stamp = (datetime.now(UTC) + timedelta(days=20)).strftime("%Y%m%d%H%M")
+    retired = f"GatewayKey {RETIRED_GATEWAY}&{stamp}&{base64.b64encode(secrets.token_bytes(64)).decode()}"
+    docs["east"].extend([
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated-secret", "namespace": "apim"},
+         "stringData": {"password": "not-for-the-rotator"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "legacy-gateway-token", "namespace": "apim"},
+         "stringData": {"value": retired}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "looks-like-a-token", "namespace": "apim"},
+         "stringData": {"value": "GatewayKey gw-east&in-twenty-days&see-the-portal",
+                        "notes": "gw-east&202612312359&"}},
+    ])
     for name in CLUSTERS:
         kube.apply(stack.cluster(name), docs[name])
     seed_tokens(stack)
@@ -288,12 +329,12 @@ def seed_tokens(stack: Stack, expires_in: timedelta = SEED_EXPIRES_IN) -> dict[s
         for t in gateway_targets:
             docs[t["cluster"]].append({
                 "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": t["secret"], "namespace": t["namespace"]},
+                "metadata": {"name": t["secret"], "namespace": t["namespace"], "labels": secret_labels(t)},
                 "stringData": {t.get("key", "config.service.auth.key"):
                                token.formatted(t.get("format", "GatewayKey {token}"))}})
             for w in t.get("restart", []):
                 kind, _, name = w.partition("/")
-                docs[t["cluster"]].append(_workload(kind, name, t["namespace"]))
+                docs[t["cluster"]].append(_workload(kind, name, t["namespace"], t))
     for name in CLUSTERS:
         kube.apply(stack.cluster(name), docs[name])
     return seeded

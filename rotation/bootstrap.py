@@ -68,6 +68,7 @@ class Container:
         def build() -> Rotator:
             from rotation.adapters.arm import ArmTokenIssuer
             from rotation.adapters.kubernetes import KubernetesClusters
+            from rotation.adapters.lease import build_lease
             from rotation.adapters.outcomes import build_publisher
 
             s = self.settings
@@ -81,6 +82,8 @@ class Container:
                 renew_before=s.renew_before,
                 publisher=build_publisher(s.outcome_topic_endpoint, self.credential),
                 sweep_concurrency=s.sweep_concurrency,
+                lease=build_lease(s.lease_container_url, self.credential),
+                adopt_existing=True,
             )
 
         return self._once("rotator", build)  # type: ignore[no-any-return]

@@ -15,8 +15,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from rotation.core.errors import PermanentError, RotationError, SettingsError
-from rotation.core.model import GatewayConfig, GatewayRef, RotationReport, check_gateway_name, check_service_name
+from rotation.core.consumption import Consumption, ConsumptionState
+from rotation.core.errors import PermanentError, RotationError, SettingsError, UpstreamError
+from rotation.core.model import (
+    GatewayConfig,
+    GatewayRef,
+    KeyType,
+    RotationReport,
+    check_gateway_name,
+    check_service_name,
+)
+from rotation.printing import print_report
 
 EXAMPLES = """\
 examples:
@@ -24,11 +33,13 @@ examples:
   python -m rotation rotate contoso-apim/onprem-gw --force --reason "suspected leak"
   python -m rotation rotate contoso-apim/onprem-gw --dry-run --json
   python -m rotation sweep --dry-run
-  python -m rotation roll-keys contoso-apim/onprem-gw --wait 120
-  python -m rotation validate-registry registry.json
+  python -m rotation roll-keys contoso-apim/onprem-gw --from primary --wait 120
+  python -m rotation validate-registry registry.json --live
+  python -m rotation discover --service /subscriptions/…/service/contoso-apim --context aks-prod --out registry.json
+  python -m rotation adopt contoso-apim/onprem-gw --dry-run
   python -m rotation replay-deadletter --since 2026-11-01
-  python -m rotation devstack up --dir .devstack/dev && python -m rotation devstack down --dir .devstack/dev
-  python -m rotation demo
+  python -m devstack up --dir .devstack/dev && python -m devstack down --dir .devstack/dev   (or: rotation devstack …)
+  python -m devstack demo                                                                       (or: rotation demo)
 """
 
 
@@ -68,18 +79,7 @@ def _gateway(text: str) -> GatewayConfig:
     return box.rotator.gateway(service, gateway)  # type: ignore[no-any-return]
 
 
-def _print_report(report: RotationReport, out: TextIO) -> None:
-    expires = report.expires_at.strftime("%Y-%m-%d %H:%M UTC") if report.expires_at else "-"
-    head = "rotated" if report.rotated else ("planned" if report.dry_run else "kept")
-    print(f"{report.gateway_id.split('/service/')[-1].replace('/gateways/', '/')}: {head}, token "
-          f"{report.fingerprint or '-'} expires {expires} ({report.key_type or '-'} key), "
-          f"{report.duration_ms} ms", file=out)
-    if report.error:
-        print(f"  error: {report.error}", file=out)
-    for t in report.targets:
-        extra = f"  restarted {', '.join(t.restarted)}" if t.restarted and t.outcome.value == "updated" else ""
-        err = f"  ({t.error})" if t.error else ""
-        print(f"  {t.outcome.value:8} {t.cluster}/{t.namespace}/{t.secret}{extra}{err}", file=out)
+_print_report = print_report  # the name replay and older callers used
 
 
 def cmd_rotate(args: argparse.Namespace, out: TextIO) -> int:
@@ -112,12 +112,74 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             roll = f", key roll from {s.key_roll_pending} pending" if s.key_roll_pending else ""
             print(f"{s.service}/{s.gateway}: expires {expires} ({left}), {s.key_type or '-'} key, "
                   f"token {s.fingerprint or '-'}{roll}", file=out)
+            if s.origin:
+                print(f"  token {s.origin}: Key Vault's first version is the one the targets already ran",
+                      file=out)
             for t in s.targets:
                 rollouts = "".join(f"  {r.workload}: {'ready' if r.ready else 'rolling'} ({r.detail})"
                                    for r in t.rollouts)
                 err = f"  ({t.error})" if t.error else ""
                 print(f"  {t.state.value:11} {t.cluster}/{t.namespace}/{t.secret}{rollouts}{err}", file=out)
+                _print_consumption(t.consumption, out)
+        for warning in sorted({s.warning for s in statuses if s.warning}):
+            print(f"warning: {warning}", file=out)
     return 0 if all(s.healthy for s in statuses) else 1
+
+
+def _print_consumption(consumption: Consumption | None, out: TextIO) -> None:
+    if consumption is None:
+        return
+    if consumption.state is ConsumptionState.MISMATCH and consumption.fix:
+        print(f"              fix: {consumption.fix}", file=out)
+    if consumption.helm:
+        print(f"              helm: {consumption.helm}", file=out)
+
+
+def cmd_adopt(args: argparse.Namespace, out: TextIO) -> int:
+    """Key Vault's first version from the newest token the targets run, then bring the rest to it."""
+    import time
+
+    from rotation.adoption import choose
+    from rotation.bootstrap import utcnow
+
+    config = _gateway(args.gateway)
+    box = _container()
+    rotator = box.rotator
+    budget = args.deadline or box.settings.deadline_seconds
+    current = rotator.store.get(config.key_vault_secret, timeout=budget)
+    if current is not None:
+        print(f"{config.ref}: Key Vault already holds its token ({current.token.fingerprint}, expires "
+              f"{current.token.expires_at:%Y-%m-%d %H:%M} UTC): nothing to adopt", file=out)
+        return 1
+    end = time.monotonic() + float(budget)
+
+    def check(what: str) -> float:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise UpstreamError(f"deadline passed before {what}")
+        return left
+
+    adopted, considered = choose(rotator, config, utcnow(), check)
+    for c in considered:
+        mark = "chosen" if adopted is not None and c is adopted.candidate else "not verified"
+        print(f"  candidate {c.token.fingerprint} expires {c.token.expires_at:%Y-%m-%d %H:%M} UTC held by "
+              f"{c.where}: {mark}", file=out)
+    if adopted is None:
+        why = ("no target holds a valid token of this gateway that is not due for renewal" if not considered else
+               "no key reproduces these tokens (key type unknown: signed by another or a regenerated key)")
+        print(f"{config.ref}: nothing adopted: {why}; `rotate` mints a new token", file=out)
+        return 1
+    if args.dry_run:
+        print(f"{config.ref}: would adopt {adopted.token.fingerprint} ({adopted.record.origin})", file=out)
+        return 0
+    # The reconcile adopts the same way (Key Vault is empty) under the gateway's lock, then brings
+    # the other targets up to it.
+    report = rotator.reconcile(config, reason="adopt", deadline_seconds=budget)
+    _print_report(report, out)
+    stored = rotator.store.get(config.key_vault_secret, timeout=budget)
+    if stored is not None and stored.origin:
+        print(f"{config.ref}: {stored.origin}", file=out)
+    return 0 if report.ok and stored is not None and stored.origin else 1
 
 
 def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
@@ -152,8 +214,10 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_roll_keys(args: argparse.Namespace, out: TextIO) -> int:
     config = _gateway(args.gateway)
     box = _container()
-    report = box.rotator.roll_keys(config, deadline_seconds=args.deadline or box.settings.deadline_seconds,
-                                   rollout_wait_seconds=args.wait, dry_run=args.dry_run)
+    report = box.rotator.roll_keys(config, from_key=KeyType(args.from_key),
+                                   deadline_seconds=args.deadline or box.settings.deadline_seconds,
+                                   rollout_wait_seconds=args.wait, dry_run=args.dry_run,
+                                   confirm_restarted=args.confirm_restarted)
     if args.json:
         json.dump(report.to_dict(), out, indent=2, default=str)
         print(file=out)
@@ -165,7 +229,8 @@ def cmd_roll_keys(args: argparse.Namespace, out: TextIO) -> int:
         for item in report.pending:
             print(f"  pending: {item}", file=out)
         if report.pending:
-            print("  the old key was NOT regenerated; fix the above and run roll-keys again to resume", file=out)
+            print(f"  the {report.from_key} key was NOT regenerated; fix the above and run "
+                  f"roll-keys --from {report.from_key} again to resume", file=out)
     return 0 if report.ok else 1
 
 
@@ -178,9 +243,17 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"{args.file}: {exc.strerror}") from None
     registry = load_registry(text)
     targets = sum(len(g.targets) for g in registry.gateways)
+    summary: dict[str, Any] = {"valid": True, "clusters": len(registry.clusters),
+                               "gateways": len(registry.gateways), "targets": targets}
+    results = None
+    if getattr(args, "live", False):
+        from rotation.live_check import live_check
+
+        box = _container()  # the app's own access: its credential and the kubeconfigs in Key Vault
+        results = live_check(registry, box.rotator.clusters, timeout=args.deadline or box.settings.deadline_seconds)
+        summary["live"] = [r.to_dict() for r in results]
     if args.json:
-        json.dump({"valid": True, "clusters": len(registry.clusters), "gateways": len(registry.gateways),
-                   "targets": targets}, out)
+        json.dump(summary, out, indent=2 if results is not None else None)
         print(file=out)
     else:
         print(f"{args.file}: valid ({len(registry.clusters)} clusters, {len(registry.gateways)} gateways, "
@@ -188,27 +261,36 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
         for g in registry.gateways:
             print(f"  {g.ref}: Key Vault secret {g.key_vault_secret}, "
                   f"{', '.join(str(t) for t in g.targets)}", file=out)
-    return 0
+        if results is not None:
+            from rotation.live_check import print_results
+
+            print("live check (the app's identity; does each registered workload read its target's key?):",
+                  file=out)
+            print_results(results, out)
+    return 0 if results is None or all(r.ok for r in results) else 1
+
+
+def _devstack_cli() -> Any:
+    """The development stack's entry point, looked up at run time: the product does not import it,
+    and a deployed package has none (`python -m devstack` is its own entry point)."""
+    import importlib
+
+    try:
+        return importlib.import_module("devstack.cli")
+    except ImportError:
+        raise UsageError("the local stack (devstack/) is not installed here: it ships with the source "
+                         "checkout, not with the app; run `python -m devstack` from the repository") from None
 
 
 def cmd_devstack(args: argparse.Namespace, out: TextIO) -> int:
-    from devstack import stack
-
+    cli = _devstack_cli()
     if args.action == "up":
-        s = stack.up(args.dir, say=lambda m: print(m, file=sys.stderr), with_azurite=args.azurite)
-        print(f"devstack up in {s.dir}: settings {s.dir / 'settings.json'}, kubeconfig {s.dir / 'kubeconfig'}",
-              file=out)
-        print(f"  try: python -m rotation --settings {s.dir / 'settings.json'} status", file=out)
-    else:
-        stopped = stack.down(args.dir)
-        print(f"devstack down in {args.dir}: stopped {', '.join(stopped) or 'nothing'}", file=out)
-    return 0
+        return int(cli.up(args.dir, azurite=args.azurite, out=out))
+    return int(cli.down(args.dir, out=out))
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from devstack.demo import run
-
-    return run(Path(args.dir), keep=args.keep, out=out)
+    return int(_devstack_cli().demo(args.dir, keep=args.keep, out=out))
 
 
 def cmd_replay_deadletter(args: argparse.Namespace, out: TextIO) -> int:
@@ -253,12 +335,27 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--progress", action="store_true", help="print progress lines even when not on a terminal")
     c = command("roll-keys", cmd_roll_keys, "two-phase key roll: move to the other key, then regenerate the old one",
                 gateway="required", dry_run=True)
+    c.add_argument("--from", dest="from_key", required=True, choices=["primary", "secondary"],
+                   help="the key to roll away from and regenerate (refused if it contradicts a pending roll)")
     c.add_argument("--wait", type=float, default=60, metavar="SECONDS",
                    help="how long to wait for restarted workloads to finish rolling out (default 60)")
+    c.add_argument("--confirm-restarted", action="store_true",
+                   help="you restarted the pods of targets that have no `restart` list: their Secrets still "
+                        "have to hold the new token")
     c = sub.add_parser("validate-registry", help="check a registry file and print what it registers")
     c.set_defaults(func=cmd_validate_registry)
     c.add_argument("file")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--live", action="store_true",
+                   help="also check, with the app's access (settings), that each target's registered workloads "
+                        "read its Secret key and that the key holds a token of that gateway")
+    c.add_argument("--deadline", type=float, metavar="SECONDS", help="per-request timeout of --live")
+    c = command("adopt", cmd_adopt, "Key Vault has no token yet: store the newest one the targets already run "
+                "(verified by ARM), then bring the other targets to it", gateway="required", dry_run=True,
+                json_out=False)
+    from rotation.discover import add_parser as add_discover
+
+    add_discover(sub, EXAMPLES)
     c = sub.add_parser("replay-deadletter", help="reconcile the gateways of dead-lettered events")
     c.set_defaults(func=cmd_replay_deadletter)
     c.add_argument("--container-url", help="dead-letter container URL (default DEADLETTER_BLOB_URL)")

@@ -249,7 +249,7 @@ def _summary(blobs: Sequence[BlobResult], reports: dict[tuple[str, str], Rotatio
 
 def _print(url: str, blobs: Sequence[BlobResult], reports: Sequence[RotationReport], summary: dict[str, int],
            dry_run: bool, out: TextIO) -> None:
-    from rotation.cli import _print_report
+    from rotation.printing import print_report
 
     mode = " (dry run: nothing written, nothing deleted)" if dry_run else ""
     print(f"dead-letter replay of {url}{mode}", file=out)
@@ -257,7 +257,7 @@ def _print(url: str, blobs: Sequence[BlobResult], reports: Sequence[RotationRepo
         print("  no dead-lettered events", file=out)
         return
     for report in reports:
-        _print_report(report, out)
+        print_report(report, out)
     for blob in blobs:
         when = f" ({blob.last_modified})" if blob.last_modified else ""
         action = blob.action.replace("_", " ")

@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, as_completed, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from rotation.core.consumption import ConsumptionState
+from rotation.core.consumption import check as check_consumption
 from rotation.core.errors import (
     Conflict,
     InvalidToken,
@@ -36,22 +38,34 @@ from rotation.core.model import (
     TargetReport,
     TokenInfo,
     TokenRecord,
-    Workload,
 )
 from rotation.core.policies import (
     Desired,
+    HealAction,
     TargetAction,
     doomed_by_roll,
+    heal_action,
+    instance_is_stale,
     key_type_for,
     new_expiry,
     promotable,
     renewal_reason,
     target_action,
+    token_stored_at,
 )
-from rotation.core.ports import ClusterClient, Clusters, OutcomePublisher, TokenIssuer, TokenStore
-from rotation.core.status import GatewayStatus, KeyRollPhase, KeyRollReport, SweepReport, TargetStatus, sync_state
+from rotation.core.ports import (
+    ClusterClient,
+    Clusters,
+    HeldLease,
+    Lease,
+    OutcomePublisher,
+    TokenIssuer,
+    TokenStore,
+)
+from rotation.core.status import GatewayStatus, KeyRollReport, SweepReport, TargetStatus, sync_state
 from rotation.core.token import GatewayToken, parse_stored
-from rotation.telemetry import Executor, emit, error_class
+from rotation.telemetry import Executor, error_class
+from rotation.telemetry import emit as emit  # re-exported: keyroll and adoption record through it
 
 log = logging.getLogger("rotation")
 
@@ -59,6 +73,14 @@ log = logging.getLogger("rotation")
 # failed (or a process that died) is redone by the next reconcile even though the token is in sync.
 RESTART_PENDING = "apim-token-rotator/restart-pending"
 MAX_FANOUT = 128
+# One blob lease per gateway (15-60 s); renewed in the background every third of it while held.
+LEASE_SECONDS = 30.0
+# The timer's functionTimeout is 5 minutes (host.json): a sweep starts no gateway after this budget.
+SWEEP_BUDGET_SECONDS = 240.0
+LOCAL_LEASE_WARNING = ("leases are in-process only (LEASE_CONTAINER_URL is unset): other instances and the "
+                       "CLI are not serialised with this one")
+# An event restarts a workload at most once per this interval (APIM sends one event per instance).
+HEAL_COOLDOWN = timedelta(minutes=10)
 
 Clock = Callable[[], datetime]
 
@@ -77,6 +99,23 @@ class _Deadline:
         return left
 
 
+Deadline = _Deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Heal:
+    """Restart the workloads of in-sync targets whose pods still run an older token.
+
+    An event for a gateway whose Key Vault and Secrets are current means one of its instances runs
+    an old token (its pods were not restarted); a key roll needs the same before regenerating.
+    """
+
+    instance: str | None = None                 # the gateway instance (pod) an event named
+    instance_expires_at: datetime | None = None  # its token's expiry, from the event
+    cooldown: timedelta = HEAL_COOLDOWN
+    unrestartable_fails: bool = True  # a target without `restart` list fails (the event is retried)
+
+
 @dataclass
 class _TokenSource:
     """The token targets should hold; its value is fetched from Key Vault only if a target needs it."""
@@ -85,12 +124,50 @@ class _TokenSource:
     load: Callable[[], GatewayToken]
     _token: GatewayToken | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    stored_at: Callable[[], datetime | None] = lambda: None
 
     def token(self) -> GatewayToken:
         with self._lock:
             if self._token is None:
                 self._token = self.load()
             return self._token
+
+
+class _Holding:
+    """A held gateway lease, renewed in the background so a long roll wait cannot lose it silently."""
+
+    def __init__(self, held: HeldLease, name: str, interval: float) -> None:
+        self._held = held
+        self._name = name
+        self._stop = threading.Event()
+        self.lost: str | None = None
+        self._thread = threading.Thread(target=self._run, args=(interval,), name="lease-renew", daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self._held.renew()
+            except RotationError as exc:
+                self.lost = str(exc)
+                log.warning("lease %s lost while held: %s", self._name, exc)
+                return
+
+    def renew(self) -> None:
+        """Proves the lease is still ours (before an irreversible step); raises UpstreamError if not."""
+        if self.lost is not None:
+            raise UpstreamError(f"lease {self._name} was lost: {self.lost}")
+        self._held.renew()
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._held.release()
+
+
+def lease_name(config: GatewayConfig) -> str:
+    """One blob per gateway; service and gateway names are validated to [A-Za-z0-9_-]."""
+    return f"{config.ref.service}/{config.ref.gateway}".lower()
 
 
 @dataclass
@@ -104,8 +181,15 @@ class Rotator:
     renew_before: timedelta = timedelta(days=7)
     publisher: OutcomePublisher | None = None
     sweep_concurrency: int = 8
-    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
-    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    lease: Lease | None = None  # None: an in-process lease (local runs; see rotation.adapters.lease)
+    sweep_budget_seconds: float = SWEEP_BUDGET_SECONDS
+    adopt_existing: bool = False  # Key Vault's first token: the one targets run (rotation.adoption)
+
+    def __post_init__(self) -> None:
+        if self.lease is None:
+            from rotation.adapters.lease import LocalLease
+
+            self.lease = LocalLease()
 
     # --- lookup -----------------------------------------------------------------------------------
 
@@ -115,58 +199,91 @@ class Rotator:
             raise UnknownGateway(f"gateway {service}/{gateway} is not in the registry")
         return config
 
+    @property
+    def lease_shared(self) -> bool:
+        return self.lease is not None and self.lease.shared
+
     @contextmanager
-    def _exclusive(self, config: GatewayConfig, deadline: _Deadline) -> Iterator[None]:
-        """Per-instance events for one gateway arrive together: serialise them in this worker."""
-        with self._locks_guard:
-            lock = self._locks.setdefault(config.ref.key, threading.Lock())
-        if not lock.acquire(timeout=deadline.left()):
-            raise UpstreamError(f"{config.ref}: another reconcile of this gateway is still running")
+    def exclusive(self, config: GatewayConfig, deadline: _Deadline) -> Iterator[_Holding]:
+        """The gateway's lease, across every instance and the CLI: one writer per gateway. Not getting
+        it within the deadline raises UpstreamError (transient: Event Grid redelivers)."""
+        assert self.lease is not None
+        name = lease_name(config)
+        held = self.lease.acquire(name, duration=LEASE_SECONDS, wait=deadline.check("taking the gateway lease"))
+        holding = _Holding(held, name, LEASE_SECONDS / 3)
         try:
-            yield
+            yield holding
         finally:
-            lock.release()
+            holding.release()
 
     # --- reconcile --------------------------------------------------------------------------------
 
     def reconcile(self, config: GatewayConfig, *, reason: str, deadline_seconds: float,
                   force: bool = False, dry_run: bool = False, known: TokenInfo | None = None,
-                  key_type: KeyType | None = None, roll_from: KeyType | None = None) -> RotationReport:
-        """Bring every target of one gateway to the Key Vault token, renewing it first if due.
+                  heal: Heal | None = None) -> RotationReport:
+        """Bring every target of one gateway to the Key Vault token, renewing it first if due, under the
+        gateway's lease.
 
         If targets kept a later-expiring Key Vault version (racing rotations), that version is made
-        the latest and a second pass brings the others up to it. During a key roll (`roll_from`),
-        tokens of the key about to be regenerated are replaced even if they expire later.
+        the latest and a second pass brings the others up to it. While a key roll is pending (Key
+        Vault's latest carries `keyRollFrom`), every new token is signed by the key rolled to and
+        carries the roll forward; tokens of the retiring key are replaced even if they expire later.
+        With `heal` (events), workloads of in-sync targets whose pods predate the token are restarted.
 
-        Raises a RotationError when Key Vault or ARM fail (nothing reached a cluster); target
-        failures are reported per target instead.
+        Raises a RotationError when the lease, Key Vault or ARM fail (nothing reached a cluster);
+        target failures are reported per target instead.
         """
         started = time.monotonic()
         deadline = _Deadline(deadline_seconds)
+        entered = False
         try:
-            return self._reconcile(config, reason, deadline, started, force, dry_run, known, key_type, roll_from)
+            with self.exclusive(config, deadline):
+                entered = True
+                return self.reconcile_held(config, reason=reason, deadline=deadline, started=started, force=force,
+                                           dry_run=dry_run, known=known, heal=heal)
         except Exception as exc:
-            # A failure before the targets (ARM 403, Key Vault 5xx, a bad setting) is an outcome too.
-            self._record(config, _failed(config, reason, dry_run, started, exc), error_class(exc), deadline=deadline)
+            if not entered:  # the lease failed: reconcile_held did not run, so nothing recorded the outcome
+                self._record(config, _failed(config, reason, dry_run, started, exc), error_class(exc),
+                             deadline=deadline)
             raise
 
-    def _reconcile(self, config: GatewayConfig, reason: str, deadline: _Deadline, started: float, force: bool,
-                   dry_run: bool, known: TokenInfo | None, key_type: KeyType | None,
-                   roll_from: KeyType | None) -> RotationReport:
-        with self._exclusive(config, deadline):
-            source, rotated, chosen_key = self._gather_and_renew(
-                config, deadline, force, dry_run, known, key_type, roll_from)
-            doomed = self._doomed(config, roll_from, deadline) if roll_from is not None and source else frozenset()
-            held: dict[Target, GatewayToken] = {}
-            targets = self._fan_out(config, source, deadline, dry_run or source is None, held, doomed)
-            # A straggler thread past the deadline may still add to `held`: take a snapshot. A key
-            # roll decides alone what targets hold, so it promotes nothing.
-            newer = tuple(held.values())
-            promote = newer and not dry_run and roll_from is None
-            promoted = self._promote(config, newer, deadline) if promote else None
-            if promoted is not None:
-                source, rotated = promoted, True
-                targets = self._fan_out(config, source, deadline, False, {}, doomed)
+    def reconcile_held(self, config: GatewayConfig, *, reason: str, deadline: _Deadline, started: float,
+                       force: bool = False, dry_run: bool = False, known: TokenInfo | None = None,
+                       heal: Heal | None = None, key_type: KeyType | None = None,
+                       roll_from: KeyType | None = None) -> RotationReport:
+        """reconcile() for a caller that holds the gateway's lease (the key roll).
+
+        Every outcome is recorded once, a failure before the targets (ARM 403, Key Vault 5xx, a bad
+        setting) included: that is what the failed-rotation alert counts.
+        """
+        try:
+            return self._reconcile_held(config, reason=reason, deadline=deadline, started=started, force=force,
+                                        dry_run=dry_run, known=known, heal=heal, key_type=key_type,
+                                        roll_from=roll_from)
+        except Exception as exc:
+            self._record(config, _failed(config, reason, dry_run, started, exc), error_class(exc),
+                         deadline=deadline)
+            raise
+
+    def _reconcile_held(self, config: GatewayConfig, *, reason: str, deadline: _Deadline, started: float,
+                        force: bool, dry_run: bool, known: TokenInfo | None, heal: Heal | None,
+                        key_type: KeyType | None, roll_from: KeyType | None) -> RotationReport:
+        source, rotated, chosen_key, rolling = self._gather_and_renew(
+            config, deadline, force, dry_run, known, key_type, roll_from)
+        doomed = self._doomed(config, rolling, deadline) if rolling is not None and source else frozenset()
+        if heal is not None and (source is None or not instance_is_stale(heal.instance_expires_at,
+                                                                           source.desired.expires_at)):
+            heal = None
+        held: dict[Target, GatewayToken] = {}
+        targets = self._fan_out(config, source, deadline, dry_run or source is None, held, doomed, heal)
+        # A straggler thread past the deadline may still add to `held`: take a snapshot. During a key
+        # roll the roll decides alone what targets hold, so nothing is promoted.
+        newer = tuple(held.values())
+        promote = newer and not dry_run and rolling is None
+        promoted = self._promote(config, newer, deadline) if promote else None
+        if promoted is not None:
+            source, rotated = promoted, True
+            targets = self._fan_out(config, source, deadline, False, {}, doomed)
         report = RotationReport(
             gateway_id=config.ref.id,
             rotated=rotated,
@@ -177,6 +294,7 @@ class Rotator:
             duration_ms=int((time.monotonic() - started) * 1000),
             targets=targets,
             dry_run=dry_run,
+            instance=heal.instance if heal else None,
         )
         self._record(config, report, deadline=deadline)
         return report
@@ -184,26 +302,44 @@ class Rotator:
     def _gather_and_renew(
         self, config: GatewayConfig, deadline: _Deadline, force: bool, dry_run: bool,
         known: TokenInfo | None, key_type: KeyType | None, roll_from: KeyType | None,
-    ) -> tuple[_TokenSource | None, bool, KeyType]:
+    ) -> tuple[_TokenSource | None, bool, KeyType, KeyType | None]:
+        """(source, rotated, key type, the key a pending roll retires)."""
         now = self.clock()
         secret = config.key_vault_secret
         if (known is not None and not force and key_type is None and known.fingerprint
+                and known.roll_from is None
                 and known.expires_at is not None and known.expires_at - now > self.renew_before):
             # The sweep's one listing already says the stored token is fresh: no per-gateway read.
             desired = Desired(config.ref.gateway, known.fingerprint, known.expires_at)
-            return (_TokenSource(desired, lambda: self._load(config, deadline)), False,
-                    known.key_type or KeyType.PRIMARY)
+            return (_TokenSource(desired, lambda: self._load(config, deadline),
+                                 stored_at=self._stored_at(config, desired.fingerprint, deadline)),
+                    False, known.key_type or KeyType.PRIMARY, None)
 
         current = self.store.get(secret, timeout=deadline.check("reading Key Vault"))
+        # A pending roll is carried forward by every write: the roll only ever ends by regenerating.
+        rolling = roll_from or (current.roll_from if current is not None else None)
         why = renewal_reason(current, now, self.renew_before, force)
-        if key_type is not None and current is not None and current.key_type is not key_type:
-            why = why or f"key roll to {key_type.value}"
-        chosen = key_type or key_type_for(config.key_type, current)
+        chosen = rolling.other if rolling is not None else key_type or key_type_for(config.key_type, current)
+        if current is not None and current.key_type is not chosen and (key_type is not None or rolling):
+            why = why or f"key roll to {chosen.value}"
+        if rolling is not None and current is not None and current.roll_from is not rolling:
+            why = why or f"key roll from {rolling.value} starts"
         if why is None and current is not None:
             token = current.token
-            return _TokenSource(_desired(token), lambda: token, token), False, current.key_type
+            return (_TokenSource(_desired(token), lambda: token, token,
+                                 stored_at=self._stored_at(config, token.fingerprint, deadline)),
+                    False, current.key_type, rolling)
         if dry_run:
-            return None, False, chosen
+            return None, False, chosen, rolling
+        if current is None and self.adopt_existing and not force and key_type is None and rolling is None:
+            # Onboarding: Key Vault's first version is the newest valid token the targets already run.
+            from rotation.adoption import adopt
+
+            adopted = adopt(self, config, now, deadline.check)
+            if adopted is not None:
+                held = adopted.token
+                return (_TokenSource(_desired(held), lambda: held, held, stored_at=lambda: now),
+                        False, adopted.key_type, None)
 
         expiry = new_expiry(now, self.token_lifetime)
         value = self.issuer.generate_token(config.ref, chosen, expiry, timeout=deadline.check("generateToken"))
@@ -213,13 +349,30 @@ class Rotator:
             raise UpstreamError(f"ARM generateToken for {config.ref} returned an unusable token: {exc}") from None
         if token.gateway.lower() != config.ref.gateway.lower():
             raise UpstreamError(f"ARM generateToken for {config.ref} returned a token for another gateway")
-        record = TokenRecord(token=token, key_type=chosen, gateway_id=config.ref.id, roll_from=roll_from)
+        record = TokenRecord(token=token, key_type=chosen, gateway_id=config.ref.id, roll_from=rolling)
         # Key Vault before any cluster: a target never holds a token Key Vault does not.
         self.store.put(secret, record, timeout=deadline.check("writing Key Vault"))
         emit("rotation.token", {"gatewayId": config.ref.id, "fingerprint": token.fingerprint,
                                 "expiresAt": token.expires_at.isoformat(), "keyType": chosen.value,
-                                "why": why})
-        return _TokenSource(_desired(token), lambda: token, token), True, chosen
+                                "keyRollFrom": rolling.value if rolling else None, "why": why})
+        stored = now
+        return _TokenSource(_desired(token), lambda: token, token, stored_at=lambda: stored), True, chosen, rolling
+
+    def _stored_at(self, config: GatewayConfig, fingerprint: str,
+                   deadline: _Deadline) -> Callable[[], datetime | None]:
+        """When Key Vault first stored the token, looked up only if a heal needs it (one listing)."""
+        lock = threading.Lock()
+        box: list[datetime | None] = []
+
+        def load() -> datetime | None:
+            with lock:
+                if not box:
+                    versions = self.store.versions(config.key_vault_secret,
+                                                   timeout=deadline.check("listing Key Vault versions"))
+                    box.append(token_stored_at(versions, fingerprint))
+                return box[0]
+
+        return load
 
     def _load(self, config: GatewayConfig, deadline: _Deadline) -> GatewayToken:
         record = self.store.get(config.key_vault_secret, timeout=deadline.check("reading Key Vault"))
@@ -265,7 +418,7 @@ class Rotator:
 
     def _fan_out(self, config: GatewayConfig, source: _TokenSource | None, deadline: _Deadline,
                  plan_only: bool, held: dict[Target, GatewayToken],
-                 doomed: frozenset[str] = frozenset()) -> tuple[TargetReport, ...]:
+                 doomed: frozenset[str] = frozenset(), heal: Heal | None = None) -> tuple[TargetReport, ...]:
         """`held` collects the tokens of targets found `newer` than `source`; a target holding a
         `doomed` token is overwritten even if that token expires later."""
         targets = config.targets
@@ -273,7 +426,7 @@ class Rotator:
         pool = Executor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
         try:
             futures: list[Future[TargetReport]] = [
-                pool.submit(self._sync_target, config, t, source, deadline, plan_only, held, doomed)
+                pool.submit(self._sync_target, config, t, source, deadline, plan_only, held, doomed, heal)
                 for t in targets
             ]
             wait(futures, timeout=deadline.left())
@@ -289,7 +442,7 @@ class Rotator:
 
     def _sync_target(self, config: GatewayConfig, target: Target, source: _TokenSource | None,
                      deadline: _Deadline, plan_only: bool, held: dict[Target, GatewayToken],
-                     doomed: frozenset[str]) -> TargetReport:
+                     doomed: frozenset[str], heal: Heal | None = None) -> TargetReport:
         started = time.monotonic()
 
         def done(outcome: Outcome, restarted: Sequence[str] = (), error: str | None = None) -> TargetReport:
@@ -301,7 +454,7 @@ class Rotator:
             for attempt in (1, 2):
                 state = client.read_secret(target.namespace, target.secret, target.key,
                                            timeout=deadline.check("reading the Secret"))
-                pending = RESTART_PENDING in state.annotations
+                marker = state.annotations.get(RESTART_PENDING)
                 if source is None:
                     return done(Outcome.PLANNED, [str(w) for w in target.restart])
                 action = target_action(state.value, source.desired, target.format, doomed)
@@ -310,22 +463,24 @@ class Rotator:
                     if newer is not None:
                         held[target] = newer
                     return done(Outcome.NEWER)
-                if action is TargetAction.IN_SYNC and not (pending and target.restart):
+                if action is TargetAction.IN_SYNC and not (marker and target.restart):
+                    if heal is not None and not plan_only:
+                        return self._heal(config, client, target, source, heal, deadline, done)
                     return done(Outcome.IN_SYNC)
                 if plan_only:
                     return done(Outcome.PLANNED, [str(w) for w in target.restart])
                 if action is TargetAction.WRITE:
                     value = source.token().formatted(target.format)
-                    marker = {RESTART_PENDING: source.desired.fingerprint} if target.restart else None
+                    marker = source.desired.fingerprint if target.restart else None
                     try:
                         client.write_secret_key(target.namespace, target.secret, target.key, value,
-                                                state.resource_version,
-                                                timeout=deadline.check("writing the Secret"), annotations=marker)
+                                                state.resource_version, timeout=deadline.check("writing the Secret"),
+                                                annotations={RESTART_PENDING: marker} if marker else None)
                     except Conflict:
                         if attempt == 2:
                             raise
                         continue  # someone else wrote meanwhile: re-read and decide again
-                restarted = self._restart(client, target, deadline)
+                restarted = self._restart(client, target, deadline, marker)
                 return done(Outcome.UPDATED if action is TargetAction.WRITE else Outcome.IN_SYNC, restarted)
             raise Conflict("unreachable")  # pragma: no cover - the loop always returns or raises
         except RotationError as exc:
@@ -334,7 +489,39 @@ class Rotator:
             log.exception("unexpected error syncing %s", target)
             return done(Outcome.FAILED, error=f"internal error: {type(exc).__name__}")
 
-    def _restart(self, client: ClusterClient, target: Target, deadline: _Deadline) -> list[str]:
+    def _heal(self, config: GatewayConfig, client: ClusterClient, target: Target, source: _TokenSource, heal: Heal,
+              deadline: _Deadline, done: Callable[..., TargetReport]) -> TargetReport:
+        """The Secret holds the current token but pods may still run an older one from their
+        environment: restart the workloads that last restarted before the token was stored."""
+        who = f"gateway instance {heal.instance}" if heal.instance else "a gateway instance"
+        if not target.restart:
+            if not heal.unrestartable_fails:
+                return done(Outcome.IN_SYNC)
+            return done(Outcome.FAILED, error=(
+                f"{who} still runs an older token than this Secret's, and the target has no `restart` list: "
+                f"restart the gateway's pods in namespace {target.namespace} (kubectl rollout restart), "
+                "or add its workloads to the target's `restart` list in the registry"))
+        stored_at = source.stored_at()
+        now = self.clock()
+        restarted: list[str] = []
+        waiting: list[str] = []
+        for workload in target.restart:
+            state = client.rollout(target.namespace, workload, timeout=deadline.check(f"reading {workload}"))
+            action = heal_action(state.restarted_at, stored_at, now, heal.cooldown)
+            if action is HealAction.RESTART:
+                client.restart(target.namespace, workload, now, timeout=deadline.check(f"restarting {workload}"))
+                restarted.append(str(workload))
+            elif action is HealAction.COOLDOWN:
+                waiting.append(f"{workload} was restarted at {state.restarted_at:%H:%M:%S} UTC, before the token "
+                               f"was stored; not restarted again within {heal.cooldown} (retry later)")
+        if restarted:
+            emit("rotation.heal", {"gatewayId": config.ref.id, "instance": heal.instance,
+                                   "target": str(target), "restarted": restarted})
+        if waiting:
+            return done(Outcome.FAILED, restarted, f"{who} runs an older token: " + "; ".join(waiting))
+        return done(Outcome.IN_SYNC, restarted)
+
+    def _restart(self, client: ClusterClient, target: Target, deadline: _Deadline, marker: str | None) -> list[str]:
         if not target.restart:
             return []
         at = self.clock()
@@ -342,90 +529,74 @@ class Rotator:
         for workload in target.restart:
             client.restart(target.namespace, workload, at, timeout=deadline.check(f"restarting {workload}"))
             restarted.append(str(workload))
-        client.annotate_secret(target.namespace, target.secret, {RESTART_PENDING: None},
-                                       timeout=deadline.check("clearing the restart marker"))
+        if marker:
+            self._clear_marker(client, target, marker, deadline)
         return restarted
 
-    # --- two-phase key roll -----------------------------------------------------------------------
+    def _clear_marker(self, client: ClusterClient, target: Target, marker: str, deadline: _Deadline) -> None:
+        """Removes the restart-pending marker only if it is still the one this writer set or saw (a
+        later writer's marker names its own token, whose restart it owes), with a resourceVersion
+        precondition so a write landing in between is never unmarked."""
+        for attempt in (1, 2):
+            state = client.read_secret(target.namespace, target.secret, target.key,
+                                       timeout=deadline.check("reading the Secret"))
+            if state.annotations.get(RESTART_PENDING) != marker:
+                return
+            try:
+                client.annotate_secret(target.namespace, target.secret, {RESTART_PENDING: None},
+                                       timeout=deadline.check("clearing the restart marker"),
+                                       resource_version=state.resource_version)
+                return
+            except Conflict:
+                if attempt == 2:
+                    raise
 
-    def roll_keys(self, config: GatewayConfig, *, deadline_seconds: float, rollout_wait_seconds: float = 60.0,
-                  dry_run: bool = False, poll_seconds: float = 1.0) -> KeyRollReport:
-        """Move the gateway to its other key; regenerate the old key only once every target confirmed.
+    # --- two-phase key roll (rotation.keyroll) ----------------------------------------------------
 
-        Phase 1 writes a token from the other key (tagged with the key it rolls away from) and
-        pushes it everywhere; phase 2 regenerates the old key, which invalidates every token it
-        signed. A target that did not take the new token, or whose restarted workloads did not
-        finish rolling out, stops the roll before phase 2; running it again resumes.
-        """
-        current = self.store.get(config.key_vault_secret, timeout=deadline_seconds)
-        if current is not None and current.roll_from is not None:
-            old, resumed = current.roll_from, True
-        else:
-            old, resumed = (current.key_type if current else key_type_for(config.key_type, None)), False
-        new = old.other
-        reason = f"key roll {old.value} -> {new.value}" + (" (resumed)" if resumed else "")
-        rotation = self.reconcile(config, reason=reason, deadline_seconds=deadline_seconds, dry_run=dry_run,
-                                  key_type=new, roll_from=old)
+    def roll_keys(self, config: GatewayConfig, *, from_key: KeyType, deadline_seconds: float,
+                  rollout_wait_seconds: float = 60.0, dry_run: bool = False, poll_seconds: float = 1.0,
+                  confirm_restarted: bool = False) -> KeyRollReport:
+        """See `rotation.keyroll.KeyRoll`."""
+        from rotation.keyroll import KeyRoll
 
-        def result(phase: KeyRollPhase, pending: Sequence[str] = (), regenerated: bool = False) -> KeyRollReport:
-            report = KeyRollReport(config.ref.id, old, new, phase, rotation, tuple(pending), regenerated, resumed)
-            emit("rotation.keyroll", {"gatewayId": config.ref.id, "from": old.value, "to": new.value,
-                                      "phase": phase.value, "pending": list(pending)})
-            return report
-
-        if dry_run:
-            return result(KeyRollPhase.PLANNED)
-        pending = [f"{t.cluster}/{t.namespace}/{t.secret}: {t.outcome.value}" + (f" ({t.error})" if t.error else "")
-                   for t in rotation.targets if t.outcome not in (Outcome.UPDATED, Outcome.IN_SYNC)]
-        if not pending:
-            pending = self._await_rollouts(config, rollout_wait_seconds, poll_seconds)
-        if pending:
-            return result(KeyRollPhase.PENDING, pending)
-        self.issuer.regenerate_key(config.ref, old, timeout=deadline_seconds)
-        latest = self.store.get(config.key_vault_secret, timeout=deadline_seconds)
-        if latest is not None and latest.roll_from is not None:
-            self.store.put(config.key_vault_secret, replace(latest, roll_from=None, version=None),
-                           timeout=deadline_seconds)
-        return result(KeyRollPhase.COMPLETED, regenerated=True)
-
-    def _await_rollouts(self, config: GatewayConfig, wait_seconds: float, poll_seconds: float) -> list[str]:
-        deadline = _Deadline(wait_seconds)
-        waiting = [(t, w) for t in config.targets for w in t.restart]
-        while True:
-            still: list[tuple[Target, Workload, str]] = []
-            for target, workload in waiting:
-                try:
-                    client = self.clusters.client(self.registry.clusters[target.cluster])
-                    state = client.rollout(target.namespace, workload, timeout=max(deadline.left(), 1.0))
-                    if not state.ready:
-                        still.append((target, workload, state.detail))
-                except RotationError as exc:
-                    still.append((target, workload, str(exc)))
-            if not still or deadline.left() <= 0:
-                return [f"{t.cluster}/{t.namespace}/{w}: rollout not finished ({detail})" for t, w, detail in still]
-            waiting = [(t, w) for t, w, _ in still]
-            time.sleep(min(poll_seconds, deadline.left()))
+        return KeyRoll(self).run(config, from_key=from_key, deadline_seconds=deadline_seconds,
+                                 rollout_wait_seconds=rollout_wait_seconds, dry_run=dry_run,
+                                 poll_seconds=poll_seconds, confirm_restarted=confirm_restarted)
 
     # --- sweep and status -------------------------------------------------------------------------
 
     def sweep(self, *, deadline_seconds: float, dry_run: bool = False,
-              progress: Callable[[RotationReport], None] | None = None) -> SweepReport:
-        """Reconcile every registered gateway; one Key Vault listing decides which need a token read."""
+              progress: Callable[[RotationReport], None] | None = None,
+              budget_seconds: float | None = None) -> SweepReport:
+        """Reconcile every registered gateway; one Key Vault listing decides which need a token read.
+
+        Within an overall budget (the timer's functionTimeout): a gateway not started while a whole
+        reconcile still fits is reported as not reached and left for the next run.
+        """
         started = time.monotonic()
-        infos = self._listing(deadline_seconds)
+        budget = _Deadline(self.sweep_budget_seconds if budget_seconds is None else budget_seconds)
+        infos = self._listing(min(deadline_seconds, budget.left()) or 0.001)
         now = self.clock()
         for config in self.registry.gateways:
             info = infos.get(config.key_vault_secret.lower())
             if info is not None and info.expires_at is not None:
                 emit("rotation.expiry", {"gatewayId": config.ref.id, "expiresAt": info.expires_at.isoformat(),
                                          "hoursLeft": round((info.expires_at - now).total_seconds() / 3600, 1)})
+
+        def one(config: GatewayConfig) -> RotationReport:
+            if budget.left() < deadline_seconds:
+                report = RotationReport(
+                    gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None,
+                    reason="sweep", duration_ms=0, targets=(), dry_run=dry_run,
+                    error="not reached within the sweep's budget; left for the next run")
+                self._record(config, report, "NotReached")
+                return report
+            return self.reconcile_safely(config, reason="sweep", deadline_seconds=deadline_seconds,
+                                         dry_run=dry_run, known=infos.get(config.key_vault_secret.lower()))
+
         reports: list[RotationReport] = []
         with Executor(max_workers=self.sweep_concurrency, thread_name_prefix="sweep") as pool:
-            futures = [
-                pool.submit(self.reconcile_safely, config, reason="sweep", deadline_seconds=deadline_seconds,
-                            dry_run=dry_run, known=infos.get(config.key_vault_secret.lower()))
-                for config in self.registry.gateways
-            ]
+            futures = [pool.submit(one, config) for config in self.registry.gateways]
             for future in as_completed(futures):
                 report = future.result()
                 reports.append(report)
@@ -436,12 +607,16 @@ class Rotator:
         return SweepReport(tuple(reports), int((time.monotonic() - started) * 1000))
 
     def reconcile_safely(self, config: GatewayConfig, **kwargs: Any) -> RotationReport:
-        """reconcile(), with a failure before the targets turned into a report instead of raised."""
+        """reconcile(), with a failure before the targets (or a bug) turned into a report, not raised."""
         started = time.monotonic()
         try:
             return self.reconcile(config, **kwargs)
-        except RotationError as exc:  # reconcile() recorded it
-            return _failed(config, str(kwargs.get("reason", "")), bool(kwargs.get("dry_run", False)), started, exc)
+        except RotationError as exc:  # reconcile() recorded the outcome
+            failure: Exception = exc
+        except Exception as exc:  # a bug in one gateway must not lose the other gateways' reports
+            log.exception("unexpected error reconciling %s", config.ref)
+            failure = exc
+        return _failed(config, str(kwargs.get("reason", "")), bool(kwargs.get("dry_run", False)), started, failure)
 
     def _listing(self, timeout: float) -> dict[str, TokenInfo]:
         return {i.secret_name.lower(): i for i in self.store.list(timeout=timeout)}
@@ -469,6 +644,8 @@ class Rotator:
                 targets=tuple(next(results) for _ in config.targets),
                 key_roll_pending=info.roll_from if info else None,
                 error=None if info else "no token in Key Vault",
+                warning=None if self.lease_shared else LOCAL_LEASE_WARNING,
+                origin=info.origin if info else None,
             ))
         return out
 
@@ -487,9 +664,12 @@ class Rotator:
         except RotationError as exc:
             return status(SyncState.UNREACHABLE, error=str(exc))
         held = parse_stored(secret.value)
-        return status(sync_state(secret.value, info.fingerprint if info else None, target.format),
-                      fingerprint=held.fingerprint if held else None,
-                      expires_at=held.expires_at if held else None, rollouts=rollouts)
+        state = sync_state(secret.value, info.fingerprint if info else None, target.format)
+        consumption = check_consumption(target, {r.workload: r.uses for r in rollouts}, secret.labels)
+        if consumption.state is ConsumptionState.MISMATCH:  # rotating cannot help: the pods read another key
+            state = SyncState.MISMATCH
+        return status(state, fingerprint=held.fingerprint if held else None,
+                      expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption)
 
     # --- reporting --------------------------------------------------------------------------------
 
@@ -499,7 +679,7 @@ class Rotator:
                 "rotated": report.rotated, "fingerprint": report.fingerprint, "keyType":
                 report.key_type.value if report.key_type else None,
                 "expiresAt": report.expires_at.isoformat() if report.expires_at else None,
-                "reason": report.reason, "dryRun": report.dry_run}
+                "reason": report.reason, "dryRun": report.dry_run, "instance": report.instance}
         for t in report.targets:
             emit("rotation.target", {**base, **t.to_dict()},
                  logging.INFO if t.outcome.ok else logging.WARNING)

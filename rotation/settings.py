@@ -37,6 +37,7 @@ class Settings:
     deadletter_blob_url: str | None = None
     sweep_concurrency: int = 8
     local_emulators: bool = False
+    lease_container_url: str | None = None  # LEASE_CONTAINER_URL; unset: in-process leases (local only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -100,7 +101,13 @@ class Settings:
                 "ROTATION_LOCAL_EMULATORS is on: Key Vault challenge resource verification is OFF. "
                 "This is for the local devstack only and is refused in Azure."
             )
+        lease_container_url = https_url("LEASE_CONTAINER_URL")
+        if lease_container_url is None and text("WEBSITE_INSTANCE_ID"):
+            raise SettingsError(
+                "LEASE_CONTAINER_URL is required in Azure (WEBSITE_INSTANCE_ID is set): without it, "
+                "instances cannot agree on one writer per gateway and a key roll is unsafe")
         return cls(
+            lease_container_url=lease_container_url,
             registry=registry,
             key_vault_url=https_url("KEY_VAULT_URL", required=True) or "",
             arm_endpoint=https_url("ARM_ENDPOINT", DEFAULT_ARM_ENDPOINT) or DEFAULT_ARM_ENDPOINT,

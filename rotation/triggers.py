@@ -26,7 +26,8 @@ from rotation.core.errors import (
     UnknownGateway,
 )
 from rotation.core.events import parse_event
-from rotation.core.model import GatewayConfig, check_gateway_name, check_service_name
+from rotation.core.model import GatewayConfig, KeyType, check_gateway_name, check_service_name
+from rotation.service import LOCAL_LEASE_WARNING, Heal
 from rotation.settings import DEFAULT_SWEEP_SCHEDULE
 
 log = logging.getLogger("rotation.triggers")
@@ -88,7 +89,8 @@ def handle_event(payload: Mapping[str, Any]) -> None:
                     event.gateway, event.service_id or "an unnamed service")
         return
     try:
-        report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds)
+        report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds,
+                                       heal=Heal(instance=event.instance, instance_expires_at=event.expires_at))
     except (InvalidInput, SettingsError) as exc:
         # Retrying the same event cannot help: log it clearly and acknowledge it.
         log.error("event %s: rejected (not retried): %s", event.event_id, exc)
@@ -100,7 +102,9 @@ def handle_event(payload: Mapping[str, Any]) -> None:
         raise
     if not report.ok:
         failed = ", ".join(f"{t.cluster}/{t.namespace}/{t.secret}: {t.outcome.value}" for t in report.failed_targets)
-        raise RotationIncomplete(f"event {event.event_id}: {len(report.failed_targets)} target(s) not done ({failed})")
+        on = f" (instance {event.instance})" if event.instance else ""
+        raise RotationIncomplete(f"event {event.event_id}{on}: {len(report.failed_targets)} target(s) not done "
+                                 f"({failed})")
 
 
 def unreconciled(gateway_id: str, exc: Exception, reason: str) -> None:
@@ -227,14 +231,19 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"])
 @_guard
 def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
-    body = _body(req, {"dryRun": bool, "waitSeconds": int})
+    body = _body(req, {"fromKey": str, "dryRun": bool, "waitSeconds": int, "confirmRestarted": bool})
     wait_seconds = body.get("waitSeconds", 60)
     if not 0 <= wait_seconds <= 180:
         raise InvalidInput("field 'waitSeconds' must be between 0 and 180")
     config = _gateway_from_route(req)
+    if body.get("fromKey") not in ("primary", "secondary"):
+        raise InvalidInput("field 'fromKey' is required: the key to roll away from and regenerate, "
+                           "'primary' or 'secondary'")
     box = bootstrap.container()
-    report = box.rotator.roll_keys(config, deadline_seconds=box.settings.deadline_seconds,
-                                   rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False))
+    report = box.rotator.roll_keys(config, from_key=KeyType(body["fromKey"]),
+                                   deadline_seconds=box.settings.deadline_seconds,
+                                   rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False),
+                                   confirm_restarted=body.get("confirmRestarted", False))
     return _json(200 if report.ok else 409, report.to_dict())
 
 
@@ -246,8 +255,11 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
             settings = bootstrap.container().settings
         except SettingsError as exc:
             return _json(503, {"status": "unhealthy", "error": str(exc)})
-        return _json(200, {"status": "ok", "gateways": len(settings.registry.gateways),
-                           "clusters": len(settings.registry.clusters), "sweepSchedule": SWEEP_SCHEDULE})
+        body: dict[str, Any] = {"status": "ok", "gateways": len(settings.registry.gateways),
+                                "clusters": len(settings.registry.clusters), "sweepSchedule": SWEEP_SCHEDULE}
+        if not settings.lease_container_url:
+            body["warning"] = LOCAL_LEASE_WARNING
+        return _json(200, body)
 
 
 # --- timer ---------------------------------------------------------------------------------------

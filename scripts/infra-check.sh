@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Infra checks without a Bicep compiler (none installs offline):
 #   1. pytest tests/infra in .venv-infra: every .bicep parses (pycep-parser 0.7.1), tree-sitter-bicep finds no
-#      ERROR/MISSING node, module wiring is consistent, and the structural assertions of issue 4 hold.
-#   2. checkov's Bicep scan in .venv-checkov (its own venv: checkov pins pycep-parser 0.5.1). Fails on any
+#      ERROR/MISSING node, module wiring is consistent, the structural assertions of issues 4 and 10 hold, and the
+#      deploy-time-rule checker (tests/infra/deploytime.py) passes its own tests.
+#   2. tests/infra/deploytime.py over infra/: Bicep's deploy-time-constant rules (BCP120/BCP177/BCP178/BCP182,
+#      transcribed from the Azure/bicep compiler) and ARM's name-length limits for worst-case parameter lengths.
+#      Prints every rule it enforces and every violation; fails on any.
+#   3. checkov's Bicep scan in .venv-checkov (its own venv: checkov pins pycep-parser 0.5.1). Fails on any
 #      failed check and on any parsing error (checkov itself exits 0 on those). Skips must be justified in place
 #      with `// checkov:skip=CKV_...: reason` inside the resource.
 # Both venvs are created only when missing (or when the pinned versions change).
@@ -44,6 +48,9 @@ ensure_venv "$CHECKOV_VENV" "$CHECKOV_REQS"
 echo "== infra: structural tests (pycep-parser 0.7.1, tree-sitter-bicep)"
 # --confcutdir keeps the suite-wide conftest (which needs the app's dependencies) out of this venv.
 "$INFRA_VENV/bin/python" -m pytest -q -p no:cacheprovider --confcutdir=tests/infra tests/infra
+
+echo "== infra: Bicep deploy-time rules and ARM name limits (tests/infra/deploytime.py)"
+"$INFRA_VENV/bin/python" -m tests.infra.deploytime infra
 
 echo "== infra: checkov --framework bicep"
 report=$(mktemp)

@@ -12,9 +12,9 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from rotation.core.errors import Conflict, NotFound, UpstreamError
 from rotation.core.model import (
@@ -60,6 +60,7 @@ class MemoryIssuer:
     keys: dict[tuple[str, KeyType], bytes] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
+    regenerated: list[KeyType] = field(default_factory=list)
 
     def key(self, gateway: GatewayRef, key_type: KeyType) -> bytes:
         return self.keys.setdefault((gateway.id.lower(), key_type), secrets.token_bytes(32))
@@ -73,6 +74,7 @@ class MemoryIssuer:
     def regenerate_key(self, gateway: GatewayRef, key_type: KeyType, timeout: float | None = None) -> None:
         self.calls.append(("regenerateKey", gateway.id))
         self.faults.hit("regenerateKey")
+        self.regenerated.append(key_type)
         self.keys[(gateway.id.lower(), key_type)] = secrets.token_bytes(32)
 
     def verify(self, gateway: GatewayRef, token: str) -> KeyType | None:
@@ -94,6 +96,7 @@ class _Version:
     tags: dict[str, str]
     expires_on: datetime
     version: str
+    created: datetime | None = None
 
 
 @dataclass
@@ -102,6 +105,7 @@ class MemoryStore:
     calls: list[tuple[str, str]] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def get(self, secret_name: str, timeout: float | None = None) -> TokenRecord | None:
         self.calls.append(("get", secret_name))
@@ -111,7 +115,7 @@ class MemoryStore:
             if not versions:
                 return None
             latest = versions[-1]
-        return record_from(latest.value, latest.tags, latest.version)
+        return record_from(latest.value, latest.tags, latest.version, latest.created)
 
     def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:
         self.calls.append(("put", secret_name))
@@ -119,7 +123,7 @@ class MemoryStore:
         version = secrets.token_hex(16)
         with self.lock:
             self.secrets.setdefault(secret_name.lower(), []).append(
-                _Version(record.token.value, tags_for(record), record.token.expires_at, version))
+                _Version(record.token.value, tags_for(record), record.token.expires_at, version, self.clock()))
         return version
 
     def list(self, timeout: float | None = None) -> Sequence[TokenInfo]:
@@ -132,7 +136,8 @@ class MemoryStore:
         self.calls.append(("versions", secret_name))
         self.faults.hit("versions")
         with self.lock:
-            return [info_from(secret_name, v.tags, v.expires_on) for v in self.secrets.get(secret_name.lower(), [])]
+            return [info_from(secret_name, v.tags, v.expires_on, v.created)
+                    for v in self.secrets.get(secret_name.lower(), [])]
 
     def read_text(self, secret_name: str) -> str:
         raise NotFound(secret_name)
@@ -196,11 +201,14 @@ class MemoryCluster:
             self._annotate(secret, annotations or {})
 
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
-                        timeout: float | None = None) -> None:
+                        timeout: float | None = None, resource_version: str | None = None) -> None:
         self.calls.append(("annotate", f"{namespace}/{name}"))
         self.faults.hit("annotate")
         with self.lock:
-            self._annotate(self.secrets[(namespace, name)], annotations)
+            secret = self.secrets[(namespace, name)]
+            if resource_version is not None and str(secret.resource_version) != resource_version:
+                raise Conflict(f"cluster {self.name}: Secret {namespace}/{name} changed meanwhile")
+            self._annotate(secret, annotations)
 
     @staticmethod
     def _annotate(secret: _Secret, annotations: Mapping[str, str | None]) -> None:
@@ -220,7 +228,9 @@ class MemoryCluster:
     def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
         self.calls.append(("rollout", f"{namespace}/{workload}"))
         self.faults.hit("rollout")
-        return RolloutState(workload, True, "1/1 updated")
+        with self.lock:
+            restarts = self.restarts.get((namespace, str(workload)))
+        return RolloutState(workload, True, "1/1 updated", restarts[-1] if restarts else None)
 
     @property
     def writes(self) -> int:

@@ -24,3 +24,10 @@ fi
 if [ -z "${DEPLOY_EVENT_SUBSCRIPTION:-}" ]; then
   azd env set DEPLOY_EVENT_SUBSCRIPTION false
 fi
+# The registry and the AKS cluster list are compiled in from infra/registry.json and infra/aks-clusters.json: azd
+# substitutes ${VAR} in main.parameters.json without JSON escaping, so JSON must not travel through the environment.
+for old in ROTATION_REGISTRY_JSON AKS_CLUSTERS_JSON; do
+  if eval "[ -n \"\${$old:-}\" ]"; then
+    echo "preprovision: $old is no longer read; put that JSON in infra/registry.json / infra/aks-clusters.json (docs/deploy.md) and clear it: azd env set $old ''" >&2
+  fi
+done

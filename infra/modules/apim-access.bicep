@@ -9,11 +9,17 @@ param roleDefinitionId string
 @description('Principal id of the app identity.')
 param principalId string
 
+@description('Create the role assignment (main.bicep: assignCustomRoles). The module always runs so that apimLocation is available to the Event Grid module.')
+param assignRole bool = true
+
 resource apim 'Microsoft.ApiManagement/service@2023-05-01-preview' existing = {
   name: apimServiceName
 }
 
-resource gatewayTokenRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+// principalType ServicePrincipal: ARM then does not look the new identity up in Entra ID first, which fails while a
+// just-created identity replicates (ARM's own PrincipalNotFound message says so and links aka.ms/docs-principaltype,
+// Microsoft's "Troubleshoot Azure RBAC").
+resource gatewayTokenRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (assignRole) {
   name: guid(apim.id, principalId, roleDefinitionId)
   scope: apim
   properties: {

@@ -9,6 +9,10 @@ param systemTopicName string
 @description('Name of the event subscription.')
 param subscriptionName string = 'apim-token-rotator'
 
+@description('Region of the APIM service: a system topic lives in its source\'s region. A parameter because `.location` of an existing resource is not known when the deployment starts (Bicep BCP120); main.bicep passes apim-access.bicep\'s apimLocation output.')
+@minLength(1)
+param location string
+
 @description('Tags applied to the system topic.')
 param tags object = {}
 
@@ -18,8 +22,8 @@ param functionAppId string
 @description('Name of the Event Grid-triggered function.')
 param functionName string = 'on_gateway_token_event'
 
-@description('Resource id of the user-assigned identity Event Grid uses to write dead letters (needs blob write on the dead-letter container).')
-param identityId string
+@description('Resource id of the user-assigned identity Event Grid writes dead letters as (Storage Blob Data Contributor on the dead-letter container only; not the app identity).')
+param deadLetterIdentityId string
 
 @description('Resource id of the storage account that receives dead letters.')
 param deadLetterStorageId string
@@ -53,12 +57,12 @@ resource apim 'Microsoft.ApiManagement/service@2023-05-01-preview' existing = {
 
 resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   name: systemTopicName
-  location: apim.location
+  location: location
   tags: tags
   identity: {
     type: 'UserAssigned'
     userAssignedIdentities: {
-      '${identityId}': {}
+      '${deadLetterIdentityId}': {}
     }
   }
   properties: {
@@ -94,7 +98,7 @@ resource gatewayTokenEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions
     deadLetterWithResourceIdentity: {
       identity: {
         type: 'UserAssigned'
-        userAssignedIdentity: identityId
+        userAssignedIdentity: deadLetterIdentityId
       }
       deadLetterDestination: {
         endpointType: 'StorageBlob'

@@ -1,4 +1,4 @@
-metadata description = 'User-assigned managed identity used by the Function App, Event Grid dead-lettering and every data-plane call the app makes.'
+metadata description = 'A user-assigned managed identity: deployed once for the Function App (every data-plane call it makes) and once for Event Grid dead-letter delivery.'
 
 @description('Name of the user-assigned managed identity.')
 param name string

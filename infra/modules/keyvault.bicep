@@ -1,4 +1,4 @@
-metadata description = 'Key Vault in RBAC mode (soft delete, purge protection): the source of truth for gateway tokens, kubeconfigs and the registry.'
+metadata description = 'Key Vault in RBAC mode (soft delete, purge protection). Deployed twice: the token vault (the app writes token versions) and the configuration vault (registry and kubeconfigs, which the app only reads).'
 
 @description('Name of the Key Vault (3-24 characters).')
 @minLength(3)
@@ -11,8 +11,22 @@ param location string
 @description('Tags applied to the Key Vault.')
 param tags object = {}
 
-@description('Principal id of the app identity, granted Key Vault Secrets Officer (read and write token secrets, read kubeconfigs and the registry).')
+@description('What the vault holds, for its tags and description: tokens or configuration.')
+@allowed([
+  'tokens'
+  'configuration'
+])
+param purpose string
+
+@description('Principal id of the app identity.')
 param appPrincipalId string
+
+@description('What the app may do with this vault\'s secrets: write (Key Vault Secrets Officer: the token vault, a new version per rotation) or read (Key Vault Secrets User: the registry and kubeconfigs).')
+@allowed([
+  'write'
+  'read'
+])
+param appAccess string
 
 @description('Optional principal id of the deploying user, granted Key Vault Secrets Officer to upload the registry and kubeconfigs; empty for none.')
 param userPrincipalId string = ''
@@ -39,14 +53,16 @@ param logAnalyticsId string = ''
 @maxValue(90)
 param softDeleteRetentionInDays int = 90
 
-// Key Vault Secrets Officer: get/list/set secret versions and tags. The app writes a new token version per rotation,
-// so the read-only Key Vault Secrets User is not enough.
+// Key Vault Secrets Officer: get/list/set secret versions and tags (the token vault: a new version per rotation).
+// Key Vault Secrets User: read secret contents only (the configuration vault).
 var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
+var appRoleId = (appAccess == 'write') ? keyVaultSecretsOfficerRoleId : keyVaultSecretsUserRoleId
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: name
   location: location
-  tags: tags
+  tags: union(tags, { 'apim-token-rotator-vault': purpose })
   // checkov:skip=CKV_AZURE_109: The Flex Consumption app has no VNet integration in this template, so a default-deny firewall would lock it out; access is RBAC-only.
   // checkov:skip=CKV_AZURE_189: Same as CKV_AZURE_109: public endpoint needed without VNet integration; every call is Entra-authenticated and RBAC-authorised.
   properties: {
@@ -72,7 +88,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 
 // A module, not a conditional resource, so the secret's own settings stay visible to static checks.
 module registrySecret 'registry-secret.bicep' = if (!empty(registryJson)) {
-  name: 'registry-secret'
+  name: 'registry-secret-${name}'
   params: {
     vaultName: vault.name
     secretName: registrySecretName
@@ -80,13 +96,13 @@ module registrySecret 'registry-secret.bicep' = if (!empty(registryJson)) {
   }
 }
 
-resource appSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(vault.id, appPrincipalId, keyVaultSecretsOfficerRoleId)
+resource appSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, appPrincipalId, appRoleId)
   scope: vault
   properties: {
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficerRoleId)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', appRoleId)
   }
 }
 

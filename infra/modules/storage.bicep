@@ -1,4 +1,4 @@
-metadata description = 'Storage for the Functions host (AzureWebJobsStorage), the Flex Consumption deployment package and Event Grid dead letters. Shared key access is disabled: everything goes through the app identity.'
+metadata description = 'Storage for the Functions host (AzureWebJobsStorage), the Flex Consumption deployment package, Event Grid dead letters and the per-gateway leases. Shared key access is disabled: everything goes through managed identities.'
 
 @description('Name of the storage account (3-24 lowercase letters and digits).')
 @minLength(3)
@@ -17,8 +17,16 @@ param deploymentContainerName string
 @description('Blob container Event Grid writes undeliverable gateway-token events to.')
 param deadLetterContainerName string = 'deadletter'
 
-@description('Principal id of the app identity: Storage Blob Data Owner (host storage, deployment package, dead letters).')
+@description('Blob container of the per-gateway leases (LEASE_CONTAINER_URL): one blob per gateway, leased by every write path.')
+@minLength(3)
+@maxLength(63)
+param leaseContainerName string = 'gateway-leases'
+
+@description('Principal id of the app identity: Storage Blob Data Owner on the account (what identity-based AzureWebJobsStorage needs) and Storage Blob Data Contributor on the lease container.')
 param appPrincipalId string
+
+@description('Principal id of the identity Event Grid writes dead letters as: Storage Blob Data Contributor on the dead-letter container only.')
+param deadLetterWriterPrincipalId string
 
 @description('Optional principal id of the deploying user, granted Storage Blob Data Contributor for debugging; empty for none.')
 param userPrincipalId string = ''
@@ -31,7 +39,9 @@ param userPrincipalId string = ''
 param userPrincipalType string = 'User'
 
 // Storage Blob Data Owner: what the Functions host needs for identity-based AzureWebJobsStorage (blob leases for the
-// timer trigger and host locks) and for the deployment package; it also covers writing and reading dead letters.
+// timer trigger and host locks) and for the deployment package (Microsoft's Flex quickstarts grant the same). It is a
+// superset of what the app needs on the lease and dead-letter containers; those get their own container-scoped
+// grants below so that each need is stated, and so narrowing the host grant later cannot silently break them.
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 
@@ -94,6 +104,39 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
+resource leaseContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: leaseContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// Leases: create the gateway's blob once, acquire/renew/release its lease. Contributor, not Owner (no ACLs).
+resource appLeaseContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(leaseContainer.id, appPrincipalId, storageBlobDataContributorRoleId)
+  scope: leaseContainer
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    description: 'apim-token-rotator: per-gateway leases.'
+  }
+}
+
+// Event Grid's dead-letter writer: this container only. The app reads and, on replay, deletes dead letters, which
+// needs Contributor there too; its account-level Owner (host storage) already includes that.
+resource deadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deadLetterContainer.id, deadLetterWriterPrincipalId, storageBlobDataContributorRoleId)
+  scope: deadLetterContainer
+  properties: {
+    principalId: deadLetterWriterPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    description: 'apim-token-rotator: Event Grid dead-letter delivery.'
+  }
+}
+
 resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, appPrincipalId, storageBlobDataOwnerRoleId)
   scope: storage
@@ -125,6 +168,9 @@ output blobEndpoint string = storage.properties.primaryEndpoints.blob
 
 @description('Name of the dead-letter container.')
 output deadLetterContainerName string = deadLetterContainer.name
+
+@description('Name of the lease container.')
+output leaseContainerName string = leaseContainer.name
 
 @description('Name of the deployment package container.')
 output deploymentContainerName string = deploymentContainer.name

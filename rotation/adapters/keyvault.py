@@ -94,7 +94,7 @@ class KeyVaultTokenStore:
             raise InvalidToken(f"Key Vault secret {secret_name!r} is empty, not a gateway token")
         props = secret.properties
         try:
-            return tags.record_from(value, props.tags, props.version)
+            return tags.record_from(value, props.tags, props.version, props.created_on)
         except InvalidToken as exc:
             # exc names only the length and fingerprint, never the value.
             raise InvalidToken(f"Key Vault secret {secret_name!r} does not hold a gateway token: {exc}") from None
@@ -153,7 +153,7 @@ class KeyVaultTokenStore:
                 raise
             raise translated from None
         found.sort(key=lambda p: p.created_on.timestamp() if p.created_on else 0.0)
-        return [tags.info_from(secret_name, p.tags, p.expires_on) for p in found]
+        return [tags.info_from(secret_name, p.tags, p.expires_on, p.created_on) for p in found]
 
     def read_text(self, secret_name: str, timeout: float | None = None) -> str:
         """A secret's value as text (e.g. a kubeconfig). NotFound when it does not exist."""

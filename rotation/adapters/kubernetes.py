@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rotation.core.consumption import secret_uses, template_of
 from rotation.core.errors import (
     AccessDenied,
     Conflict,
@@ -75,6 +76,17 @@ def _rfc3339(at: datetime) -> str:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_rfc3339(text: object) -> datetime | None:
+    """A restartedAt annotation (kubectl writes RFC 3339); None when absent or not a time."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _status_message(body: object) -> str:
@@ -170,7 +182,8 @@ class KubernetesClusterClient:
         meta = secret.get("metadata") or {}
         annotations = meta.get("annotations") or {}
         return SecretState(resource_version=str(meta.get("resourceVersion") or ""), value=value,
-                           annotations={str(k): str(v) for k, v in annotations.items()})
+                           annotations={str(k): str(v) for k, v in annotations.items()},
+                           labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()})
 
     def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
                          timeout: float | None = None,
@@ -190,10 +203,13 @@ class KubernetesClusterClient:
                 _preload_content=False))
 
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
-                        timeout: float | None = None) -> None:
+                        timeout: float | None = None, resource_version: str | None = None) -> None:
         from kubernetes import client
 
-        body = {"metadata": {"annotations": dict(annotations)}}
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version  # precondition: 409 if changed meanwhile
+        body = {"metadata": metadata}
         with self._errors("patch", f"secrets {namespace}/{name}", timeout) as t:
             _discard(client.CoreV1Api(self._api).patch_namespaced_secret(
                 name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
@@ -234,7 +250,11 @@ class KubernetesClusterClient:
         with self._errors("get", what, timeout) as t:
             obj = _json(read(workload.name, namespace, _request_timeout=t, _preload_content=False))
         ready, detail = _rollout_status(workload.kind, obj)
-        return RolloutState(workload=workload, ready=ready, detail=detail)
+        template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        restarted = (template.get("annotations") or {}).get(RESTARTED_AT)
+        # The same GET tells which Secrets the pod template reads (the consumption check, issue 14).
+        return RolloutState(workload=workload, ready=ready, detail=detail, restarted_at=_parse_rfc3339(restarted),
+                            uses=secret_uses(template_of(obj)))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

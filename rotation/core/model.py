@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from rotation.core.consumption import SecretUse
 from rotation.core.errors import InvalidGatewayId, InvalidInput
 from rotation.core.token import DEFAULT_FORMAT, GatewayToken
 
@@ -63,6 +64,7 @@ class SyncState(StrEnum):
     STALE = "stale"
     MISSING = "missing"
     UNREACHABLE = "unreachable"
+    MISMATCH = "mismatch"  # a registered workload does not read the registered Secret key
 
 
 class WorkloadKind(StrEnum):
@@ -206,6 +208,8 @@ class TokenRecord:
     gateway_id: str
     version: str | None = None
     roll_from: KeyType | None = None  # set while a two-phase key roll away from this key is pending
+    created_at: datetime | None = None  # when Key Vault stored this version (its `created` attribute)
+    origin: str | None = None  # set when the token was adopted from a target instead of generated
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +222,8 @@ class TokenInfo:
     expires_at: datetime | None
     fingerprint: str | None
     roll_from: KeyType | None = None
+    created_at: datetime | None = None  # the version's `created` (listings of versions only)
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +233,7 @@ class SecretState:
     resource_version: str
     value: str | None = field(repr=False)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +241,8 @@ class RolloutState:
     workload: Workload
     ready: bool
     detail: str
+    restarted_at: datetime | None = None  # the pod template's kubectl.kubernetes.io/restartedAt
+    uses: tuple[SecretUse, ...] | None = None  # the Secrets its pod template reads (None: not read)
 
 
 # --- what happened --------------------------------------------------------------------------------
@@ -273,6 +282,7 @@ class RotationReport:
     targets: tuple[TargetReport, ...]
     dry_run: bool = False
     error: str | None = None  # set when the reconcile failed before reaching the targets
+    instance: str | None = None  # the gateway instance (pod) an event named
 
     @property
     def ok(self) -> bool:
@@ -294,5 +304,6 @@ class RotationReport:
             "durationMs": self.duration_ms,
             "ok": self.ok,
             "error": self.error,
+            "instance": self.instance,
             "targets": [t.to_dict() for t in self.targets],
         }

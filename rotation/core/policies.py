@@ -39,7 +39,10 @@ def new_expiry(now: datetime, lifetime: timedelta) -> datetime:
 
 
 def key_type_for(configured: KeyType | None, current: TokenRecord | None) -> KeyType:
-    """Registry choice first, else stay on the key that signed the current token, else primary."""
+    """A pending key roll first (never sign with the key being retired, whatever the registry pins),
+    then the registry's choice, else stay on the key that signed the current token, else primary."""
+    if current is not None and current.roll_from is not None:
+        return current.roll_from.other
     if configured is not None:
         return configured
     if current is not None:
@@ -109,6 +112,39 @@ def promotable(latest: TokenRecord, versions: Sequence[TokenInfo], held: Iterabl
         if best is None or (token.expires_at, token.fingerprint) > (best.expires_at, best.fingerprint):
             best = token
     return best
+
+
+def token_stored_at(versions: Sequence[TokenInfo], fingerprint: str) -> datetime | None:
+    """When Key Vault first stored this token: the earliest version holding it. (Clearing a roll's tag
+    or promoting writes the same token again; pods restarted after the first write run it already.)"""
+    times = [v.created_at for v in versions if v.fingerprint == fingerprint and v.created_at is not None]
+    return min(times) if times else None
+
+
+# Clock difference tolerated between Key Vault's `created` and the restartedAt this app writes.
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+class HealAction(StrEnum):
+    RESTART = "restart"    # its pods started before the token was stored: restart them
+    CURRENT = "current"    # restarted since the token was stored: its pods run it (or are rolling to it)
+    COOLDOWN = "cooldown"  # restarted too recently to restart again (per-instance duplicate events)
+
+
+def heal_action(restarted_at: datetime | None, stored_at: datetime | None, now: datetime,
+                cooldown: timedelta) -> HealAction:
+    """Whether a workload of an in-sync target must be restarted so its pods load the stored token."""
+    if restarted_at is not None and stored_at is not None and restarted_at >= stored_at - CLOCK_SKEW:
+        return HealAction.CURRENT
+    if restarted_at is not None and now - restarted_at < cooldown:
+        return HealAction.COOLDOWN
+    return HealAction.RESTART
+
+
+def instance_is_stale(instance_expires_at: datetime | None, stored_expires_at: datetime) -> bool:
+    """An event's instance runs an older token than Key Vault's when its token expires earlier (tokens
+    carry whole minutes; an event without an expiry is taken at its word)."""
+    return instance_expires_at is None or instance_expires_at < stored_expires_at - timedelta(minutes=1)
 
 
 def _human(delta: timedelta) -> str:

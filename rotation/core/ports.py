@@ -72,8 +72,9 @@ class ClusterClient(Protocol):
         ...
 
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
-                        timeout: float | None = None) -> None:
-        """Sets (or with None removes) annotations on the Secret, without touching its data."""
+                        timeout: float | None = None, resource_version: str | None = None) -> None:
+        """Sets (or with None removes) annotations on the Secret, without touching its data; with a
+        `resource_version`, only if the Secret is still at it (raises Conflict otherwise)."""
         ...
 
     def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None) -> None:
@@ -81,6 +82,7 @@ class ClusterClient(Protocol):
         ...
 
     def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        """kubectl rollout status semantics, plus the pod template's last `restartedAt`."""
         ...
 
 
@@ -93,4 +95,31 @@ class Clusters(Protocol):
 class OutcomePublisher(Protocol):
     def publish(self, report: RotationReport, timeout: float | None = None) -> None:
         """Best effort: must not raise, and returns within `timeout` seconds (the caller's deadline)."""
+        ...
+
+
+class HeldLease(Protocol):
+    """A lease this process holds; it expires on its own if the holder dies."""
+
+    def renew(self) -> None:
+        """Resets the lease's clock. Raises UpstreamError when the lease was lost (expired and taken)."""
+        ...
+
+    def release(self) -> None:
+        """Best effort: must not raise (an unreleased lease expires)."""
+        ...
+
+
+class Lease(Protocol):
+    """One writer per gateway across every instance and the operator's CLI."""
+
+    @property
+    def shared(self) -> bool:
+        """False for the in-process fallback, which serialises only this process."""
+        ...
+
+    def acquire(self, name: str, *, duration: float, wait: float) -> HeldLease:
+        """Takes the lease `name` for `duration` seconds (15-60), waiting up to `wait` seconds for
+        another holder to release it or for its lease to expire. Raises UpstreamError when it cannot
+        (a transient failure: the caller's caller retries)."""
         ...

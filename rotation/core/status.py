@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from rotation.core.consumption import Consumption
 from rotation.core.model import KeyType, RolloutState, RotationReport, SyncState
 from rotation.core.token import parse_stored
 
@@ -30,6 +31,7 @@ class TargetStatus:
     expires_at: datetime | None = None
     rollouts: tuple[RolloutState, ...] = ()
     error: str | None = None
+    consumption: Consumption | None = None  # do the registered workloads read this Secret key?
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -39,6 +41,7 @@ class TargetStatus:
             "rollouts": [{"workload": str(r.workload), "ready": r.ready, "detail": r.detail}
                          for r in self.rollouts],
             "error": self.error,
+            "consumption": self.consumption.to_dict() if self.consumption else None,
         }
 
 
@@ -54,10 +57,14 @@ class GatewayStatus:
     targets: tuple[TargetStatus, ...]
     key_roll_pending: KeyType | None = None
     error: str | None = None
+    warning: str | None = None  # e.g. leases are in-process only (LEASE_CONTAINER_URL unset)
+    origin: str | None = None  # set while Key Vault's token is one adopted from a target
 
     @property
     def healthy(self) -> bool:
-        return self.error is None and all(
+        """Every target in sync with rolled-out workloads, and no key roll pending (a pending roll
+        leaves the key it retires valid: the compromise is not contained yet)."""
+        return self.error is None and self.key_roll_pending is None and all(
             t.state is SyncState.IN_SYNC and all(r.ready for r in t.rollouts) for t in self.targets
         )
 
@@ -69,7 +76,7 @@ class GatewayStatus:
             "keyType": self.key_type.value if self.key_type else None,
             "fingerprint": self.fingerprint,
             "keyRollPending": self.key_roll_pending.value if self.key_roll_pending else None,
-            "healthy": self.healthy, "error": self.error,
+            "healthy": self.healthy, "error": self.error, "warning": self.warning, "origin": self.origin,
             "targets": [t.to_dict() for t in self.targets],
         }
 

@@ -20,6 +20,7 @@ TAG_KEY_TYPE = "keyType"
 TAG_EXPIRES = "expiresAt"
 TAG_FINGERPRINT = "fingerprint"
 TAG_ROLL_FROM = "keyRollFrom"
+TAG_ORIGIN = "origin"  # how an adopted token got here (Key Vault tag values are at most 256 chars)
 
 
 def _key_type(value: str | None) -> KeyType | None:
@@ -46,10 +47,13 @@ def tags_for(record: TokenRecord) -> dict[str, str]:
     }
     if record.roll_from is not None:
         tags[TAG_ROLL_FROM] = record.roll_from.value
+    if record.origin:
+        tags[TAG_ORIGIN] = record.origin[:256]
     return tags
 
 
-def record_from(value: str, tags: Mapping[str, str] | None, version: str | None) -> TokenRecord:
+def record_from(value: str, tags: Mapping[str, str] | None, version: str | None,
+                created_at: datetime | None = None) -> TokenRecord:
     """Rebuild a record from a secret; raises InvalidToken if the value is not a token."""
     tags = tags or {}
     token = GatewayToken.parse(value)
@@ -59,10 +63,13 @@ def record_from(value: str, tags: Mapping[str, str] | None, version: str | None)
         gateway_id=tags.get(TAG_GATEWAY, ""),
         version=version,
         roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
+        created_at=created_at,
+        origin=tags.get(TAG_ORIGIN),
     )
 
 
-def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: datetime | None) -> TokenInfo:
+def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: datetime | None,
+              created_at: datetime | None = None) -> TokenInfo:
     tags = tags or {}
     return TokenInfo(
         secret_name=secret_name,
@@ -71,6 +78,8 @@ def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: date
         expires_at=_when(tags.get(TAG_EXPIRES)) or expires_on,
         fingerprint=tags.get(TAG_FINGERPRINT),
         roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
+        created_at=created_at,
+        origin=tags.get(TAG_ORIGIN),
     )
 
 

@@ -54,7 +54,7 @@ def test_status_over_http_matches_the_cli(world: World) -> None:
 @pytest.mark.parametrize("argv", [
     ("rotate", "apim-devstack/gw-shared", "--dry-run", "--force"),
     ("sweep", "--dry-run"),
-    ("roll-keys", "apim-devstack/gw-shared", "--dry-run"),
+    ("roll-keys", "apim-devstack/gw-shared", "--from", "primary", "--dry-run"),
 ])
 def test_dry_runs_write_nothing_anywhere(world: World, argv: tuple[str, ...]) -> None:
     before = world.snapshot()
@@ -68,7 +68,7 @@ def test_dry_runs_write_nothing_anywhere(world: World, argv: tuple[str, ...]) ->
 
 def test_roll_keys_invalidates_old_tokens_only_after_every_target_confirmed(world: World) -> None:
     old = world.seeded["gw-shared"]
-    code, text = run("roll-keys", "apim-devstack/gw-shared", "--wait", "20", "--json")
+    code, text = run("roll-keys", "apim-devstack/gw-shared", "--from", "primary", "--wait", "20", "--json")
     report = json.loads(text)
     assert code == 0 and report["phase"] == "completed" and report["regenerated"]
     assert (report["fromKey"], report["toKey"]) == ("primary", "secondary")
@@ -88,14 +88,14 @@ def test_roll_keys_invalidates_old_tokens_only_after_every_target_confirmed(worl
 def test_roll_keys_stops_before_regenerating_when_a_rollout_does_not_finish(world: World) -> None:
     old = world.seeded["gw-shared"]
     (world.stack.dir / "controller.paused").touch()
-    code, text = run("roll-keys", "apim-devstack/gw-shared", "--wait", "1")
+    code, text = run("roll-keys", "apim-devstack/gw-shared", "--from", "primary", "--wait", "1")
     assert code == 1 and "pending" in text and "rollout not finished" in text
     assert "NOT regenerated" in text
     assert world.stack.verify("gw-shared", old)["valid"] is True  # still valid: nothing regenerated
     assert world.vault()["apim-apim-devstack-gw-shared-token"]["tags"]["keyRollFrom"] == "primary"
     assert "regenerateKey" not in json.dumps(world.calls("arm"))
     (world.stack.dir / "controller.paused").unlink()
-    code, text = run("roll-keys", "apim-devstack/gw-shared", "--wait", "20")
+    code, text = run("roll-keys", "apim-devstack/gw-shared", "--from", "primary", "--wait", "20")
     assert code == 0 and "completed" in text and "(resumed)" in text
     assert len(world.calls("arm", "generateToken")) == 1  # resuming reused phase 1's token
     assert world.stack.verify("gw-shared", old)["valid"] is False

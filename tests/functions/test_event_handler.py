@@ -40,10 +40,18 @@ def test_cloudevent_schema_rotates(app_world: World) -> None:
 
 
 def test_per_instance_events_generate_one_token(app_world: World) -> None:
-    for i in range(5):
-        deliver(near_expiry(instance=f"pod-{i}", event_id=f"e{i}"))
+    """The first event rotates and restarts east's workload; the other instances' events find Key Vault
+    and the Secrets current, so those instances still run the old token: east's workload restarted after
+    the token was stored (no second restart), while gw-1's west target has no `restart` list and is
+    reported, naming the instance, so each such event is retried and finally dead-lettered."""
+    deliver(near_expiry(instance="pod-0", event_id="e0"))
+    for i in range(1, 5):
+        with pytest.raises(RotationIncomplete, match=rf"instance pod-{i}\): 1 target\(s\) not done "
+                                                     r"\(west/gateways/gw1-token: failed\)"):
+            deliver(near_expiry(instance=f"pod-{i}", event_id=f"e{i}"))
     assert app_world.issuer.generated == 1
     assert app_world.store.writes == 1
+    assert len(app_world.east.restarts[("apim", "deployment/gw1")]) == 1
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import pytest
 
 from rotation import bootstrap
 from rotation.core.errors import UpstreamError
+from rotation.core.model import KeyType
 from tests.functions.conftest import http
 from tests.service.conftest import World
 
@@ -95,17 +96,30 @@ def test_roll_keys_route(app_world: World) -> None:
     app_world.seed_token(app_world.gw1, timedelta(days=20))
     url = "http://localhost/api/gateways/contoso-apim/gw-1/roll-keys"
     status, body = http("roll_keys", "POST", url, ROUTE, {"dryRun": True})
+    assert status == 400 and "'fromKey' is required" in body["error"]  # the direction is never guessed
+    status, body = http("roll_keys", "POST", url, ROUTE, {"fromKey": "primary", "dryRun": True})
     assert status == 200 and body["phase"] == "planned"
-    status, body = http("roll_keys", "POST", url, ROUTE, {"waitSeconds": 0})
+    status, body = http("roll_keys", "POST", url, ROUTE, {"fromKey": "primary", "waitSeconds": 0})
+    assert status == 409 and body["phase"] == "pending"  # gw-1's west target has no restart list
+    assert any("--confirm-restarted" in p for p in body["pending"])
+    writes = app_world.store.writes
+    status, body = http("roll_keys", "POST", url, ROUTE, {"fromKey": "secondary", "waitSeconds": 0})
+    assert status == 400 and "a key roll from primary to secondary is pending" in body["error"]
+    assert app_world.store.writes == writes and app_world.issuer.regenerated == []
+    status, body = http("roll_keys", "POST", url, ROUTE,
+                        {"fromKey": "primary", "waitSeconds": 0, "confirmRestarted": True})
     assert status == 200 and body["phase"] == "completed" and body["regenerated"] is True
     assert (body["fromKey"], body["toKey"]) == ("primary", "secondary")
-    status, body = http("roll_keys", "POST", url, ROUTE, {"waitSeconds": 999})
+    assert app_world.issuer.regenerated == [KeyType.PRIMARY]
+    status, body = http("roll_keys", "POST", url, ROUTE, {"fromKey": "primary", "waitSeconds": 999})
     assert status == 400
 
 
 def test_health(app_world: World) -> None:
     status, body = http("health", "GET", "http://localhost/api/health")
-    assert status == 200 and body == {"status": "ok", "gateways": 2, "clusters": 2, "sweepSchedule": "0 0 * * * *"}
+    assert status == 200 and body["status"] == "ok" and (body["gateways"], body["clusters"]) == (2, 2)
+    assert "in-process only" in body["warning"]  # LEASE_CONTAINER_URL unset: said loudly
+    assert body["sweepSchedule"] == "0 0 * * * *"
 
 
 def test_health_reports_invalid_settings() -> None:

@@ -33,7 +33,11 @@ DESIGN_SETTINGS = (
     "OUTCOME_TOPIC_ENDPOINT",
     "AZURE_CLIENT_ID",
 )
-EXTRA_SETTINGS = ("DEADLETTER_BLOB_URL",)
+# ARM_ENDPOINT is an emulator-only override since the second round (DESIGN section 10, "Cloud"): set only when the
+# armEndpoint parameter is given. Every other DESIGN setting is always set.
+CONDITIONAL_SETTINGS = ("ARM_ENDPOINT",)
+# Second-round names (COORD.md) plus the dead-letter container the app replays from.
+EXTRA_SETTINGS = ("DEADLETTER_BLOB_URL", "LEASE_CONTAINER_URL", "CONFIG_KEY_VAULT_URL", "AZURE_CLOUD")
 
 # DESIGN section 7 plus the sweep's expiry record: the only fields the alerts and the workbook may read.
 LOG_FIELDS = frozenset({

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+from pathlib import Path
 
 from tests.infra.templates import INFRA, MAIN, REPO, parse
 
@@ -55,6 +58,56 @@ def test_outputs_give_what_the_docs_and_hooks_use() -> None:
         assert name in outputs
 
 
+def test_azure_yaml_requires_an_azd_whose_down_spares_the_apim_group() -> None:
+    """azure-dev CHANGELOG: 1.22.4 (#6356) changed how `azd down` finds a deployment's resource groups and 1.24.1
+    (#7698) fixed subscription-scope deployments treating pre-existing groups as deployment-owned (cli/azd/pkg/
+    azapi/standard_deployments.go, createdResourceGroupsFromDeployment). With an older azd, `azd down` here would
+    delete the APIM and AKS resource groups. The schema's requiredVersions.azd makes older versions refuse."""
+    source = AZURE_YAML.read_text(encoding="utf-8")
+    match = re.search(r'^requiredVersions:\n  azd: ">= (\d+)\.(\d+)\.(\d+)"$', source, re.M)
+    assert match, "azure.yaml needs requiredVersions.azd"
+    assert tuple(int(x) for x in match.groups()) >= (1, 24, 1)
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "Azure Developer CLI ≥ 1.24.1" in doc
+    assert "≥ 1.10" not in doc
+
+
+def test_no_json_travels_through_azd_parameter_substitution() -> None:
+    """azd substitutes ${VAR} as raw text (azure-dev bicep_provider.go evalParamEnvSubst): JSON with quotes breaks
+    main.parameters.json, and before 1.23.4 (#6694) an array parameter given "[]" arrived as a string."""
+    declared = parse(MAIN)["parameters"]
+    supplied = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    for name, entry in supplied.items():
+        kind = declared[name]["type"]
+        assert kind in ("string", "int", "bool"), f"{name} is a {kind} parameter fed by azd substitution"
+        assert "JSON" not in str(entry["value"]), name
+    pre = (INFRA / "hooks" / "preprovision.sh").read_text(encoding="utf-8")
+    assert "ROTATION_REGISTRY_JSON AKS_CLUSTERS_JSON" in pre and "no longer read" in pre
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "azd env set ROTATION_REGISTRY_JSON" not in doc and "azd env set AKS_CLUSTERS_JSON" not in doc
+    assert "infra/registry.json" in doc and "infra/aks-clusters.json" in doc
+
+
+def test_deploy_doc_walks_through_the_first_azd_up_and_tear_down() -> None:
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    walk = doc[doc.index("## The first `azd up` on an empty subscription"):doc.index("## Deploy with plain az")]
+    for needle in ("requiredVersions", "`preprovision` hook", "First provision", "Deploy", "`postdeploy` hook",
+                   "second provision", "RoleDefinitionDoesNotExist", "minutes", "What can fail"):
+        assert needle in walk, needle
+    # Every nested deployment the walk-through names exists in main.bicep (or is built from a name there).
+    main = MAIN.read_text(encoding="utf-8")
+    named = re.findall(r"\(`([a-z][a-z-]+)`[;)]", walk)
+    named += [n for pair in re.findall(r"\(`([a-z][a-z-]+)`,\s+`([a-z][a-z-]+)`", walk) for n in pair]
+    assert {"identity", "deadletter-identity", "keyvault", "keyvault-config", "function-app", "alerts"} <= set(named)
+    for name in named:
+        assert f"name: '{name}'" in main or f"name: '{name}-" in main, name
+    for hook in ("infra/hooks/preprovision.sh", "infra/hooks/postdeploy.sh"):
+        assert hook in walk and (REPO / hook).is_file()
+    down = doc[doc.index("## Tearing down"):doc.index("## Checks")]
+    for needle in ("rg-<environment>", "APIM", "purge", "custom role definitions", "system topic"):
+        assert needle in down, needle
+
+
 def test_deploy_doc_covers_both_paths_and_the_order() -> None:
     doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
     for needle in (
@@ -68,7 +121,40 @@ def test_deploy_doc_covers_both_paths_and_the_order() -> None:
     ):
         assert needle in doc, needle
     outputs = parse(MAIN)["outputs"]
-    for name in re.findall(r"out ([A-Z][A-Z0-9_]+)", doc):
+    for name in re.findall(r"\bout ([A-Z][A-Z0-9_]+)", doc):
         assert name in outputs, f"docs/deploy.md reads output {name}, which main.bicep does not have"
     for name in re.findall(r"get-value ([A-Z][A-Z0-9_]+)", doc):
         assert name in outputs, name
+
+
+def _run_preprovision(tmp_path: Path, env: dict[str, str]) -> tuple[int, str, list[str]]:
+    """Run the POSIX preprovision hook with a recording stand-in for `azd` first on PATH (the hook's only
+    side effect is `azd env set`), stdin not a terminal (as in CI)."""
+    log = tmp_path / "azd-calls"
+    fake = tmp_path / "bin" / "azd"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n', encoding="utf-8")
+    fake.chmod(0o755)
+    run_env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", **env}
+    result = subprocess.run(["sh", str(INFRA / "hooks" / "preprovision.sh")], env=run_env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=30, check=False)
+    calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return result.returncode, result.stderr, calls
+
+
+def test_preprovision_without_a_terminal_names_the_missing_value_and_writes_nothing(tmp_path: Path) -> None:
+    code, stderr, calls = _run_preprovision(tmp_path, {"APIM_RESOURCE_GROUP": "rg-apim"})
+    assert code == 1
+    assert "APIM_SERVICE_NAME is not set; run: azd env set APIM_SERVICE_NAME <value>" in stderr
+    assert calls == []
+
+
+def test_preprovision_warns_about_json_in_the_environment(tmp_path: Path) -> None:
+    code, stderr, calls = _run_preprovision(tmp_path, {
+        "APIM_SERVICE_NAME": "contoso-apim", "APIM_RESOURCE_GROUP": "rg-apim",
+        "ROTATION_REGISTRY_JSON": '{"clusters": []}', "AKS_CLUSTERS_JSON": "[]",
+    })
+    assert code == 0
+    assert "ROTATION_REGISTRY_JSON is no longer read" in stderr and "AKS_CLUSTERS_JSON is no longer read" in stderr
+    assert '{"clusters"' not in stderr  # the value itself is not echoed
+    assert calls == ["env set DEPLOY_EVENT_SUBSCRIPTION false"]

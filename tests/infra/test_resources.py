@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tests.infra.templates import (
+    CONDITIONAL_SETTINGS,
     DESIGN_SETTINGS,
     EXTRA_SETTINGS,
     MAIN,
@@ -31,6 +32,8 @@ GATEWAY_TOKEN_EVENTS = [
     "Microsoft.ApiManagement.GatewayTokenExpired",
 ]
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
+KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 EVENTGRID_DATA_SENDER = "d5a91429-5739-47e2-a06b-3470a27159e7"
@@ -129,6 +132,11 @@ def test_system_topic_is_on_the_apim_service() -> None:
     assert "apim" in text(topic["properties"]["source"])
     assert one_resource(EVENTS, "Microsoft.ApiManagement/service")["existing"] is True
     assert topic["identity"]["type"] == "UserAssigned"
+    # BCP120: the topic's location is a parameter, fed from apim-access.bicep's output, never `apim.location`.
+    assert topic["location"] == "location"
+    _, events = module_named("apim-events.bicep")
+    location = text(body(events)["params"]["location"])
+    assert "apimAccess" in location and "apimLocation" in location and "outputs" in location
 
 
 def test_event_filter_has_exactly_the_two_gateway_token_types() -> None:
@@ -159,17 +167,42 @@ def test_retry_policy_is_present_and_within_event_grid_limits() -> None:
     assert main_params["eventTimeToLiveInMinutes"]["default"] == 1440
 
 
-def test_dead_letters_go_to_blob_storage_with_the_identity() -> None:
+def test_dead_letters_go_to_blob_storage_with_their_own_identity() -> None:
     dead_letter = event_subscription()["properties"]["deadLetterWithResourceIdentity"]
-    assert dead_letter["identity"] == {"type": "UserAssigned", "userAssignedIdentity": "identityId"}
+    assert dead_letter["identity"] == {"type": "UserAssigned", "userAssignedIdentity": "deadLetterIdentityId"}
     destination = dead_letter["deadLetterDestination"]
     assert destination["endpointType"] == "StorageBlob"
     assert destination["properties"]["blobContainerName"] == "deadLetterContainerName"
     assert "deadLetterDestination" not in event_subscription()["properties"], "no key-based dead-letter destination"
-    # The container exists and the identity may write to it.
+    topic = body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics"))
+    assert topic["identity"]["userAssignedIdentities"] == {"'${deadLetterIdentityId}'": {}}
+    # main.bicep: a second identity, not the app's, is the writer.
+    _, events = module_named("apim-events.bicep")
+    assert "deadLetterIdentity" in text(body(events)["params"]["deadLetterIdentityId"])
+    assert "identity.outputs" not in text(body(events)["params"]["deadLetterIdentityId"])
+    # The container exists and only that identity gets Contributor on it (container scope).
     storage = parse(MODULES / "storage.bicep")
     assert storage["parameters"]["deadLetterContainerName"]["default"] == "deadletter"
-    assert STORAGE_BLOB_DATA_OWNER in text(storage)
+    writer = body(storage["resources"]["deadLetterWriter"])
+    assert writer["scope"] == "deadLetterContainer"
+    assert writer["properties"]["principalId"] == "deadLetterWriterPrincipalId"
+    assert "storageBlobDataContributorRoleId" in text(writer["properties"]["roleDefinitionId"])
+    assert storage["variables"]["storageBlobDataContributorRoleId"]["value"] == STORAGE_BLOB_DATA_CONTRIBUTOR
+    _, storage_module = module_named("storage.bicep")
+    assert "deadLetterIdentity" in text(body(storage_module)["params"]["deadLetterWriterPrincipalId"])
+
+
+def test_lease_container_with_contributor_on_it_for_the_app() -> None:
+    storage = parse(MODULES / "storage.bicep")
+    assert storage["parameters"]["leaseContainerName"]["default"] == "gateway-leases"
+    lease = body(storage["resources"]["leaseContainer"])
+    assert lease["parent"] == "blobService" and lease["properties"]["publicAccess"] == "None"
+    grant = body(storage["resources"]["appLeaseContributor"])
+    assert grant["scope"] == "leaseContainer"
+    assert grant["properties"]["principalId"] == "appPrincipalId"
+    assert "storageBlobDataContributorRoleId" in text(grant["properties"]["roleDefinitionId"])
+    assert 'leaseContainerName = \'gateway-leases\'' in MAIN.read_text(encoding="utf-8")
+    assert app_settings()["LEASE_CONTAINER_URL"] == "${blobEndpoint}${leaseContainerName}"
 
 
 def test_event_subscription_waits_for_the_code_deployment() -> None:
@@ -188,14 +221,53 @@ FUNCTION_APP = MODULES / "function-app.bicep"
 
 
 def app_settings() -> dict[str, Any]:
-    settings: dict[str, Any] = parse(FUNCTION_APP)["variables"]["appSettings"]["value"]
+    settings: dict[str, Any] = parse(FUNCTION_APP)["variables"]["baseAppSettings"]["value"]
     return settings
 
 
 def test_every_design_setting_is_an_app_setting() -> None:
     settings = app_settings()
-    missing = [name for name in (*DESIGN_SETTINGS, *EXTRA_SETTINGS) if name not in settings]
+    always = [n for n in (*DESIGN_SETTINGS, *EXTRA_SETTINGS) if n not in CONDITIONAL_SETTINGS]
+    missing = [name for name in always if name not in settings]
     assert missing == []
+    # ARM_ENDPOINT only as the emulator override.
+    assert "ARM_ENDPOINT" not in settings
+    arm = parse(FUNCTION_APP)["variables"]["armEndpointSettings"]["value"]
+    assert "ARM_ENDPOINT" in text(arm) and "armEndpoint" in text(arm)
+    assert parse(MAIN)["parameters"]["armEndpoint"]["default"] == ""
+
+
+def test_cloud_and_vault_urls_come_from_environment() -> None:
+    source = MAIN.read_text(encoding="utf-8")
+    assert "azureCloud: environment().name" in source
+    assert "var tokenVaultUri = 'https://${tokenVaultName}${environment().suffixes.keyvaultDns}/'" in source
+    assert "var configVaultUri = 'https://${configVaultName}${environment().suffixes.keyvaultDns}/'" in source
+    assert app_settings()["AZURE_CLOUD"] == "azureCloud"
+    assert app_settings()["CONFIG_KEY_VAULT_URL"] == "configKeyVaultUri"
+    assert decorator(parse(FUNCTION_APP)["parameters"]["azureCloud"], "allowed") == [
+        "AzureCloud", "AzureUSGovernment", "AzureChinaCloud"
+    ]
+
+
+def test_open_telemetry_settings_follow_the_parameter() -> None:
+    otel = parse(FUNCTION_APP)["variables"]["openTelemetrySettings"]["value"]
+    assert otel["operator"]["operands"]["condition"] == "enableOpenTelemetry"
+    assert otel["operator"]["operands"]["true_value"] == {
+        "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
+        "AzureFunctionsJobHost__telemetryMode": "OpenTelemetry",
+    }
+    assert otel["operator"]["operands"]["false_value"] == {}
+    assert parse(MAIN)["parameters"]["enableOpenTelemetry"]["default"] is True
+    _, app = module_named("function-app.bicep")
+    assert body(app)["params"]["enableOpenTelemetry"] == "enableOpenTelemetry"
+
+
+def test_sweep_schedule_is_always_set() -> None:
+    assert app_settings()["SWEEP_SCHEDULE"] == "sweepSchedule"
+    for path in (MAIN, FUNCTION_APP):
+        param = parse(path)["parameters"]["sweepSchedule"]
+        assert param["default"] == "0 0 * * * *"
+        assert decorator(param, "min_length") == 1
 
 
 def test_design_doc_lists_no_setting_the_template_lacks() -> None:
@@ -205,16 +277,25 @@ def test_design_doc_lists_no_setting_the_template_lacks() -> None:
     assert sorted(from_doc) == sorted(DESIGN_SETTINGS)
 
 
-def test_app_settings_reach_the_site() -> None:
+def test_app_settings_reach_the_site_as_one_object_without_a_loop() -> None:
+    """The AVM shape (Azure/bicep-registry-modules avm/res/web/site/config/main.bicep): a Microsoft.Web/sites/config
+    'appsettings' child whose properties are the settings object. A for-loop over the settings would need them at the
+    start of the deployment (BCP178), which the connection string and endpoints are not."""
+    config = body(one_resource(FUNCTION_APP, "Microsoft.Web/sites/config"))
+    assert config["name"] == "appsettings" and config["parent"] == "functionApp"
+    assert config["properties"] == {"function": {"type": "union", "parameters": {
+        "arg_1": "baseAppSettings", "arg_2": "openTelemetrySettings", "arg_3": "armEndpointSettings",
+        "arg_4": "extraAppSettings"}}}
     site = body(one_resource(FUNCTION_APP, "Microsoft.Web/sites"))
-    assert site["properties"]["siteConfig"]["appSettings"] == "appSettingsList"
-    source = FUNCTION_APP.read_text(encoding="utf-8")
-    assert "items(union(appSettings, extraAppSettings))" in source
+    assert "appSettings" not in site["properties"]["siteConfig"]
+    assert "[for" not in FUNCTION_APP.read_text(encoding="utf-8")
 
 
 def test_registry_is_a_key_vault_reference_resolved_with_the_identity() -> None:
     settings = app_settings()
-    assert settings["ROTATION_REGISTRY"] == "@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${registrySecretName})"
+    assert settings["ROTATION_REGISTRY"] == (
+        "@Microsoft.KeyVault(SecretUri=${configKeyVaultUri}secrets/${registrySecretName})"
+    )
     site = body(one_resource(FUNCTION_APP, "Microsoft.Web/sites"))
     assert site["properties"]["keyVaultReferenceIdentity"] == "identityId"
 
@@ -233,7 +314,7 @@ def test_host_storage_is_identity_based() -> None:
     settings = app_settings()
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
-    assert "AzureWebJobsStorage__accountName" in settings
+    assert settings["AzureWebJobsStorage__blobServiceUri"] == "blobEndpoint"
     assert "AzureWebJobsStorage" not in settings, "no connection string"
     for key in settings:
         assert "CONNECTIONSTRING" not in key.upper().replace("_", "") or key == "APPLICATIONINSIGHTS_CONNECTION_STRING"
@@ -266,6 +347,11 @@ def test_flex_consumption_python_runtime() -> None:
     # Flex Consumption rejects the classic runtime settings; they live in functionAppConfig.
     assert "FUNCTIONS_WORKER_RUNTIME" not in app_settings()
     assert "FUNCTIONS_EXTENSION_VERSION" not in app_settings()
+    # Microsoft's Flex Consumption docs have given 40 as the lowest maximum instance count
+    # (azure-docs articles/azure-functions/event-driven-scaling.md, "Limit scale-out"; later revisions: 1).
+    for path in (MAIN, FUNCTION_APP):
+        param = parse(path)["parameters"]["maximumInstanceCount"]
+        assert decorator(param, "min_value") == 40 and param["default"] >= 40
     assert site["properties"]["httpsOnly"] is True
     assert site["identity"]["type"] == "UserAssigned"
     tags = text(site["tags"])
@@ -300,14 +386,22 @@ def test_no_access_policies_anywhere() -> None:
         assert "Microsoft.KeyVault/vaults/accessPolicies" not in text(parse(path)), path.name
 
 
-def test_identity_is_key_vault_secrets_officer_on_the_vault_only() -> None:
+def test_app_writes_the_token_vault_and_only_reads_the_config_vault() -> None:
     tree = parse(MODULES / "keyvault.bicep")
     assignments = [body(r) for r in tree["resources"].values() if r["type"] == "Microsoft.Authorization/roleAssignments"]
     app = [a for a in assignments if a["properties"]["principalId"] == "appPrincipalId"]
     assert len(app) == 1
-    role = app[0]["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
-    assert tree["variables"][role]["value"] == KEY_VAULT_SECRETS_OFFICER
     assert app[0]["scope"] == "vault"
+    assert app[0]["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"] == "appRoleId"
+    assert tree["variables"]["keyVaultSecretsOfficerRoleId"]["value"] == KEY_VAULT_SECRETS_OFFICER
+    assert tree["variables"]["keyVaultSecretsUserRoleId"]["value"] == KEY_VAULT_SECRETS_USER
+    source = (MODULES / "keyvault.bicep").read_text(encoding="utf-8")
+    assert "var appRoleId = (appAccess == 'write') ? keyVaultSecretsOfficerRoleId : keyVaultSecretsUserRoleId" in source
+    vaults = {n: body(m)["params"] for n, m in main_modules().items() if m["detail"]["path"] == "modules/keyvault.bicep"}
+    assert {n: p["appAccess"] for n, p in vaults.items()} == {"keyVault": "write", "configVault": "read"}
+    # Only the config vault receives the registry.
+    assert "registryJson" not in vaults["keyVault"]
+    assert "registryText" in text(vaults["configVault"]["registryJson"])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -342,10 +436,28 @@ def test_aks_role_only_touches_secrets_and_workloads() -> None:
 
 def test_aks_access_is_per_cluster_and_optional() -> None:
     _, access = module_named("aks-access.bicep")
-    assert access["config"]["loop_type"]["detail"]["array_name"] == "aksClusters"
+    array = access["config"]["loop_type"]["detail"]["array_name"]["operator"]["operands"]
+    assert array == {"condition": "assignCustomRoles", "true_value": "clusters", "false_value": []}
     _, role = module_named("aks-role-definition.bicep")
-    assert "aksClusters" in text(condition(role))
+    assert "clusters" in text(condition(role))
+    # A real array: the parameter (plain az) or a file compiled into the template, never an azd-substituted string.
     assert parse(MAIN)["parameters"]["aksClusters"]["default"] == []
+    assert "var clusters = !empty(aksClusters) ? aksClusters : loadJsonContent('aks-clusters.json')" in MAIN.read_text(
+        encoding="utf-8")
+    assert json.loads((MAIN.parent / "aks-clusters.json").read_text(encoding="utf-8")) == []
+
+
+def test_custom_roles_are_assigned_after_their_definitions_had_time_to_replicate() -> None:
+    params = parse(MAIN)["parameters"]
+    assert params["assignCustomRoles"]["default"] == "deployEventSubscription"
+    _, access = module_named("apim-access.bicep")
+    assert body(access)["params"]["assignRole"] == "assignCustomRoles"
+    assert "apimRole.outputs.roleDefinitionId" in text(body(access)["params"]["roleDefinitionId"]) or (
+        "apimRole" in text(body(access)["params"]["roleDefinitionId"])
+    )
+    assignment = next(r for r in parse(MODULES / "apim-access.bicep")["resources"].values()
+                      if r["type"] == "Microsoft.Authorization/roleAssignments")
+    assert condition(assignment) == "assignRole"
 
 
 def test_outcome_topic_is_optional_and_entra_only() -> None:

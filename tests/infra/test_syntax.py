@@ -119,8 +119,18 @@ def test_secret_parameters_are_secure_and_have_no_default(path: Path) -> None:
             assert p.get("default") in (None, ""), f"{rel(path)}: @secure parameter {name} has a default"
 
 
-def test_registry_parameter_is_secure() -> None:
-    assert decorator(parse(MAIN)["parameters"]["rotationRegistryJson"], "secure")
+def test_registry_comes_from_a_file_not_from_azd_parameter_substitution() -> None:
+    """azd substitutes ${VAR} in main.parameters.json as raw text (azure-dev cli/azd/pkg/infra/provisioning/bicep/
+    bicep_provider.go, evalParamEnvSubst -> envsubst.Eval: no JSON escaping), so a registry full of double quotes
+    breaks the file. The registry is compiled in from infra/registry.json instead."""
+    params = parse(MAIN)["parameters"]
+    assert "rotationRegistryJson" not in params
+    source = MAIN.read_text(encoding="utf-8")
+    assert "var registryText = loadTextContent('registry.json')" in source
+    assert "var manageRegistry = !empty(loadJsonContent('registry.json'))" in source
+    assert json.loads((INFRA / "registry.json").read_text(encoding="utf-8")) == {}
+    supplied = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert "rotationRegistryJson" not in supplied and "aksClusters" not in supplied
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ class World:
             gateway("gw-2", target("east", "gw2-token")),
         ))
         self.issuer = MemoryIssuer()
-        self.store = MemoryStore()
+        self.store = MemoryStore(clock=lambda: self.now)
         self.east = MemoryCluster("east")
         self.west = MemoryCluster("west")
         for cluster, ns, name in ((self.east, "apim", "gw1-token"), (self.west, "gateways", "gw1-token"),

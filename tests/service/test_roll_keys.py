@@ -12,7 +12,8 @@ DAY = timedelta(days=1)
 
 def test_roll_moves_to_the_other_key_then_regenerates_the_old(world: World) -> None:
     old = world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
-    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=1, poll_seconds=0.01)
+    report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=1, poll_seconds=0.01)
     assert report.phase is KeyRollPhase.COMPLETED and report.regenerated
     assert (report.from_key, report.to_key) == (KeyType.PRIMARY, KeyType.SECONDARY)
     stored = world.store.get(world.gw1.key_vault_secret)
@@ -27,7 +28,8 @@ def test_roll_moves_to_the_other_key_then_regenerates_the_old(world: World) -> N
 def test_roll_stops_before_regenerating_when_a_target_did_not_confirm(world: World) -> None:
     old = world.seed_token(world.gw1, 20 * DAY)
     world.west.faults.queue["read"] = [UpstreamError("cluster west unreachable")]
-    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0)
+    report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=0)
     assert report.phase is KeyRollPhase.PENDING and not report.regenerated and not report.ok
     assert report.pending == ("west/gateways/gw1-token: failed (cluster west unreachable)",)
     assert "regenerateKey" not in [op for op, _ in world.issuer.calls]
@@ -35,7 +37,8 @@ def test_roll_stops_before_regenerating_when_a_target_did_not_confirm(world: Wor
     stored = world.store.get(world.gw1.key_vault_secret)
     assert stored is not None and stored.roll_from is KeyType.PRIMARY
 
-    resumed = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0)
+    resumed = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=0)
     assert resumed.phase is KeyRollPhase.COMPLETED
     assert (resumed.from_key, resumed.to_key) == (KeyType.PRIMARY, KeyType.SECONDARY)
     assert world.issuer.generated == 1  # resuming reused the token from phase 1
@@ -44,8 +47,9 @@ def test_roll_stops_before_regenerating_when_a_target_did_not_confirm(world: Wor
 
 def test_roll_waits_for_rollouts(world: World) -> None:
     world.seed_token(world.gw1, 20 * DAY)
-    world.east.rollout = lambda namespace, workload, timeout=None: RolloutState(workload, False, "0/1 updated")  # type: ignore[method-assign]
-    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0.05, poll_seconds=0.01)
+    world.east.rollout = lambda namespace, workload, timeout=None: RolloutState(workload, False, "0/1 updated", world.now)  # type: ignore[method-assign]
+    report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=0.05, poll_seconds=0.01)
     assert report.phase is KeyRollPhase.PENDING
     assert report.pending == ("east/apim/deployment/gw1: rollout not finished (0/1 updated)",)
     assert world.issuer.calls[-1][0] == "generateToken"
@@ -53,7 +57,8 @@ def test_roll_waits_for_rollouts(world: World) -> None:
 
 def test_roll_dry_run_writes_nothing(world: World) -> None:
     world.seed_token(world.gw1, 20 * DAY)
-    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, dry_run=True)
+    report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, dry_run=True)
     assert report.phase is KeyRollPhase.PLANNED
     assert world.issuer.calls == [] and world.store.writes == 0 and world.east.writes == 0
 
@@ -71,14 +76,16 @@ def test_no_target_ever_holds_a_token_of_a_regenerated_key(world: World) -> None
         original(gateway, key_type)  # type: ignore[arg-type]
 
     world.issuer.regenerate_key = regenerate  # type: ignore[method-assign]
-    assert world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0).regenerated
+    assert world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=0).regenerated
     assert checks == [True, True]
 
 
 def test_roll_replaces_a_later_expiring_token_of_the_key_it_regenerates(world: World) -> None:
     """Never-downgrade would keep it, and the roll would wait forever: that token dies with its key."""
     old = world.seed_token(world.gw1, 30 * DAY, key=KeyType.PRIMARY)  # a longer lifetime than the roll's 29
-    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=1, poll_seconds=0.01)
+    report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=1, poll_seconds=0.01)
     assert report.phase is KeyRollPhase.COMPLETED and report.regenerated
     assert [t.outcome.value for t in report.rotation.targets] == ["updated", "updated"]
     stored = world.store.get(world.gw1.key_vault_secret)
@@ -91,7 +98,8 @@ def test_a_later_token_key_vault_never_held_still_blocks_the_roll(world: World) 
     world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
     foreign = world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY, (world.now + 30 * DAY).replace(second=0))
     world.west.secrets[("gateways", "gw1-token")].data["value"] = foreign
-    report = world.rotator.roll_keys(world.gw1, deadline_seconds=5, rollout_wait_seconds=0)
+    report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=0)
     assert report.phase is KeyRollPhase.PENDING and not report.regenerated
     assert report.pending == ("west/gateways/gw1-token: newer",)
     assert world.west.value("gateways", "gw1-token", "value") == foreign

@@ -1,0 +1,123 @@
+"""Adopting the token targets already run as Key Vault's first version (see `rotation.core.adoption`).
+
+Called from the reconcile's gather step when Key Vault has no token for the gateway, and by the
+`adopt` command. Reads every target's Secret (the app's `get` right), then proves which key signed
+the newest candidate by asking ARM for a token of the same gateway and expiry from each key
+(`generateToken`, which the app may call anyway and which invalidates nothing): HMAC signatures are
+deterministic, so the same key gives the same token. Microsoft documents APIM's SAS tokens of the
+same `{id}&{yyyyMMddHHmm}&{signature}` shape as Base64(HMAC-SHA512(key, id + "\n" + expiry))
+("Authenticate to the direct management Azure API Management REST API", learn.microsoft.com/rest/api/
+apimanagement/apimanagementrest/azure-api-management-rest-api-authentication); for gateway tokens it
+is not documented, and if APIM's were not reproducible nothing would be verified and the reconcile
+would mint exactly as before adoption existed: safe either way. A candidate no key reproduces (another
+gateway's key, a regenerated key, an expiry ARM will not sign) is not adopted: its key type is
+unknown and it may not work, so the reconcile mints as before (and `adopt` says why).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from rotation.core.adoption import Candidate, candidates, key_order, origin
+from rotation.core.errors import RotationError
+from rotation.core.model import GatewayConfig, KeyType, Target, TokenRecord
+from rotation.core.token import GatewayToken
+
+if TYPE_CHECKING:
+    from rotation.service import Rotator
+
+log = logging.getLogger("rotation")
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    record: TokenRecord
+    candidate: Candidate
+
+    @property
+    def token(self) -> GatewayToken:
+        return self.record.token
+
+    @property
+    def key_type(self) -> KeyType:
+        return self.record.key_type
+
+
+def held_tokens(rotator: Rotator, config: GatewayConfig, check: Callable[[str], float],
+                budget: float = 1.0) -> list[tuple[Target, str | None]]:
+    """What each target's Secret key holds, read in parallel within `budget` (a share of the
+    deadline: the targets still need the rest). A target that fails or is slow holds nothing here;
+    the fan-out that follows reports it."""
+    def read(target: Target) -> tuple[Target, str | None]:
+        client = rotator.clusters.client(rotator.registry.clusters[target.cluster])
+        state = client.read_secret(target.namespace, target.secret, target.key,
+                                   timeout=min(check("reading the Secret"), budget))
+        return target, state.value
+
+    pool = ThreadPoolExecutor(max_workers=min(len(config.targets), 32) or 1, thread_name_prefix="adopt")
+    try:
+        futures = [pool.submit(read, t) for t in config.targets]
+        wait(futures, timeout=budget)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    held: list[tuple[Target, str | None]] = []
+    for target, future in zip(config.targets, futures, strict=True):
+        if not future.done() or future.cancelled():
+            log.info("%s: adoption skips %s: no answer within %.1fs", config.ref, target, budget)
+        elif (exc := future.exception()) is not None:
+            log.info("%s: adoption skips %s: %s", config.ref, target,
+                     exc if isinstance(exc, RotationError) else type(exc).__name__)
+        else:
+            held.append(future.result())
+    return held
+
+
+def signing_key(rotator: Rotator, config: GatewayConfig, token: GatewayToken,
+                check: Callable[[str], float]) -> KeyType | None:
+    """The key whose ARM-generated token of the same expiry is this token, if any."""
+    for key_type in key_order(config.key_type):
+        try:
+            again = rotator.issuer.generate_token(config.ref, key_type, token.expires_at,
+                                                  timeout=check("generateToken (adoption check)"))
+        except RotationError as exc:
+            log.info("%s: adoption could not reproduce token %s with the %s key: %s", config.ref,
+                     token.fingerprint, key_type.value, exc)
+            return None  # an expiry ARM refuses, or ARM failing: nothing is proven
+        if again == token.value:
+            return key_type
+    return None
+
+
+def choose(rotator: Rotator, config: GatewayConfig, now: datetime,
+           check: Callable[[str], float]) -> tuple[Adopted | None, list[Candidate]]:
+    """The token to adopt (None: a new one is minted), and every candidate considered. Writes nothing."""
+    # At most a third of what is left: the fan-out to the targets must still fit in the deadline.
+    budget = max(0.1, check("reading the targets for adoption") / 3)
+    found = candidates(held_tokens(rotator, config, check, budget), config.ref.gateway, now, rotator.renew_before)
+    for candidate in found:
+        key_type = signing_key(rotator, config, candidate.token, check)
+        if key_type is not None:
+            record = TokenRecord(token=candidate.token, key_type=key_type, gateway_id=config.ref.id,
+                                 origin=origin(candidate, key_type))
+            return Adopted(record, candidate), found
+    return None, found
+
+
+def adopt(rotator: Rotator, config: GatewayConfig, now: datetime, check: Callable[[str], float]) -> Adopted | None:
+    """Choose and store (Key Vault before any cluster, like a minted token). None: nothing adopted."""
+    from rotation.service import emit
+
+    adopted, _ = choose(rotator, config, now, check)
+    if adopted is None:
+        return None
+    rotator.store.put(config.key_vault_secret, adopted.record, timeout=check("writing Key Vault"))
+    token = adopted.token
+    emit("rotation.token", {"gatewayId": config.ref.id, "fingerprint": token.fingerprint,
+                            "expiresAt": token.expires_at.isoformat(), "keyType": adopted.key_type.value,
+                            "why": f"no token in Key Vault: {adopted.record.origin}"})
+    return adopted

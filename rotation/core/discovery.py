@@ -1,0 +1,226 @@
+"""Onboarding: from what runs (APIM's gateways, the clusters' Secrets and workloads) to a registry.
+
+Pure: the I/O part (`rotation.discover`) lists gateways through ARM and Secrets and workloads
+through the operator's kubeconfig contexts, and hands them here. A Secret key is a target when its
+value parses as a gateway token (with or without the `GatewayKey ` prefix) whose gateway name is
+one of the listed gateways; the token's own name is all there is to match on (a signature cannot be
+checked without the gateway's key). Everything else that looks like a token is reported, never
+silently dropped: tokens of gateways not in the given services, names present in two services.
+
+Nothing here keeps or returns a token: targets carry fingerprints and expiries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rotation.core.consumption import SecretUse, consumers, helm_fix, is_helm_managed
+from rotation.core.errors import InvalidInput
+from rotation.core.model import GatewayRef, Workload, WorkloadKind
+from rotation.core.token import DEFAULT_FORMAT, PREFIX, parse_stored
+
+RAW_FORMAT = "{token}"
+APP_USER = "apim-token-rotator"  # the kubeconfig identity's user name (infra/k8s/rolebinding-kubeconfig.yaml)
+PRINCIPAL_PLACEHOLDER = "${PRINCIPAL}"
+ROLE_LABELS = {"app.kubernetes.io/name": "apim-token-rotator"}
+
+
+def parse_service_id(text: str) -> str:
+    """A full ARM id of an APIM service, normalised (validated through the gateway id rules)."""
+    probe = f"{text.rstrip('/')}/gateways/probe"
+    try:
+        return GatewayRef.parse(probe).service_id
+    except InvalidInput:
+        raise InvalidInput("--service must look like /subscriptions/{sub}/resourceGroups/{rg}/providers/"
+                           f"Microsoft.ApiManagement/service/{{name}}, got {text[:120]!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedSecret:
+    """One Secret as the scan read it; `values` are decoded and never leave this module."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    values: Mapping[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterScan:
+    """What one kubeconfig context showed. `entry` is its registry `clusters[]` object; `auth` is
+    how the app reaches it (`aks` or `kubeconfig`), which decides the RoleBinding's subject."""
+
+    name: str
+    entry: Mapping[str, Any]
+    secrets: Sequence[ScannedSecret]
+    workloads: Mapping[str, Sequence[tuple[Workload, tuple[SecretUse, ...]]]]  # namespace → workloads
+
+    @property
+    def auth(self) -> str:
+        return str(self.entry.get("auth"))
+
+
+@dataclass(frozen=True, slots=True)
+class FoundTarget:
+    gateway: GatewayRef
+    cluster: str
+    namespace: str
+    secret: str
+    key: str
+    format: str
+    restart: tuple[Workload, ...]
+    fingerprint: str
+    expires_at: str
+    helm: bool
+
+    def registry_entry(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "namespace": self.namespace, "secret": self.secret, "key": self.key,
+                "format": self.format, "restart": [str(w) for w in self.restart]}
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    registry: dict[str, Any]
+    unmatched: list[dict[str, Any]]
+    manifests: dict[str, list[dict[str, Any]]]
+    warnings: list[dict[str, Any]]
+    targets: tuple[FoundTarget, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"registry": self.registry, "unmatched": self.unmatched, "manifests": self.manifests,
+                "warnings": self.warnings}
+
+
+def _format_of(value: str) -> str:
+    return DEFAULT_FORMAT if value.strip().startswith(PREFIX) else RAW_FORMAT
+
+
+def _where(cluster: str, s: ScannedSecret, key: str) -> dict[str, Any]:
+    return {"cluster": cluster, "namespace": s.namespace, "secret": s.name, "key": key}
+
+
+def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
+            principal: str | None = None) -> Proposal:
+    """The registry proposal, what matched nothing, the RBAC each target needs, and warnings."""
+    by_name: dict[str, list[GatewayRef]] = {}
+    for ref in gateways:
+        by_name.setdefault(ref.gateway.lower(), []).append(ref)
+    found: list[FoundTarget] = []
+    unmatched: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
+    for scan in scans:
+        for secret in sorted(scan.secrets, key=lambda s: (s.namespace, s.name)):
+            for key in sorted(secret.values):
+                value = secret.values[key]
+                token = parse_stored(value)
+                if token is None:
+                    continue
+                about = {**_where(scan.name, secret, key), "gateway": token.gateway,
+                         "fingerprint": token.fingerprint, "expiresAt": token.expires_at.isoformat()}
+                refs = by_name.get(token.gateway.lower(), [])
+                if not refs:
+                    unmatched.append({"kind": "token-of-unknown-gateway", **about, "detail":
+                                      f"holds a token of gateway {token.gateway!r}, which is not a self-hosted "
+                                      "gateway of the given APIM service(s)"})
+                    continue
+                if len(refs) > 1:
+                    unmatched.append({"kind": "ambiguous-gateway", **about, "detail":
+                                      f"gateway {token.gateway!r} exists in {len(refs)} services "
+                                      f"({', '.join(r.service for r in refs)}); a token names only the gateway: "
+                                      "register this target by hand"})
+                    continue
+                restart = tuple(sorted(consumers(secret.name, key, scan.workloads.get(secret.namespace, ())),
+                                       key=str))
+                target = FoundTarget(refs[0], scan.name, secret.namespace, secret.name, key, _format_of(value),
+                                     restart, token.fingerprint, token.expires_at.isoformat(),
+                                     is_helm_managed(secret.labels))
+                found.append(target)
+                if not restart:
+                    warnings.append({"kind": "no-workload", **_where(scan.name, secret, key), "detail":
+                                     "no Deployment, StatefulSet or DaemonSet reads this key: nothing would be "
+                                     "restarted after a rotation (add \"restart\" by hand if pods read it)"})
+                if target.helm:
+                    warnings.append({"kind": "helm-managed", **_where(scan.name, secret, key),
+                                     "detail": helm_fix(secret.name)})
+    with_target = {t.gateway for t in found}
+    for ref in gateways:
+        if ref not in with_target:
+            unmatched.append({"kind": "gateway-without-target", "gateway": ref.id, "detail":
+                              f"no Secret in the scanned contexts/namespaces holds a token of {ref.gateway}"})
+    return Proposal(_registry(gateways, scans, found), unmatched, manifests(found, scans, principal), warnings,
+                    tuple(found))
+
+
+def _registry(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan],
+              found: Sequence[FoundTarget]) -> dict[str, Any]:
+    order = {s.name: i for i, s in enumerate(scans)}
+    used = {t.cluster for t in found}
+    entries = []
+    for ref in sorted({t.gateway for t in found}, key=lambda r: (r.service_id.lower(), r.gateway.lower())):
+        mine = sorted((t for t in found if t.gateway == ref),
+                      key=lambda t: (order[t.cluster], t.namespace, t.secret, t.key))
+        entries.append({"id": ref.id, "targets": [t.registry_entry() for t in mine]})
+    return {"clusters": [dict(s.entry) for s in scans if s.name in used], "gateways": entries}
+
+
+def role_manifests(namespace: str, secret: str, workloads: Sequence[Workload], subject: str) -> list[dict[str, Any]]:
+    """The Role and RoleBinding of infra/k8s/ (role.yaml, rolebinding-*.yaml) for one Secret.
+
+    Same shape as rendering those templates (a test compares them): get/patch on the one Secret and
+    on the listed workloads, each workload list starting with "" so an empty one grants nothing.
+    """
+    name = f"apim-token-rotator-{secret}"
+    by_kind = {kind: [w.name for w in workloads if w.kind is kind] for kind in WorkloadKind}
+    rules: list[dict[str, Any]] = [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret],
+                                    "verbs": ["get", "patch"]}]
+    for kind, resource in ((WorkloadKind.DEPLOYMENT, "deployments"), (WorkloadKind.STATEFULSET, "statefulsets"),
+                           (WorkloadKind.DAEMONSET, "daemonsets")):
+        rules.append({"apiGroups": ["apps"], "resources": [resource], "resourceNames": ["", *by_kind[kind]],
+                      "verbs": ["get", "patch"]})
+    meta = {"name": name, "namespace": namespace, "labels": dict(ROLE_LABELS)}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": subject}]},
+    ]
+
+
+def manifests(found: Sequence[FoundTarget], scans: Sequence[ClusterScan],
+              principal: str | None) -> dict[str, list[dict[str, Any]]]:
+    """Per cluster: one Role/RoleBinding per target Secret (workloads of all its keys merged)."""
+    auth = {s.name: s.auth for s in scans}
+    merged: dict[tuple[str, str, str], list[Workload]] = {}
+    for t in found:
+        workloads = merged.setdefault((t.cluster, t.namespace, t.secret), [])
+        workloads.extend(w for w in t.restart if w not in workloads)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (cluster, namespace, secret), workloads in merged.items():
+        subject = (principal or PRINCIPAL_PLACEHOLDER) if auth[cluster] == "aks" else APP_USER
+        out.setdefault(cluster, []).extend(role_manifests(namespace, secret, workloads, subject))
+    return out
+
+
+
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def cluster_entry(context: str, *, server: str | None, ca_data: str | None, aks: bool) -> dict[str, Any]:
+    """The registry `clusters[]` object for a kubeconfig context (named after it).
+
+    `aks`: the app reaches it with its managed identity (server and CA from the context); otherwise
+    through a kubeconfig the operator stores in Key Vault as `kubeconfig-{context}`.
+    """
+    if not _CLUSTER_NAME.fullmatch(context):
+        raise InvalidInput(f"context {context[:80]!r} is not a valid registry cluster name (letters, digits, "
+                           "'.', '_', '-'; at most 63): rename it first (kubectl config rename-context)")
+    if aks:
+        if not server or not server.startswith("https://") or not ca_data:
+            raise InvalidInput(f"context {context}: --aks needs an https server and inline "
+                               "certificate-authority-data in the kubeconfig")
+        return {"name": context, "auth": "aks", "server": server, "caData": ca_data}
+    secret = re.sub(r"[^0-9a-zA-Z-]", "-", f"kubeconfig-{context}")[:127]
+    return {"name": context, "auth": "kubeconfig", "kubeconfigSecret": secret}

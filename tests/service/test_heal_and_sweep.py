@@ -1,0 +1,96 @@
+"""Events heal running gateways; the sweep keeps to its budget and survives a bug in one gateway."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+
+from rotation.core.model import Outcome
+from rotation.service import Heal
+from tests.service.conftest import World
+
+DAY = timedelta(days=1)
+
+
+def current_everywhere(world: World) -> None:
+    """gw-1's token in Key Vault and both Secrets; east's workload last restarted a day before it."""
+    world.east.restarts[("apim", "deployment/gw1")] = [world.now - DAY]
+    world.seed_token(world.gw1, 20 * DAY)
+
+
+def test_an_event_for_a_current_gateway_restarts_workloads_that_predate_the_token(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    current_everywhere(world)
+    world.now += timedelta(hours=1)
+    with caplog.at_level(logging.INFO, logger="rotation"):
+        report = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,
+                                         heal=Heal(instance="gw1-7c9d-x2k4q", instance_expires_at=world.now))
+    east, west = report.targets
+    assert (east.outcome, east.restarted) == (Outcome.IN_SYNC, ("deployment/gw1",))
+    assert west.outcome is Outcome.FAILED and "gateway instance gw1-7c9d-x2k4q still runs an older token" in (
+        west.error or "") and "no `restart` list" in (west.error or "")
+    assert report.instance == "gw1-7c9d-x2k4q" and not report.ok
+    assert world.store.writes == 0 and world.east.writes == 0 and world.west.writes == 0
+    assert 'instance=gw1-7c9d-x2k4q' in caplog.text and 'rotation.heal ' in caplog.text
+
+    # the next instance's event (a duplicate): east restarted after the token was stored -> no restart
+    again = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,
+                                    heal=Heal(instance="gw1-7c9d-zz9", instance_expires_at=world.now))
+    assert again.targets[0].restarted == () and len(world.east.restarts[("apim", "deployment/gw1")]) == 2
+
+
+def test_restarts_are_rate_limited_per_workload(world: World) -> None:
+    world.seed_token(world.gw2, 20 * DAY)
+    gw1 = world.gw1
+    world.seed_token(gw1, 20 * DAY)
+    world.east.restarts[("apim", "deployment/gw1")] = [world.now - timedelta(minutes=20)]  # before the token
+    # the token was stored "now"; a restart 20 min before it, cooldown 30 min: not restarted again yet
+    report = world.rotator.reconcile(gw1, reason="event", deadline_seconds=5,
+                                     heal=Heal(instance="pod-1", cooldown=timedelta(minutes=30)))
+    east = report.targets[0]
+    assert east.outcome is Outcome.FAILED and "not restarted again within 0:30:00" in (east.error or "")
+    assert len(world.east.restarts[("apim", "deployment/gw1")]) == 1
+
+
+def test_an_event_about_the_current_token_heals_nothing(world: World) -> None:
+    token = world.seed_token(world.gw1, 20 * DAY)
+    report = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,
+                                     heal=Heal(instance="pod-1", instance_expires_at=token.expires_at))
+    assert report.ok and all(t.outcome is Outcome.IN_SYNC and not t.restarted for t in report.targets)
+    assert world.east.restarts == {}
+
+
+def test_the_sweep_leaves_gateways_it_cannot_reach_within_its_budget_for_the_next_run(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    world.seed_token(world.gw2, 20 * DAY)
+    result = world.rotator.sweep(deadline_seconds=5, budget_seconds=3)
+    assert not result.ok and [r.error for r in result.reports] == [
+        "not reached within the sweep's budget; left for the next run"] * 2
+    assert world.east.calls == [] and world.west.calls == []
+
+
+def test_a_bug_in_one_gateway_does_not_lose_the_other_reports(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.seed_token(world.gw1, 2 * DAY)
+    world.seed_token(world.gw2, 2 * DAY)
+    real = world.issuer.generate_token
+
+    def generate(gateway, key_type, expiry, timeout=None):  # type: ignore[no-untyped-def]
+        if gateway.gateway == "gw-1":
+            raise KeyError("a bug")
+        return real(gateway, key_type, expiry, timeout)
+
+    world.issuer.generate_token = generate  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR):
+        result = world.rotator.sweep(deadline_seconds=5)
+    gw1, gw2 = result.reports
+    assert gw1.error == "internal error: KeyError" and gw2.ok and gw2.rotated
+    assert "unexpected error reconciling contoso-apim/gw-1" in caplog.text
+
+
+def test_status_says_when_leases_are_in_process_only(world: World) -> None:
+    world.seed_token(world.gw2, 20 * DAY)
+    (status,) = world.rotator.status([world.gw2], timeout=5)
+    assert status.healthy and status.warning is not None and "in-process only" in status.warning
+    assert status.to_dict()["warning"] == status.warning
