@@ -64,7 +64,7 @@ from rotation.core.ports import (
 )
 from rotation.core.status import GatewayStatus, KeyRollReport, SweepReport, TargetStatus, sync_state
 from rotation.core.token import GatewayToken, parse_stored
-from rotation.telemetry import Executor, error_class
+from rotation.telemetry import Executor, attributed, error_class
 from rotation.telemetry import emit as emit  # re-exported: keyroll and adoption record through it
 
 log = logging.getLogger("rotation")
@@ -141,7 +141,8 @@ class _Holding:
         self._name = name
         self._stop = threading.Event()
         self.lost: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(interval,), name="lease-renew", daemon=True)
+        self._thread = threading.Thread(target=attributed(lambda: self._run(interval)), name="lease-renew",
+                                        daemon=True)
         self._thread.start()
 
     def _run(self, interval: float) -> None:

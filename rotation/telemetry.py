@@ -121,6 +121,13 @@ def _run_attributed(bound: _Invocation | None, fn: Callable[[], T]) -> T:
         storage.invocation_id = previous
 
 
+def attributed(fn: Callable[[], T]) -> Callable[[], T]:
+    """`fn` bound to the current invocation, for a thread started by hand (what Executor does per task)."""
+    context = contextvars.copy_context()
+    bound = _current.get()
+    return lambda: context.run(_run_attributed, bound, fn)
+
+
 class Executor(ThreadPoolExecutor):
     """A thread pool whose tasks log as part of the invocation that submitted them.
 

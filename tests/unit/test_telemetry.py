@@ -113,3 +113,17 @@ def test_a_failure_before_any_target_is_one_reconcile_record(records: list[loggi
     assert report.error and not report.ok
     assert [f["errorClass"] for f in map(telemetry.fields_of, records) if f.get("event") == "rotation.reconcile"] == [
         "AccessDenied"]
+
+
+def test_a_thread_started_by_hand_is_attributed_through_attributed() -> None:
+    """The lease-renewal thread: a plain Thread copies nothing; `attributed` binds it like Executor does."""
+    ctx = Context("inv-2")
+    out: list[tuple[str | None, str | None, str]] = []
+    with telemetry.invocation(ctx):
+        RUNTIME_CV.set("inv-2")
+        plain = threading.Thread(target=lambda: out.append(seen(ctx)))
+        bound = threading.Thread(target=telemetry.attributed(lambda: out.append(seen(ctx))))
+        for thread in (plain, bound):
+            thread.start()
+            thread.join()
+    assert [o[:2] for o in out] == [(None, None), ("inv-2", "inv-2")]
