@@ -162,3 +162,17 @@ def test_the_readme_picture_is_the_workbook_of_today() -> None:
         "run: python scripts/render_workbook.py")
     for title in workbook_queries():
         assert f">{title}<" in drawn.replace("&amp;", "&")
+
+
+def test_opentelemetry_is_switched_by_one_parameter_and_host_json_leaves_it_alone() -> None:
+    """The worker configures the distro when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is true
+    (azure_functions_runtime/handle_event.py `worker_init_request`); the host's mode comes from
+    host.json `telemetryMode`, which the app setting `AzureFunctionsJobHost__telemetryMode` overrides.
+    host.json sets no mode, so `enableOpenTelemetry=false` really gives the classic path."""
+    host = json.loads((INFRA.parent / "host.json").read_text(encoding="utf-8"))
+    assert "telemetryMode" not in host
+    app = (MODULES / "function-app.bicep").read_text(encoding="utf-8")
+    switched = app[app.index("var openTelemetrySettings = enableOpenTelemetry ?"):]
+    assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'" in switched.split("}")[0]
+    assert "AzureFunctionsJobHost__telemetryMode: 'OpenTelemetry'" in switched.split("}")[0]
+    assert parse(MAIN)["parameters"]["enableOpenTelemetry"]["default"] is True
