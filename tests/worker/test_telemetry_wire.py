@@ -28,6 +28,7 @@ from devstack import stack as devstack
 from devstack.appinsights import AppInsightsFake
 from devstack.tls import DevCA
 from rotation import telemetry
+from tests import leakcheck
 from tests.e2e.conftest import World
 from tests.worker.conftest import ROOT, Worker, stack_env, started
 from tests.worker.test_worker import GATEWAY, assert_attributed, near_expiry
@@ -123,8 +124,16 @@ def test_rotation_failure_and_sweep_on_the_wire(otel_worker: Worker, initialized
     assert_attributed(otel_worker, inv, logs)
 
     def complete(items: list[dict[str, Any]]) -> bool:
+        """Logs, spans and metrics are exported by separate batchers: wait for the last of each."""
+        outcomes = {(p["properties"].get("outcome"), p["properties"].get("errorClass"))
+                    for p in metric_points(items, telemetry.RECONCILES)}
         return bool(messages(items, "rotation.sweep") and metric_points(items, telemetry.HOURS_LEFT)
-                    and metric_points(items, telemetry.RECONCILES))
+                    and {("failed", "AccessDenied"), ("ok", "")} <= outcomes
+                    and dependencies_to(items, stack.arm_url, failed_op)
+                    and dependencies_to(items, stack.keyvault_url, rotation_op)
+                    and all(dependencies_to(items, c.server, rotation_op) for c in stack.clusters)
+                    and len([m for m in messages(items, "rotation.reconcile")
+                             if m["tags"].get("ai.operation.id") == sweep_op]) == len(devstack.targets()))
 
     items = ingestion.wait_for(complete, timeout=30)
     assert complete(items), sorted({i["name"] for i in items})
@@ -165,6 +174,10 @@ def test_rotation_failure_and_sweep_on_the_wire(otel_worker: Worker, initialized
     outcomes = {(p["properties"].get("outcome"), p["properties"].get("errorClass"))
                 for p in metric_points(items, telemetry.RECONCILES)}
     assert ("failed", "AccessDenied") in outcomes and ("ok", "") in outcomes
+
+    # no token reaches Application Insights (the rotated ones included)
+    world.register_vault_values()
+    assert leakcheck.find_leaks([json.dumps(i) for i in items]) == []
 
     # everything the alerts and the workbook read is on the wire
     seen_dims = {k for i in items for k in i["data"]["baseData"].get("properties", {})}
