@@ -127,3 +127,34 @@ def test_a_thread_started_by_hand_is_attributed_through_attributed() -> None:
             thread.start()
             thread.join()
     assert [o[:2] for o in out] == [(None, None), ("inv-2", "inv-2")]
+
+
+def test_a_settings_error_is_still_one_failed_outcome_per_request(records: list[logging.LogRecord]) -> None:
+    """No reconcile can start without settings; the event, the rotate route and the sweep each still
+    leave the one record the failed-rotation alert counts."""
+    from rotation import bootstrap, triggers
+    from tests.functions.conftest import http
+
+    bootstrap.reset({"ROTATION_REGISTRY": '{"clusters": [], "gateways": [{}]}', "KEY_VAULT_URL": "https://kv"})
+    try:
+        triggers.handle_event({"id": "e1", "topic": "/subscriptions/00000000-0000-4000-8000-000000000001/"
+                               "resourceGroups/rg/providers/"
+                               "Microsoft.ApiManagement/service/apim1", "subject": "/gateways/gw1/pod-1",
+                               "eventType": "Microsoft.ApiManagement.GatewayTokenNearExpiry",
+                               "eventTime": "2026-11-26T08:56:12Z", "dataVersion": "1",
+                               "data": {"gatewayInfo": {"gatewayId": "gw1", "instanceId": "pod-1"},
+                                        "tokenInfo": {"expiresAtUtc": "2026-11-29T08:56:00Z"}}})
+        status, _ = http("rotate", "POST", "http://localhost/api/gateways/apim1/gw1/rotate",
+                         {"service": "apim1", "gateway": "gw1"})
+        assert status == 500
+        with pytest.raises(Exception, match="gateways"):
+            triggers.run_sweep()
+    finally:
+        bootstrap.reset()
+    fields = [f for f in map(telemetry.fields_of, records) if f]
+    reconciles = [f for f in fields if f["event"] == "rotation.reconcile"]
+    assert [(f["outcome"], f["errorClass"]) for f in reconciles] == [("failed", "SettingsError")] * 2
+    assert reconciles[0]["gatewayId"].endswith("/service/apim1/gateways/gw1")
+    assert reconciles[1]["gatewayId"] == "apim1/gateways/gw1"
+    (sweep,) = [f for f in fields if f["event"] == "rotation.sweep"]
+    assert (sweep["outcome"], sweep["errorClass"]) == ("failed", "SettingsError")
