@@ -7,7 +7,9 @@ Three things break Portal monitoring of a threaded Functions app, and this modul
   `get_current_invocation_id`) reads the thread-local `context.thread_local_storage`; the worker
   library azure-functions-runtime (utils/executor.py `run_sync_func`) sets a context variable
   `invocation_id_cv` as well, which the proxy worker reads first. Neither reaches a pool thread
-  (`ThreadPoolExecutor` copies no context variables), and the host drops unattributed records.
+  (`ThreadPoolExecutor` copies no context variables), and a record without an invocation id is not
+  one of the function's traces (Microsoft's Python developer guide: a thread must set
+  `context.thread_local_storage.invocation_id`).
   `Executor` carries both into its threads: each task runs in a copy of the submitter's context
   (the runtime's variable, OpenTelemetry's span context) with the invocation's thread-local set.
 * Structure. Fields travel as LogRecord attributes (`extra`): the OpenTelemetry logging handler
