@@ -84,6 +84,12 @@ class IdentityFake(FakeServer):
             return False
         return not resources or issued in {normalize_resource(r) for r in resources}
 
+    def error_response(self, status: int, code: str, message: str,
+                       headers: Mapping[str, str] | None = None) -> Response:
+        """Injected faults answer in the endpoint's own error shape, `{"statusCode", "message"}` (what
+        MSAL reads: msal/managed_identity.py `_obtain_token_on_app_service`), not ARM's."""
+        return json_response(status, {"statusCode": status, "message": message}, headers)
+
     def requests(self) -> list[dict[str, Any]]:
         with self._state:
             return [dict(r) for r in self._requests]

@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from devstack.httpfake import FakeServer, HttpError, Request, Response, json_response
+from devstack.httpfake import FakeServer, HttpError, Request, Response, empty_response, json_response
 
 VAULT_RESOURCE = "https://vault.azure.net"
 DEFAULT_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -139,6 +139,7 @@ class KeyVaultFake(FakeServer):
         self._authorize = authorize
         self.tenant = tenant
         self._secrets: dict[str, Secret] = {}
+        self._deleted: dict[str, Secret] = {}  # soft-deleted: the name cannot be reused until purged
         self._state = threading.Lock()
         self.route("GET", r"/secrets/?", self._list)
         self.route("GET", rf"/secrets/{_SEGMENT}/versions/?", self._list_versions)
@@ -146,10 +147,18 @@ class KeyVaultFake(FakeServer):
         self.route("GET", rf"/secrets/{_SEGMENT}(?:/(?P<version>[^/]*))?", self._get)
         self.route("PATCH", rf"/secrets/{_SEGMENT}(?:/(?P<version>[^/]*))?", self._patch)
         self.route("DELETE", rf"/secrets/{_SEGMENT}/?", self._delete)
+        self.route("DELETE", rf"/deletedsecrets/{_SEGMENT}/?", self._purge)
         self.control("GET", "/_devstack/secrets", self._dump)
         self.control("POST", "/_devstack/secrets", self._seed)
 
     # --- in-process API --------------------------------------------------------------------------
+
+    def soft_delete(self, name: str) -> None:
+        """What `DELETE /secrets/{name}` does on a vault with soft delete (every new vault has it)."""
+        with self._state:
+            secret = self._secrets.pop(name.lower(), None)
+            if secret is not None:
+                self._deleted[name.lower()] = secret
 
     def set_secret(self, name: str, value: str, *, content_type: str | None = None,
                    tags: dict[str, str] | None = None, enabled: bool = True, nbf: int | None = None,
@@ -268,6 +277,14 @@ class KeyVaultFake(FakeServer):
         self._authenticate(request)
         assert request.match is not None
         name = check_name(request.match["name"])
+        with self._state:
+            deleted = name.lower() in self._deleted
+        if deleted:  # the service's answer (its inner error code is what clients can act on)
+            return json_response(409, {"error": {
+                "code": "Conflict",
+                "message": f"Secret {name} is currently in a deleted but recoverable state, and its name "
+                           "cannot be reused; in this state, the secret can only be recovered or purged.",
+                "innererror": {"code": "ObjectIsDeletedButRecoverable"}}})
         body = request.json_object()
         value = body.get("value")
         if not isinstance(value, str):
@@ -319,11 +336,19 @@ class KeyVaultFake(FakeServer):
     def _delete(self, request: Request) -> Response:
         self._authenticate(request)
         secret = self._secret(request)
-        with self._state:
-            self._secrets.pop(secret.name.lower(), None)
+        self.soft_delete(secret.name)
         body = self._bundle(secret, secret.latest, with_value=False)
         body["recoveryId"] = f"{self.url}/deletedsecrets/{secret.name}"
         return json_response(200, body)
+
+    def _purge(self, request: Request) -> Response:
+        self._authenticate(request)
+        assert request.match is not None
+        name = check_name(request.match["name"])
+        with self._state:
+            if self._deleted.pop(name.lower(), None) is None:
+                raise HttpError(404, "SecretNotFound", f"Deleted Secret not found: {name}")
+        return empty_response(204)
 
     def _list(self, request: Request) -> Response:
         self._authenticate(request)

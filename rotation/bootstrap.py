@@ -32,6 +32,8 @@ class Container:
         self._env = env
         self._lock = threading.RLock()
         self._built: dict[str, Any] = {}
+        # Set by the CLI: an operator's own Azure login may be used, but never on an Azure host.
+        self.developer_credentials = False
 
     def _once(self, name: str, build: Any) -> Any:
         with self._lock:
@@ -48,7 +50,9 @@ class Container:
         def build() -> Any:
             from rotation.adapters.credential import build_credential
 
-            return build_credential(self.settings.client_id)
+            s = self.settings
+            return build_credential(s.client_id, developer=self.developer_credentials and not s.in_azure,
+                                    authority=s.cloud.authority_host)
 
         return self._once("credential", build)
 
@@ -59,9 +63,23 @@ class Container:
 
             s = self.settings
             return KeyVaultTokenStore(self.credential, s.key_vault_url,
-                                      verify_challenge_resource=not s.local_emulators)
+                                      verify_challenge_resource=not s.relaxed_challenge(s.key_vault_url))
 
         return self._once("store", build)  # type: ignore[no-any-return]
+
+    @property
+    def config_store(self) -> KeyVaultTokenStore:
+        """The configuration vault (kubeconfigs), read only; the token vault when none is configured."""
+        def build() -> Any:
+            from rotation.adapters.keyvault import KeyVaultTokenStore
+
+            s = self.settings
+            if s.config_vault_url == s.key_vault_url:
+                return self.store
+            return KeyVaultTokenStore(self.credential, s.config_vault_url,
+                                      verify_challenge_resource=not s.relaxed_challenge(s.config_vault_url))
+
+        return self._once("config_store", build)  # type: ignore[no-any-return]
 
     @property
     def rotator(self) -> Rotator:
@@ -74,9 +92,9 @@ class Container:
             s = self.settings
             return Rotator(
                 registry=s.registry,
-                issuer=ArmTokenIssuer(self.credential, s.arm_endpoint),
+                issuer=ArmTokenIssuer(self.credential, s.arm_endpoint, scope=s.cloud.arm_scope),
                 store=self.store,
-                clusters=KubernetesClusters(self.credential, self.store.read_text),
+                clusters=KubernetesClusters(self.credential, self.config_store.read_text),
                 clock=utcnow,
                 token_lifetime=s.token_lifetime,
                 renew_before=s.renew_before,

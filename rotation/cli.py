@@ -62,7 +62,9 @@ def _load_settings_file(path: str) -> None:
 def _container() -> Any:
     from rotation import bootstrap
 
-    return bootstrap.container()
+    box = bootstrap.container()
+    box.developer_credentials = True  # the operator's Azure login off Azure; managed identity in Azure
+    return box
 
 
 def _gateway(text: str) -> GatewayConfig:
@@ -241,7 +243,14 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
         text = Path(args.file).read_text()
     except OSError as exc:
         raise UsageError(f"{args.file}: {exc.strerror}") from None
-    registry = load_registry(text)
+    from rotation.cloud import cloud_named
+
+    try:  # aks servers are checked against the configured cloud (and loopback only for the devstack)
+        cloud = cloud_named(os.environ.get("AZURE_CLOUD", "").strip())
+    except ValueError as exc:
+        raise UsageError(f"AZURE_CLOUD: {exc}") from None
+    local = os.environ.get("ROTATION_LOCAL_EMULATORS", "").strip().lower() in {"1", "true", "yes", "on"}
+    registry = load_registry(text, aks_servers=cloud.aks_rule(allow_loopback=local))
     targets = sum(len(g.targets) for g in registry.gateways)
     summary: dict[str, Any] = {"valid": True, "clusters": len(registry.clusters),
                                "gateways": len(registry.gateways), "targets": targets}

@@ -25,6 +25,7 @@ from rotation.core.errors import (
     NotFound,
     RotationError,
     UnknownGateway,
+    UnusableSecret,
     UpstreamError,
 )
 from rotation.core.model import (
@@ -62,6 +63,7 @@ from rotation.core.ports import (
     TokenIssuer,
     TokenStore,
 )
+from rotation.core.redact import clean_reason
 from rotation.core.status import GatewayStatus, KeyRollReport, SweepReport, TargetStatus, sync_state
 from rotation.core.token import GatewayToken, parse_stored
 from rotation.telemetry import Executor, attributed, error_class
@@ -235,6 +237,7 @@ class Rotator:
         target failures are reported per target instead.
         """
         started = time.monotonic()
+        reason = clean_reason(reason)  # free text from an operator: never log or publish a pasted secret
         deadline = _Deadline(deadline_seconds)
         entered = False
         try:
@@ -316,7 +319,12 @@ class Rotator:
                                  stored_at=self._stored_at(config, desired.fingerprint, deadline)),
                     False, known.key_type or KeyType.PRIMARY, None)
 
-        current = self.store.get(secret, timeout=deadline.check("reading Key Vault"))
+        try:
+            current = self.store.get(secret, timeout=deadline.check("reading Key Vault"))
+        except UnusableSecret:
+            if not force:
+                raise  # the routine path reports it; a forced rotation overwrites it
+            current = None
         # A pending roll is carried forward by every write: the roll only ever ends by regenerating.
         rolling = roll_from or (current.roll_from if current is not None else None)
         why = renewal_reason(current, now, self.renew_before, force)

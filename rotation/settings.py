@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from rotation.core.errors import RegistryError, SettingsError
+from rotation.cloud import CLOUDS, Cloud, CloudName, cloud_named
+from rotation.core.errors import RegistryError, SettingsError, SettingsPending
+from rotation.core.hosts import is_loopback_url, server_problem
 from rotation.core.model import Registry
 from rotation.core.registry import load_registry
 
@@ -21,6 +23,20 @@ DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_SWEEP_SCHEDULE = "0 0 * * * *"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
+# Set by the platform on Azure Functions / App Service hosts. Linux Consumption and Flex Consumption do
+# not set WEBSITE_INSTANCE_ID; the Functions host recognises Flex by WEBSITE_SKU=FlexConsumption or by
+# WEBSITE_POD_NAME / CONTAINER_NAME with LEGION_SERVICE_HOST (azure-functions-host,
+# src/WebJobs.Script/Environment/EnvironmentExtensions.cs: IsAppService, IsFlexConsumptionSku,
+# IsLinuxConsumptionOnLegion); WEBSITE_SITE_NAME is the read-only app name (Microsoft Learn,
+# "Environment variables and app settings in Azure App Service"). CONTAINER_NAME alone is not used:
+# ordinary container runtimes set it too (this project's CI sandbox does).
+AZURE_HOSTING_VARIABLES = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "WEBSITE_SKU", "WEBSITE_POD_NAME",
+                           "LEGION_SERVICE_HOST")
+
+
+def hosted_in_azure(env: Mapping[str, str]) -> str | None:
+    """The first platform variable that says this process runs on an Azure Functions host, or None."""
+    return next((name for name in AZURE_HOSTING_VARIABLES if env.get(name, "").strip()), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +54,19 @@ class Settings:
     sweep_concurrency: int = 8
     local_emulators: bool = False
     lease_container_url: str | None = None  # LEASE_CONTAINER_URL; unset: in-process leases (local only)
+    cloud: Cloud = CLOUDS[CloudName.PUBLIC]
+    config_key_vault_url: str = ""
+    in_azure: bool = False
+
+    @property
+    def config_vault_url(self) -> str:
+        """The vault holding the registry and kubeconfigs (read only); the token vault by default."""
+        return self.config_key_vault_url or self.key_vault_url
+
+    def relaxed_challenge(self, vault_url: str) -> bool:
+        """Key Vault's challenge-resource check is skipped only for a loopback vault with the local
+        emulators on, whatever else the environment says."""
+        return self.local_emulators and not self.in_azure and is_loopback_url(vault_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -71,14 +100,16 @@ class Settings:
         if raw_registry is None:
             raise SettingsError("ROTATION_REGISTRY is required (the registry JSON)")
         if raw_registry.startswith("@Microsoft.KeyVault("):
-            raise SettingsError(
+            # Right after a deployment the platform may not have resolved it yet (role assignment
+            # propagation): transient, so an event is redelivered rather than acknowledged and lost.
+            raise SettingsPending(
                 "ROTATION_REGISTRY is an unresolved Key Vault reference: grant the app's identity "
-                "'Key Vault Secrets User' on the vault and check the reference"
+                "'Key Vault Secrets User' on the configuration vault and check the reference"
             )
         try:
-            registry = load_registry(raw_registry)
-        except RegistryError as exc:
-            raise SettingsError(f"ROTATION_REGISTRY: {exc}") from None
+            cloud = cloud_named(text("AZURE_CLOUD"))
+        except ValueError as exc:
+            raise SettingsError(f"AZURE_CLOUD: {exc}") from None
 
         lifetime = number("TOKEN_LIFETIME_DAYS", 29, 1, 30)
         renew = number("RENEW_BEFORE_DAYS", 7, 0, 29)
@@ -91,26 +122,53 @@ class Settings:
         if local not in _TRUE | _FALSE:
             raise SettingsError(f"ROTATION_LOCAL_EMULATORS must be true or false, got {local[:20]!r}")
         local_emulators = local in _TRUE
-        if local_emulators and text("WEBSITE_INSTANCE_ID"):
+        azure = hosted_in_azure(env)
+        if local_emulators and azure:
             raise SettingsError(
                 "ROTATION_LOCAL_EMULATORS relaxes Key Vault challenge checks for the local stack and is "
-                "refused in Azure (WEBSITE_INSTANCE_ID is set): remove the setting"
+                f"refused in Azure ({azure} is set): remove the setting"
             )
         if local_emulators:
             log.warning(
-                "ROTATION_LOCAL_EMULATORS is on: Key Vault challenge resource verification is OFF. "
-                "This is for the local devstack only and is refused in Azure."
+                "ROTATION_LOCAL_EMULATORS is on: Key Vault challenge resource verification is OFF for "
+                "loopback vaults and aks clusters may be on loopback. This is for the local devstack only "
+                "and is refused in Azure."
             )
-        lease_container_url = https_url("LEASE_CONTAINER_URL")
-        if lease_container_url is None and text("WEBSITE_INSTANCE_ID"):
+
+        def vault(name: str, required: bool) -> str | None:
+            url = https_url(name, required=required)
+            if url is None:
+                return None
+            why = cloud.vault_problem(url.lower(), allow_loopback=local_emulators)
+            if why is not None:
+                raise SettingsError(f"{name} {url[:80]!r} {why}")
+            return url
+
+        arm_endpoint = https_url("ARM_ENDPOINT", cloud.arm_endpoint) or cloud.arm_endpoint
+        if arm_endpoint != cloud.arm_endpoint and (
+                not local_emulators or server_problem(arm_endpoint, None, allow_loopback=True) is not None):
             raise SettingsError(
-                "LEASE_CONTAINER_URL is required in Azure (WEBSITE_INSTANCE_ID is set): without it, "
+                f"ARM_ENDPOINT {arm_endpoint[:80]!r} differs from {cloud.name.value}'s Resource Manager "
+                f"({cloud.arm_endpoint}): it is only an override for a loopback emulator with "
+                "ROTATION_LOCAL_EMULATORS; set AZURE_CLOUD for a sovereign cloud")
+        try:
+            registry = load_registry(raw_registry, aks_servers=cloud.aks_rule(allow_loopback=local_emulators))
+        except RegistryError as exc:
+            raise SettingsError(f"ROTATION_REGISTRY: {exc}") from None
+        key_vault_url = vault("KEY_VAULT_URL", required=True) or ""
+        lease_container_url = https_url("LEASE_CONTAINER_URL")
+        if lease_container_url is None and azure:
+            raise SettingsError(
+                f"LEASE_CONTAINER_URL is required in Azure ({azure} is set): without it, "
                 "instances cannot agree on one writer per gateway and a key roll is unsafe")
         return cls(
             lease_container_url=lease_container_url,
             registry=registry,
-            key_vault_url=https_url("KEY_VAULT_URL", required=True) or "",
-            arm_endpoint=https_url("ARM_ENDPOINT", DEFAULT_ARM_ENDPOINT) or DEFAULT_ARM_ENDPOINT,
+            key_vault_url=key_vault_url,
+            config_key_vault_url=vault("CONFIG_KEY_VAULT_URL", required=False) or "",
+            cloud=cloud,
+            in_azure=azure is not None,
+            arm_endpoint=arm_endpoint,
             token_lifetime=timedelta(days=lifetime),
             renew_before=timedelta(days=renew),
             deadline_seconds=number("ROTATION_DEADLINE_SECONDS", 20, 1, 25),

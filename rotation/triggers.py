@@ -16,12 +16,14 @@ from typing import Any, cast
 import azure.functions as func
 
 from rotation import bootstrap, telemetry
+from rotation.core.caller import caller_from_headers
 from rotation.core.errors import (
     IgnoredEvent,
     InvalidEvent,
     InvalidInput,
     RotationError,
     SettingsError,
+    SettingsPending,
     TransientError,
     UnknownGateway,
 )
@@ -79,6 +81,11 @@ def handle_event(payload: Mapping[str, Any]) -> None:
         box = bootstrap.container()
         settings = box.settings
         config = settings.registry.find_by_gateway(event.service_id, event.gateway)
+    except SettingsPending as exc:
+        # e.g. the registry's Key Vault reference not resolved yet: acknowledging would lose the event.
+        unreconciled(f"{event.service_id or ''}/gateways/{event.gateway}", exc, event.reason)
+        log.warning("event %s: settings not available yet, Event Grid will redeliver: %s", event.event_id, exc)
+        raise
     except SettingsError as exc:
         # No reconcile can start; still one outcome record, so the failure alert sees it.
         unreconciled(f"{event.service_id or ''}/gateways/{event.gateway}", exc, event.reason)
@@ -86,11 +93,16 @@ def handle_event(payload: Mapping[str, Any]) -> None:
         return
     if config is None:
         log.warning("event %s: gateway %s of %s is not in the registry; ignored", event.event_id,
-                    event.gateway, event.service_id or "an unnamed service")
+                    event.gateway, event.service_id
+                    or "an unnamed service (without a topic, the name must be registered exactly once)")
         return
     try:
         report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds,
                                        heal=Heal(instance=event.instance, instance_expires_at=event.expires_at))
+    except SettingsPending as exc:
+        # e.g. the registry's Key Vault reference not resolved yet: acknowledging would lose the event.
+        log.warning("event %s: settings not available yet, Event Grid will redeliver: %s", event.event_id, exc)
+        raise
     except (InvalidInput, SettingsError) as exc:
         # Retrying the same event cannot help: log it clearly and acknowledge it.
         log.error("event %s: rejected (not retried): %s", event.event_id, exc)
@@ -153,6 +165,8 @@ def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse], req: func.
         return _error(404, str(exc))
     except InvalidInput as exc:
         return _error(400, str(exc))
+    except SettingsPending as exc:  # e.g. a Key Vault reference not resolved yet: try again later
+        return _error(503, str(exc), {"Retry-After": "30"})
     except SettingsError as exc:
         log.error("misconfigured: %s", exc)
         return _error(500, f"the rotator is misconfigured: {exc}")
@@ -176,6 +190,8 @@ def _body(req: func.HttpRequest, fields: Mapping[str, type]) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("request body must be JSON") from None
+    except RecursionError:  # e.g. 100k nested arrays: the client's mistake, not an unhandled 500
+        raise InvalidInput("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
     for key, value in body.items():
@@ -228,7 +244,9 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.function_name("roll_keys")
-@bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"])
+# Regenerating keys invalidates every token of a key: the host's master (admin) key only, not any
+# function key.
+@bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 @_guard
 def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
     body = _body(req, {"fromKey": str, "dryRun": bool, "waitSeconds": int, "confirmRestarted": bool})
@@ -240,11 +258,14 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
         raise InvalidInput("field 'fromKey' is required: the key to roll away from and regenerate, "
                            "'primary' or 'secondary'")
     box = bootstrap.container()
+    caller = caller_from_headers(req.headers, os.environ.get("WEBSITE_AUTH_ENABLED", "").lower() == "true")
+    requested_by = caller.to_dict() if caller else None
+    log.warning("key roll of %s requested by %s", config.ref, json.dumps(requested_by))
     report = box.rotator.roll_keys(config, from_key=KeyType(body["fromKey"]),
                                    deadline_seconds=box.settings.deadline_seconds,
                                    rollout_wait_seconds=wait_seconds, dry_run=body.get("dryRun", False),
                                    confirm_restarted=body.get("confirmRestarted", False))
-    return _json(200 if report.ok else 409, report.to_dict())
+    return _json(200 if report.ok else 409, {**report.to_dict(), "requestedBy": requested_by})
 
 
 @bp.function_name("health")

@@ -32,7 +32,7 @@ def reference_registry() -> dict[str, Any]:
 def registry(*gateways: dict[str, Any], clusters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "clusters": clusters if clusters is not None else [
-            {"name": "east", "auth": "aks", "server": "https://east.example:443", "caData": CA_DATA},
+            {"name": "east", "auth": "aks", "server": "https://east-dns-4f1c2a9b.hcp.westeurope.azmk8s.io:443", "caData": CA_DATA},
             {"name": "west", "auth": "kubeconfig", "kubeconfigSecret": "kubeconfig-west"},
         ],
         "gateways": list(gateways) or [gateway("gw-1")],

@@ -11,7 +11,7 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rotation.adapters.credential import call_options, is_azure_error, translate
+from rotation.adapters.credential import call_options, is_azure_error, token_deadline, translate
 from rotation.core.errors import InvalidInput, RotationError, UpstreamError
 from rotation.core.model import GatewayRef, KeyType
 from rotation.core.token import GatewayToken
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 DEFAULT_ENDPOINT = "https://management.azure.com"
+DEFAULT_SCOPE = "https://management.azure.com/.default"
 
 
 def whole_minutes(expiry: datetime) -> datetime:
@@ -33,10 +34,14 @@ class ArmTokenIssuer:
     """APIM gateway tokens and keys through Azure Resource Manager."""
 
     def __init__(self, credential: TokenCredential, endpoint: str = DEFAULT_ENDPOINT, *,
-                 retry_total: int | None = None, connection_verify: str | bool | None = None) -> None:
-        """`connection_verify`: a CA bundle path for a private endpoint (the devstack); default = the
+                 scope: str = DEFAULT_SCOPE, retry_total: int | None = None,
+                 connection_verify: str | bool | None = None) -> None:
+        """`scope`: the cloud's ARM audience + `/.default` (`rotation.cloud`), never derived from
+        `endpoint` (an emulator override must not choose the token's audience).
+        `connection_verify`: a CA bundle path for a private endpoint (the devstack); default = the
         system trust store (or `REQUESTS_CA_BUNDLE`). `retry_total`: azure-core retries (default: its own)."""
         self._credential = credential
+        self._scope = scope
         self._endpoint = endpoint.rstrip("/")
         self._retry_total = retry_total
         self._connection_verify = connection_verify
@@ -59,7 +64,7 @@ class ArmTokenIssuer:
                 kwargs: dict[str, Any] = {
                     "base_url": self._endpoint,
                     "retry_policy": retry_policy(self._retry_total),
-                    "credential_scopes": [f"{self._endpoint}/.default"],
+                    "credential_scopes": [self._scope],
                 }
                 if self._connection_verify is not None:
                     kwargs["connection_verify"] = self._connection_verify
@@ -77,8 +82,9 @@ class ArmTokenIssuer:
 
             contract = GatewayTokenRequestContract(key_type=SdkKeyType(key_type.value),
                                                    expiry=whole_minutes(expiry))
-            result = self._client(gateway.subscription).gateway.generate_token(
-                gateway.resource_group, gateway.service, gateway.gateway, contract, **options)
+            with token_deadline(timeout):
+                result = self._client(gateway.subscription).gateway.generate_token(
+                    gateway.resource_group, gateway.service, gateway.gateway, contract, **options)
         except RotationError:
             raise
         except Exception as exc:
@@ -102,8 +108,9 @@ class ArmTokenIssuer:
             from azure.mgmt.apimanagement.models import KeyType as SdkKeyType
 
             contract = GatewayKeyRegenerationRequestContract(key_type=SdkKeyType(key_type.value))
-            self._client(gateway.subscription).gateway.regenerate_key(
-                gateway.resource_group, gateway.service, gateway.gateway, contract, **options)
+            with token_deadline(timeout):
+                self._client(gateway.subscription).gateway.regenerate_key(
+                    gateway.resource_group, gateway.service, gateway.gateway, contract, **options)
         except RotationError:
             raise
         except Exception as exc:

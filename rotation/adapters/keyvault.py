@@ -11,16 +11,41 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rotation.adapters.credential import call_options, is_azure_error, scrub, translate
+from rotation.adapters.credential import call_options, is_azure_error, scrub, token_deadline, translate
 from rotation.core import tags
-from rotation.core.errors import InvalidToken, NotFound, PermanentError, RotationError, UpstreamError
+from rotation.core.errors import (
+    InvalidToken,
+    NotFound,
+    PermanentError,
+    RotationError,
+    SoftDeletedSecret,
+    UnusableSecret,
+    UpstreamError,
+)
 from rotation.core.model import TokenInfo, TokenRecord
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 
-def _translate(exc: Exception, what: str) -> RotationError | None:
+def _soft_deleted(exc: Exception) -> bool:
+    """Key Vault's 409 for a name held by a soft-deleted secret: `{"error": {"code": "Conflict",
+    "innererror": {"code": "ObjectIsDeletedButRecoverable"}}}` (as reported against the service in
+    external-secrets/external-secrets#3519 and ansible-collections/azure#1145)."""
+    if getattr(exc, "status_code", None) != 409:
+        return False
+    inner = getattr(getattr(exc, "error", None), "innererror", None) or {}
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return code == "ObjectIsDeletedButRecoverable" or "deleted but recoverable" in str(exc)
+
+
+def _translate(exc: Exception, what: str, secret_name: str | None = None) -> RotationError | None:
+    if secret_name is not None and _soft_deleted(exc):
+        return SoftDeletedSecret(
+            f"{what} failed: the secret is deleted but recoverable (soft delete) and its name cannot be "
+            f"reused; recover it (az keyvault secret recover --vault-name VAULT --name {secret_name}) to keep "
+            f"its history, or purge it (az keyvault secret purge --vault-name VAULT --name {secret_name}), "
+            "then rotate again")
     if is_azure_error(exc):
         return translate(exc, what)
     if isinstance(exc, ValueError):
@@ -71,7 +96,8 @@ class KeyVaultTokenStore:
         """The latest `KeyVaultSecret`, or None when it does not exist."""
         options = call_options(timeout, what)
         try:
-            return self._client().get_secret(secret_name, **options)
+            with token_deadline(timeout):
+                return self._client().get_secret(secret_name, **options)
         except RotationError:
             raise
         except Exception as exc:
@@ -91,25 +117,28 @@ class KeyVaultTokenStore:
             return None
         value = secret.value
         if not isinstance(value, str) or not value:
-            raise InvalidToken(f"Key Vault secret {secret_name!r} is empty, not a gateway token")
+            raise UnusableSecret(f"Key Vault secret {secret_name!r} is empty, not a gateway token "
+                                 "(rotate with force to overwrite it)")
         props = secret.properties
         try:
             return tags.record_from(value, props.tags, props.version, props.created_on)
         except InvalidToken as exc:
             # exc names only the length and fingerprint, never the value.
-            raise InvalidToken(f"Key Vault secret {secret_name!r} does not hold a gateway token: {exc}") from None
+            raise UnusableSecret(f"Key Vault secret {secret_name!r} does not hold a gateway token: {exc} "
+                                 "(rotate with force to overwrite it)") from None
 
     def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:
         what = f"Key Vault set of secret {secret_name!r}"
         options = call_options(timeout, what)
         try:
-            secret = self._client().set_secret(
-                secret_name, record.token.value, content_type=tags.CONTENT_TYPE, tags=tags.tags_for(record),
-                expires_on=record.token.expires_at, **options)
+            with token_deadline(timeout):
+                secret = self._client().set_secret(
+                    secret_name, record.token.value, content_type=tags.CONTENT_TYPE, tags=tags.tags_for(record),
+                    expires_on=record.token.expires_at, **options)
         except RotationError:
             raise
         except Exception as exc:
-            translated = _translate(exc, what)
+            translated = _translate(exc, what, secret_name)
             if translated is None:
                 raise
             raise translated from None
@@ -123,9 +152,10 @@ class KeyVaultTokenStore:
         options = call_options(timeout, what)
         out: list[TokenInfo] = []
         try:
-            for props in self._client().list_properties_of_secrets(**options):
-                if tags.is_managed(props.tags):
-                    out.append(tags.info_from(props.name, props.tags, props.expires_on))
+            with token_deadline(timeout):
+                for props in self._client().list_properties_of_secrets(**options):
+                    if tags.is_managed(props.tags):
+                        out.append(tags.info_from(props.name, props.tags, props.expires_on))
         except RotationError:
             raise
         except Exception as exc:
@@ -139,8 +169,9 @@ class KeyVaultTokenStore:
         what = f"Key Vault listing of the versions of secret {secret_name!r}"
         options = call_options(timeout, what)
         try:
-            found = [p for p in self._client().list_properties_of_secret_versions(secret_name, **options)
-                     if p.enabled is not False and tags.is_managed(p.tags)]
+            with token_deadline(timeout):
+                found = [p for p in self._client().list_properties_of_secret_versions(secret_name, **options)
+                         if p.enabled is not False and tags.is_managed(p.tags)]
         except RotationError:
             raise
         except Exception as exc:

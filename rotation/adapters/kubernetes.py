@@ -4,7 +4,8 @@ Two ways to reach a cluster (registry `auth`):
 - `aks`: an Entra ID token of the app's identity for the AKS server application, put in
   `Configuration.api_key["BearerToken"]` and refreshed before expiry by `refresh_api_key_hook`;
   the cluster CA comes from the registry's `caData` (kept in memory, no temp file).
-- `kubeconfig`: the kubeconfig text kept in Key Vault, loaded with `new_client_from_config_dict`.
+- `kubeconfig`: the kubeconfig text kept in Key Vault (the configuration vault), accepted only in the
+  safe shape of `rotation.adapters.kubeconfig` and turned into a client from that shape alone.
 
 The app's identity is least-privilege (infra/k8s/role.yaml): `get`/`patch` on one Secret and on the
 workloads it restarts. So every operation is a single-object GET or PATCH; nothing lists. Responses
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rotation.adapters.credential import token_deadline
 from rotation.core.consumption import secret_uses, template_of
 from rotation.core.errors import (
     AccessDenied,
@@ -272,7 +274,8 @@ class KubernetesClusterClient:
         if timeout is not None and timeout <= 0:
             raise UpstreamError(f"cluster {self.name}: no time left to {verb} {what}")
         try:
-            yield timeout
+            with token_deadline(timeout):  # the AKS token refresh happens inside the call
+                yield timeout
         except RotationError:
             raise
         except ApiException as exc:
@@ -425,6 +428,7 @@ class KubernetesClusters:
         self._lock = threading.Lock()
         self._clients: dict[Cluster, KubernetesClusterClient] = {}
         self._building: dict[Cluster, threading.Lock] = {}
+        self._temp_dirs: list[str] = []
 
     def client(self, cluster: Cluster) -> KubernetesClusterClient:
         with self._lock:
@@ -447,10 +451,15 @@ class KubernetesClusters:
             return made
 
     def close(self) -> None:
+        import shutil
+
         with self._lock:
             for c in self._clients.values():
                 c.close()
             self._clients.clear()
+            dirs, self._temp_dirs = self._temp_dirs, []
+        for directory in dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _api_client(self, cluster: Cluster) -> Any:
         from kubernetes import client
@@ -477,20 +486,38 @@ class KubernetesClusters:
         raise PermanentError(f"cluster {cluster.name}: unsupported auth {type(auth).__name__}")
 
     def _kubeconfig_client(self, name: str, auth: KubeconfigAuth) -> Any:
-        import yaml
-        from kubernetes import config
+        """A client from the validated shape only (`rotation.adapters.kubeconfig`): the Kubernetes
+        client's own loader would honour exec plugins, file paths, proxies and TLS switches."""
+        from kubernetes import client
 
-        text = self._read_kubeconfig(auth.secret_name)
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise PermanentError(f"cluster {name}: kubeconfig secret {auth.secret_name!r} is not "
-                                 "valid YAML") from None
-        if not isinstance(doc, dict):
-            raise PermanentError(f"cluster {name}: kubeconfig secret {auth.secret_name!r} is not a kubeconfig")
-        try:
-            new_client: Callable[..., Any] = config.new_client_from_config_dict
-            return new_client(doc, persist_config=False, client_configuration=_configuration())
-        except Exception as exc:  # noqa: BLE001 - ConfigException and whatever a broken kubeconfig raises
-            raise PermanentError(f"cluster {name}: kubeconfig secret {auth.secret_name!r} is unusable "
-                                 f"({type(exc).__name__})") from None
+        from rotation.adapters.kubeconfig import parse_kubeconfig
+
+        safe = parse_kubeconfig(self._read_kubeconfig(auth.secret_name), cluster=name, secret=auth.secret_name)
+        conf = _configuration()
+        conf.host = safe.server
+        if safe.ca_pem is not None:
+            conf.ca_cert_data = safe.ca_pem
+        if safe.token is not None:
+            conf.api_key = {"BearerToken": safe.token}
+            conf.api_key_prefix = {"BearerToken": "Bearer"}
+        else:
+            # urllib3 loads a client certificate only from files: private ones, removed on close.
+            conf.cert_file, conf.key_file = self._client_cert_files(name, safe.client_cert_pem or "",
+                                                                    safe.client_key_pem or "")
+        return client.ApiClient(conf)
+
+    def _client_cert_files(self, name: str, cert: str, key: str) -> tuple[str, str]:
+        import os
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="rotation-kube-")  # mode 0700
+        self._temp_dirs.append(directory)
+        paths = []
+        for filename, content in (("client.crt", cert), ("client.key", key)):
+            path = os.path.join(directory, filename)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
+            paths.append(path)
+        log.debug("client certificate of cluster %s kept in a private temporary directory", name)
+        return paths[0], paths[1]

@@ -45,6 +45,12 @@ class SettingsError(PermanentError):
     """An app setting is missing or invalid; the message names the setting."""
 
 
+class SettingsPending(SettingsError, TransientError):
+    """A setting the platform has not resolved yet (a Key Vault reference right after a deployment):
+    wrong now, likely right soon. Unhealthy like any SettingsError, but the event path lets Event Grid
+    redeliver instead of acknowledging the event."""
+
+
 class UnknownGateway(PermanentError):
     """The gateway is not in the registry, so the rotator has no business touching it."""
 
@@ -55,6 +61,21 @@ class NotFound(PermanentError):
 
 class AccessDenied(PermanentError):
     """The app's identity is not allowed to do this (401/403): a deployment problem, not a blip."""
+
+
+class UpstreamRejected(PermanentError):
+    """ARM or Key Vault refused a request as invalid (400/422). Its content came from the registry and
+    the stored state, not from the caller: a server-side problem (HTTP 502), not a bad request (400)."""
+
+
+class UnusableSecret(PermanentError):
+    """A token secret holds something that is not a gateway token (someone else wrote it). Server-side
+    state: reported (never echoed); a forced rotation overwrites it with a fresh token."""
+
+
+class SoftDeletedSecret(PermanentError):
+    """The token secret is deleted but recoverable (Key Vault soft delete): its name cannot be reused
+    until an operator recovers or purges it, so retrying cannot help."""
 
 
 class UpstreamError(TransientError):

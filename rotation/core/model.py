@@ -187,13 +187,13 @@ class Registry:
         return next((g for g in self.gateways if g.ref.key == wanted), None)
 
     def find_by_gateway(self, service_id: str | None, gateway: str) -> GatewayConfig | None:
-        """Match an event: by service id when the event has one, else by gateway name alone."""
-        for config in self.gateways:
-            if config.ref.gateway.lower() != gateway.lower():
-                continue
-            if service_id is None or config.ref.service_id.lower() == service_id.lower():
-                return config
-        return None
+        """Match an event: by service id when the event has one. Without one (no topic/source), only
+        when exactly one registered gateway has that name: an event naming just `gw-1` must not touch
+        the `gw-1` of whichever service happens to be listed first."""
+        named = [c for c in self.gateways if c.ref.gateway.lower() == gateway.lower()]
+        if service_id is None:
+            return named[0] if len(named) == 1 else None
+        return next((c for c in named if c.ref.service_id.lower() == service_id.lower()), None)
 
 
 # --- what the stores hold -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from rotation.core.errors import InvalidInput, RegistryError
+from rotation.core.hosts import AksServerRule
 from rotation.core.model import (
     DEFAULT_SECRET_KEY,
     AksAuth,
@@ -93,7 +94,7 @@ class _Reader:
             raise self.fail(str(exc)) from None
 
 
-def _cluster(r: _Reader) -> Cluster:
+def _cluster(r: _Reader, aks_servers: AksServerRule) -> Cluster:
     fields = r.obj({"name", "auth", "server", "caData", "kubeconfigSecret"})
     name = r.child("name").string(_CLUSTER_NAME, "cluster name")
     auth = r.child("auth").string()
@@ -102,8 +103,10 @@ def _cluster(r: _Reader) -> Cluster:
             if extra in fields:
                 raise r.child(extra).fail("only allowed with auth 'kubeconfig'")
         server = r.child("server").string()
-        if not server.startswith("https://"):
-            raise r.child("server").fail(f"{_show(server)} must be an https:// URL")
+        # The app's Entra token for AKS goes to this host: only AKS API servers of the cloud qualify.
+        why = aks_servers.problem(server)
+        if why is not None:
+            raise r.child("server").fail(f"{_show(server)} {why}")
         ca_reader = r.child("caData")
         ca = ca_reader.string()
         try:
@@ -192,8 +195,12 @@ def _gateway(r: _Reader, clusters: Mapping[str, Cluster]) -> GatewayConfig:
     )
 
 
-def load_registry(document: str | Mapping[str, object]) -> Registry:
-    """Parse and validate a registry; raises RegistryError naming the first problem."""
+def load_registry(document: str | Mapping[str, object], *,
+                  aks_servers: AksServerRule | None = None) -> Registry:
+    """Parse and validate a registry; raises RegistryError naming the first problem.
+
+    `aks_servers` says where `aks` clusters may be (default: the public cloud's AKS domain, no
+    loopback); settings pass the configured cloud's rule."""
     if isinstance(document, str):
         try:
             data: object = json.loads(document)
@@ -204,11 +211,12 @@ def load_registry(document: str | Mapping[str, object]) -> Registry:
             raise RegistryError(f"registry: not valid JSON: {exc.msg} at {where}") from None
     else:
         data = dict(document)
+    aks_servers = aks_servers or AksServerRule()
     root = _Reader("", data)
     root.obj({"clusters", "gateways", "$schema"})
     clusters: dict[str, Cluster] = {}
     for r in root.child("clusters").items():
-        cluster = _cluster(r)
+        cluster = _cluster(r, aks_servers)
         if cluster.name in clusters:
             raise r.child("name").fail(f"duplicate cluster name {_show(cluster.name)}")
         clusters[cluster.name] = cluster

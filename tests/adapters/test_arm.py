@@ -13,7 +13,7 @@ from azure.core.credentials import AccessToken
 from devstack.fakes import Fakes
 from rotation.adapters.arm import ArmTokenIssuer
 from rotation.adapters.credential import build_credential
-from rotation.core.errors import AccessDenied, InvalidInput, NotFound, PermanentError, UpstreamError
+from rotation.core.errors import AccessDenied, NotFound, PermanentError, UpstreamError, UpstreamRejected
 from rotation.core.model import GatewayRef, KeyType
 from rotation.core.token import GatewayToken
 from tests import leakcheck
@@ -69,8 +69,10 @@ def test_generated_token_verifies_with_the_requested_key(fakes: Fakes, gateway: 
     assert check["expiresAt"] == token.expires_at.isoformat()
     assert fakes.arm.verify(gateway.id, secondary)["keyType"] == "secondary"
     assert len(generate_calls(fakes)) == 2
-    # The app asked the managed-identity endpoint for the ARM endpoint's scope.
-    assert any(r["resource"] == fakes.arm.url and r["headerOk"] for r in fakes.identity.requests())
+    # The app asked the managed-identity endpoint for the cloud's ARM audience, not for the endpoint it
+    # talks to (an ARM_ENDPOINT override must not choose the audience: issue 12).
+    resources = {r["resource"] for r in fakes.identity.requests() if r["headerOk"]}
+    assert "https://management.azure.com" in resources and fakes.arm.url not in resources
 
 
 def test_regenerate_key_invalidates_only_that_keys_tokens(fakes: Fakes, gateway: GatewayRef) -> None:
@@ -88,7 +90,8 @@ def test_regenerate_key_invalidates_only_that_keys_tokens(fakes: Fakes, gateway:
 
 
 def test_expiry_beyond_30_days_is_a_permanent_error(fakes: Fakes, gateway: GatewayRef) -> None:
-    with pytest.raises(InvalidInput) as caught:
+    # UpstreamRejected, not InvalidInput: the request came from the rotator, not from the caller (502).
+    with pytest.raises(UpstreamRejected) as caught:
         issuer(fakes, retry_total=0).generate_token(gateway, KeyType.PRIMARY, in_days(31))
 
     message = str(caught.value)
@@ -233,7 +236,7 @@ def test_clients_are_cached_per_subscription(fakes: Fakes, gateway: GatewayRef) 
 
     assert len(arm._clients) == 1
     # One token from the identity endpoint served both calls (credential caching through the SDK).
-    assert sum(1 for r in fakes.identity.requests() if r["resource"] == fakes.arm.url) == 1
+    assert sum(1 for r in fakes.identity.requests() if r["resource"] == "https://management.azure.com") == 1
     arm.close()
 
 

@@ -17,11 +17,11 @@ from rotation.adapters.keyvault import KeyVaultTokenStore
 from rotation.core import tags
 from rotation.core.errors import (
     AccessDenied,
-    InvalidInput,
-    InvalidToken,
     NotFound,
     PermanentError,
+    UnusableSecret,
     UpstreamError,
+    UpstreamRejected,
 )
 from rotation.core.model import KeyType, TokenRecord
 from rotation.core.token import GatewayToken
@@ -116,7 +116,7 @@ def test_read_text_returns_any_value(fakes: Fakes) -> None:
 def test_a_value_that_is_not_a_token_is_a_permanent_error_without_the_value(fakes: Fakes) -> None:
     fakes.keyvault.set_secret("garbage", "hunter2-this-is-not-a-token")
 
-    with pytest.raises(InvalidToken) as caught:
+    with pytest.raises(UnusableSecret) as caught:  # server-side state, not the caller's input
         store(fakes).get("garbage")
 
     assert "'garbage'" in str(caught.value)
@@ -206,8 +206,8 @@ def test_429_with_retry_after_is_retried(fakes: Fakes) -> None:
     assert got is not None and got.token.value == rec.token.value
 
 
-def test_invalid_secret_name_is_invalid_input(fakes: Fakes) -> None:
-    with pytest.raises(InvalidInput, match="400 BadParameter"):
+def test_invalid_secret_name_is_rejected_upstream(fakes: Fakes) -> None:
+    with pytest.raises(UpstreamRejected, match="400 BadParameter"):
         store(fakes, retry_total=0).get("bad_name")
 
 
@@ -217,7 +217,7 @@ def test_error_messages_never_carry_the_value(fakes: Fakes) -> None:
     fakes.keyvault.add_fault({"method": "PUT", "path": "^/secrets/tok$", "status": 400,
                               "message": f"cannot store {rec.token.value}", "times": 2})
 
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(UpstreamRejected) as caught:
         kv.put("tok", rec)
 
     assert rec.token.value not in str(caught.value)

@@ -28,7 +28,7 @@ def test_functions_bindings_and_routes() -> None:
         "rotate": [("httpTrigger", "gateways/{service}/{gateway}/rotate", ("POST",), "FUNCTION", None)],
         "list_gateways": [("httpTrigger", "gateways", ("GET",), "FUNCTION", None)],
         "get_gateway": [("httpTrigger", "gateways/{service}/{gateway}", ("GET",), "FUNCTION", None)],
-        "roll_keys": [("httpTrigger", "gateways/{service}/{gateway}/roll-keys", ("POST",), "FUNCTION", None)],
+        "roll_keys": [("httpTrigger", "gateways/{service}/{gateway}/roll-keys", ("POST",), "ADMIN", None)],
         "health": [("httpTrigger", "health", ("GET",), "FUNCTION", None)],
         "sweep": [("timerTrigger", None, (), None, triggers.SWEEP_SCHEDULE)],
     }

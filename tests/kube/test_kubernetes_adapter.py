@@ -343,7 +343,7 @@ def test_bad_ca_data_and_kubeconfig_are_permanent(kube_stack: KubeStack) -> None
     with pytest.raises(PermanentError, match="kubeconfig secret 'kc' is not valid YAML"):
         clusters.client(Cluster("east", KubeconfigAuth("kc")))
     clusters = KubernetesClusters(StaticCredential("t"), lambda name: "apiVersion: v1\nkind: Config\n")
-    with pytest.raises(PermanentError, match="kubeconfig secret 'kc' is unusable"):
+    with pytest.raises(PermanentError, match="kubeconfig secret 'kc': clusters is required"):
         clusters.client(Cluster("east", KubeconfigAuth("kc")))
     with pytest.raises(PermanentError, match="caData is not a base64 PEM"):
         clusters.client(kube_stack.aks_cluster(ca_pem=b"garbage"))

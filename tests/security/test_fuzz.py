@@ -79,7 +79,7 @@ def registries(draw: st.DrawFn) -> dict[str, Any]:
     """Shaped like a registry, with any field replaced by junk or hostile names."""
     cluster = {"name": draw(_maybe(st.sampled_from(["east", "west"]))),
                "auth": draw(_maybe(st.sampled_from(["aks", "kubeconfig"]))),
-               "server": draw(_maybe(st.just("https://east.example:443"))),
+               "server": draw(_maybe(st.just("https://east-dns-4f1c2a9b.hcp.westeurope.azmk8s.io:443"))),
                "caData": draw(_maybe(st.just(CA_DATA))),
                "kubeconfigSecret": draw(_maybe(st.just("kubeconfig-west")))}
     target = {"cluster": draw(_maybe(st.just("east"))), "namespace": draw(_maybe(st.just("apim"))),
@@ -113,3 +113,28 @@ def test_registry_loader_raises_only_registry_errors_on_any_text(text: str) -> N
 def test_registry_loader_survives_deeply_nested_json() -> None:
     with pytest.raises(RegistryError):
         load_registry("[" * 100_000)
+
+
+@st.composite
+def kubeconfigs(draw: st.DrawFn) -> Any:
+    """Shaped like a kubeconfig, with any field replaced by junk or a refused field added."""
+    from tests.security.test_kubeconfig import good
+
+    doc: Any = good()
+    places: list[Any] = [doc, doc["clusters"][0], doc["clusters"][0]["cluster"], doc["users"][0],
+                         doc["users"][0]["user"], doc["contexts"][0]["context"]]
+    for _ in range(draw(st.integers(0, 3))):
+        node = draw(st.sampled_from(places))
+        key = draw(st.one_of(TEXT, st.sampled_from(["exec", "token", "server", "tokenFile", "name",
+                                                     "client-key-data", "certificate-authority-data"])))
+        node[key] = draw(JSON)
+    return doc
+
+
+@given(kubeconfigs())
+def test_kubeconfig_validator_raises_only_permanent_errors(doc: Any) -> None:
+    from rotation.adapters.kubeconfig import validate_kubeconfig
+    from rotation.core.errors import PermanentError
+
+    with contextlib.suppress(PermanentError):
+        validate_kubeconfig(doc, cluster="west", secret="kubeconfig-west")

@@ -73,12 +73,17 @@ def test_kubernetes_refuses_a_server_with_an_untrusted_certificate(app: App, imp
 
 def test_key_vault_challenge_check_is_on_without_the_emulator_setting(app: App,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without ROTATION_LOCAL_EMULATORS the SDK verifies that the challenge's resource matches the
-    vault's domain: the devstack vault on 127.0.0.1 is refused, as a permanent (configuration) error."""
+    """Without ROTATION_LOCAL_EMULATORS a loopback vault is not even accepted as KEY_VAULT_URL; and the
+    store the app builds for any vault but a loopback one with the switch on verifies that the
+    challenge's resource matches the vault's domain: the devstack vault on 127.0.0.1 is refused, as a
+    permanent (configuration) error."""
     monkeypatch.delenv("ROTATION_LOCAL_EMULATORS")
     bootstrap.reset()
+    status, body = http("health", "GET", "http://localhost/api/health")
+    assert status == 503 and "only an override for a loopback emulator" in body["error"]  # ARM_ENDPOINT, first
+    store = KeyVaultTokenStore(build_credential(), app.fakes.keyvault.url, retry_total=0)
     with pytest.raises(PermanentError, match="challenge"):
-        bootstrap.container().store.get("apim-apim-sec-gw-1-token", timeout=5)
+        store.get("apim-apim-sec-gw-1-token", timeout=5)
     # At most the unauthenticated probe (401): azure-keyvault caches challenges per vault host for the
     # whole process, so when an earlier fake of this run had the same port there is no probe at all.
     assert [(c["method"], c["status"]) for c in app.fakes.keyvault.calls()] in ([("GET", 401)], [])

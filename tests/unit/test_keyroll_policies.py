@@ -84,7 +84,7 @@ def test_local_lease_excludes_expires_and_detects_loss() -> None:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {"ROTATION_REGISTRY": json.dumps(registry(gateway("gw-1"))), "KEY_VAULT_URL": "https://kv.example",
+    return {"ROTATION_REGISTRY": json.dumps(registry(gateway("gw-1"))), "KEY_VAULT_URL": "https://kv-test.vault.azure.net",
             **extra}
 
 

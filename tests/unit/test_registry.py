@@ -120,3 +120,86 @@ def test_hostile_values_are_truncated_in_messages() -> None:
     with pytest.raises(RegistryError) as err:
         load_registry(_mutate("gateways.0.targets.0.namespace", "x" * 10_000))
     assert len(str(err.value)) < 300
+
+
+GOOD_AKS = "https://east-dns-4f1c2a9b.hcp.westeurope.azmk8s.io:443"
+
+
+@pytest.mark.parametrize("server", [
+    GOOD_AKS,
+    "https://east-dns-4f1c2a9b.hcp.westeurope.azmk8s.io",
+    "https://east-dns-4f1c2a9b.hcp.westeurope.azmk8s.io/",
+    "https://east-dns-4f1c2a9b.portal.hcp.westeurope.azmk8s.io",
+    "https://east-dns-4f1c2a9b.privatelink.westeurope.azmk8s.io:443",      # private cluster
+    "https://east-dns-4f1c2a9b.0a1b2c3d.privatelink.westeurope.azmk8s.io",  # private, custom subzone
+])
+def test_aks_servers_of_the_public_cloud_are_accepted(server: str) -> None:
+    reg = load_registry(_mutate("clusters.0.server", server))
+    assert reg.clusters["east"].auth == AksAuth(server=server, ca_data=reg.clusters["east"].auth.ca_data)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("server", "why"), [
+    ("https://kubernetes.example.com", "is not an AKS API server of this cloud"),
+    ("https://evil.example/x.hcp.westeurope.azmk8s.io", "must not have a path"),
+    ("https://east.hcp.westeurope.azmk8s.io.evil.com", "is not an AKS API server"),   # suffix confusion
+    ("https://east.hcp.westeurope.azmk8s.io.", "must not end with a dot"),
+    ("https://EAST.hcp.westeurope.azmk8s.io", "must be lowercase"),
+    ("https://east.HCP.westeurope.azmk8s.io", "must be lowercase"),
+    ("https://east.hcp.westeurope.azmk8s.io@evil.com", "user information"),
+    ("https://evil.com@east.hcp.westeurope.azmk8s.io", "user information"),
+    ("https://east.hcp.westeurope.azmk8s.io:8443", "must use port 443"),
+    ("https://east.hcp.westeurope.azmk8s.io:443:80", "is not a valid URL"),
+    ("https://east.hcp.westeurope.azmk8s.io:0x1bb", "is not a valid URL"),
+    ("https://east.hcp.westeurope.azmk8s.io?x=1", "query or fragment"),
+    ("https://east.hcp.westeurope.azmk8s.io#x", "query or fragment"),
+    ("https://20.50.1.2", "not an IP address"),
+    ("https://[2001:db8::1]", "not an IP address"),
+    ("https://127.0.0.1:6443", "not an IP address"),        # loopback only with the local emulators
+    ("https://localhost:6443", "must use port 443"),
+    ("https://localhost", "is not an AKS API server"),
+    ("https://hcp.westeurope.azmk8s.io", "is not an AKS API server"),           # no cluster label
+    ("https://azmk8s.io", "is not an AKS API server"),
+    ("https://east.westeurope.azmk8s.io", "is not an AKS API server"),           # neither hcp nor privatelink
+    ("https://east.hcp.westeurope.cx.prod.service.azk8s.cn", "is not an AKS API server"),  # another cloud
+    ("https://east.hcp.west_europe.azmk8s.io", "is not an AKS API server"),
+    ("https://east.hcp.westeurope.azmk8s.io\\@evil.com", "user information"),
+    ("https://east\u3002hcp.westeurope.azmk8s.io", "is not an AKS API server"),  # ideographic full stop
+    ("http://east.hcp.westeurope.azmk8s.io", "must be an https:// URL"),
+])
+def test_aks_servers_elsewhere_are_refused(server: str, why: str) -> None:
+    """The app's Entra token for AKS goes to `server`: anything but an AKS API server host name of the
+    configured cloud (Microsoft's AKS egress rules: *.hcp.<location>.azmk8s.io; private clusters:
+    privatelink.<region>.azmk8s.io zones) is refused when the registry loads, naming the field."""
+    with pytest.raises(RegistryError, match=r"clusters\[0\]\.server: .*" + why):
+        load_registry(_mutate("clusters.0.server", server))
+
+
+def test_loopback_aks_servers_only_with_the_emulator_rule() -> None:
+    from rotation.core.hosts import AksServerRule
+
+    for server in ("https://127.0.0.1:6443", "https://localhost:6443", "https://[::1]:6443"):
+        reg = load_registry(_mutate("clusters.0.server", server), aks_servers=AksServerRule(allow_loopback=True))
+        assert reg.clusters["east"].auth.server == server  # type: ignore[union-attr]
+        with pytest.raises(RegistryError):
+            load_registry(_mutate("clusters.0.server", server))
+    with pytest.raises(RegistryError, match="not an IP address"):  # loopback, not any IP
+        load_registry(_mutate("clusters.0.server", "https://10.0.0.1:6443"),
+                      aks_servers=AksServerRule(allow_loopback=True))
+
+
+def test_validate_registry_checks_aks_servers_against_the_configured_cloud(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from rotation.cli import main
+
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(_mutate("clusters.0.server",
+                                       "https://c-1a2b.hcp.usgovvirginia.cx.aks.containerservice.azure.us")))
+    monkeypatch.delenv("AZURE_CLOUD", raising=False)
+    monkeypatch.delenv("ROTATION_LOCAL_EMULATORS", raising=False)
+    assert main(["validate-registry", str(path)], io.StringIO()) == 2
+    assert "is not an AKS API server of this cloud" in capsys.readouterr().err
+    monkeypatch.setenv("AZURE_CLOUD", "AzureUSGovernment")
+    out = io.StringIO()
+    assert main(["validate-registry", str(path)], out) == 0 and "valid (2 clusters" in out.getvalue()
