@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from devstack import stack as devstack
+from rotation import telemetry
 
 
 class _Progress(logging.Handler):
@@ -35,17 +36,16 @@ class _Progress(logging.Handler):
         self.targets: list[dict[str, Any]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if not message.startswith('{"event": "rotation.'):
+        fields = telemetry.fields_of(record)
+        if not fields:
             return
-        fields = json.loads(message)
         event = fields["event"]
         if event == "rotation.token":
             print(f"    new token {fields['fingerprint']} from the {fields['keyType']} key, "
                   f"expires {fields['expiresAt'][:16]}Z, stored in Key Vault first", file=self.out)
         elif event == "rotation.target":
             self.targets.append(fields)
-            restarted = f", restarted {', '.join(fields['restarted'])}" if fields["restarted"] else ""
+            restarted = f", restarted {fields['restarted'].replace(',', ', ')}" if fields.get("restarted") else ""
             error = f" ({fields['error']})" if fields.get("error") else ""
             print(f"    {fields['outcome']:8} {fields['cluster']}/{fields['namespace']}/{fields['secret']}"
                   f" in {fields['durationMs']} ms{restarted}{error}", file=self.out)

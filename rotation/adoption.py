@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ from rotation.core.adoption import Candidate, candidates, key_order, origin
 from rotation.core.errors import RotationError
 from rotation.core.model import GatewayConfig, KeyType, Target, TokenRecord
 from rotation.core.token import GatewayToken
+from rotation.telemetry import Executor
 
 if TYPE_CHECKING:
     from rotation.service import Rotator
@@ -59,7 +60,7 @@ def held_tokens(rotator: Rotator, config: GatewayConfig, check: Callable[[str], 
                                    timeout=min(check("reading the Secret"), budget))
         return target, state.value
 
-    pool = ThreadPoolExecutor(max_workers=min(len(config.targets), 32) or 1, thread_name_prefix="adopt")
+    pool = Executor(max_workers=min(len(config.targets), 32) or 1, thread_name_prefix="adopt")
     try:
         futures = [pool.submit(read, t) for t in config.targets]
         wait(futures, timeout=budget)

@@ -7,12 +7,11 @@ parallel under one deadline. Nothing here imports an SDK.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, as_completed, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -67,6 +66,8 @@ from rotation.core.ports import (
 from rotation.core.redact import clean_reason
 from rotation.core.status import GatewayStatus, KeyRollReport, SweepReport, TargetStatus, sync_state
 from rotation.core.token import GatewayToken, parse_stored
+from rotation.telemetry import Executor, attributed, error_class
+from rotation.telemetry import emit as emit  # re-exported: keyroll and adoption record through it
 
 log = logging.getLogger("rotation")
 
@@ -84,16 +85,6 @@ LOCAL_LEASE_WARNING = ("leases are in-process only (LEASE_CONTAINER_URL is unset
 HEAL_COOLDOWN = timedelta(minutes=10)
 
 Clock = Callable[[], datetime]
-
-
-def emit(event: str, fields: Mapping[str, object], level: int = logging.INFO) -> None:
-    """One structured record whose message is a JSON object with `event` first.
-
-    The Python worker forwards only the message to Application Insights (not `extra`), so the
-    alerts and the workbook in infra/ parse the message; `extra` serves OpenTelemetry exporters.
-    """
-    record = {"event": event, **fields}
-    log.log(level, "%s", json.dumps(record, default=str), extra={"custom_dimensions": record})
 
 
 class _Deadline:
@@ -152,7 +143,8 @@ class _Holding:
         self._name = name
         self._stop = threading.Event()
         self.lost: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(interval,), name="lease-renew", daemon=True)
+        self._thread = threading.Thread(target=attributed(lambda: self._run(interval)), name="lease-renew",
+                                        daemon=True)
         self._thread.start()
 
     def _run(self, interval: float) -> None:
@@ -247,15 +239,39 @@ class Rotator:
         started = time.monotonic()
         reason = clean_reason(reason)  # free text from an operator: never log or publish a pasted secret
         deadline = _Deadline(deadline_seconds)
-        with self.exclusive(config, deadline):
-            return self.reconcile_held(config, reason=reason, deadline=deadline, started=started, force=force,
-                                       dry_run=dry_run, known=known, heal=heal)
+        entered = False
+        try:
+            with self.exclusive(config, deadline):
+                entered = True
+                return self.reconcile_held(config, reason=reason, deadline=deadline, started=started, force=force,
+                                           dry_run=dry_run, known=known, heal=heal)
+        except Exception as exc:
+            if not entered:  # the lease failed: reconcile_held did not run, so nothing recorded the outcome
+                self._record(config, _failed(config, reason, dry_run, started, exc), error_class(exc),
+                             deadline=deadline)
+            raise
 
     def reconcile_held(self, config: GatewayConfig, *, reason: str, deadline: _Deadline, started: float,
                        force: bool = False, dry_run: bool = False, known: TokenInfo | None = None,
                        heal: Heal | None = None, key_type: KeyType | None = None,
                        roll_from: KeyType | None = None) -> RotationReport:
-        """reconcile() for a caller that holds the gateway's lease (the key roll)."""
+        """reconcile() for a caller that holds the gateway's lease (the key roll).
+
+        Every outcome is recorded once, a failure before the targets (ARM 403, Key Vault 5xx, a bad
+        setting) included: that is what the failed-rotation alert counts.
+        """
+        try:
+            return self._reconcile_held(config, reason=reason, deadline=deadline, started=started, force=force,
+                                        dry_run=dry_run, known=known, heal=heal, key_type=key_type,
+                                        roll_from=roll_from)
+        except Exception as exc:
+            self._record(config, _failed(config, reason, dry_run, started, exc), error_class(exc),
+                         deadline=deadline)
+            raise
+
+    def _reconcile_held(self, config: GatewayConfig, *, reason: str, deadline: _Deadline, started: float,
+                        force: bool, dry_run: bool, known: TokenInfo | None, heal: Heal | None,
+                        key_type: KeyType | None, roll_from: KeyType | None) -> RotationReport:
         source, rotated, chosen_key, rolling = self._gather_and_renew(
             config, deadline, force, dry_run, known, key_type, roll_from)
         doomed = self._doomed(config, rolling, deadline) if rolling is not None and source else frozenset()
@@ -284,7 +300,7 @@ class Rotator:
             dry_run=dry_run,
             instance=heal.instance if heal else None,
         )
-        self._record(config, report)
+        self._record(config, report, deadline=deadline)
         return report
 
     def _gather_and_renew(
@@ -416,7 +432,7 @@ class Rotator:
         `doomed` token is overwritten even if that token expires later."""
         targets = config.targets
         started = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
+        pool = Executor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
         try:
             futures: list[Future[TargetReport]] = [
                 pool.submit(self._sync_target, config, t, source, deadline, plan_only, held, doomed, heal)
@@ -582,13 +598,13 @@ class Rotator:
                     gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None,
                     reason="sweep", duration_ms=0, targets=(), dry_run=dry_run,
                     error="not reached within the sweep's budget; left for the next run")
-                self._record(config, report)
+                self._record(config, report, "NotReached")
                 return report
             return self.reconcile_safely(config, reason="sweep", deadline_seconds=deadline_seconds,
                                          dry_run=dry_run, known=infos.get(config.key_vault_secret.lower()))
 
         reports: list[RotationReport] = []
-        with ThreadPoolExecutor(max_workers=self.sweep_concurrency, thread_name_prefix="sweep") as pool:
+        with Executor(max_workers=self.sweep_concurrency, thread_name_prefix="sweep") as pool:
             futures = [pool.submit(one, config) for config in self.registry.gateways]
             for future in as_completed(futures):
                 report = future.result()
@@ -604,18 +620,12 @@ class Rotator:
         started = time.monotonic()
         try:
             return self.reconcile(config, **kwargs)
-        except RotationError as exc:
-            error = str(exc)
+        except RotationError as exc:  # reconcile() recorded the outcome
+            failure: Exception = exc
         except Exception as exc:  # a bug in one gateway must not lose the other gateways' reports
             log.exception("unexpected error reconciling %s", config.ref)
-            error = f"internal error: {type(exc).__name__}"
-        report = RotationReport(
-            gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None,
-            reason=str(kwargs.get("reason", "")), duration_ms=int((time.monotonic() - started) * 1000),
-            targets=(), dry_run=bool(kwargs.get("dry_run", False)), error=error,
-        )
-        self._record(config, report)
-        return report
+            failure = exc
+        return _failed(config, str(kwargs.get("reason", "")), bool(kwargs.get("dry_run", False)), started, failure)
 
     def _listing(self, timeout: float) -> dict[str, TokenInfo]:
         return {i.secret_name.lower(): i for i in self.store.list(timeout=timeout)}
@@ -627,7 +637,7 @@ class Rotator:
         infos = self._listing(timeout)
         jobs = [(c, t) for c in configs for t in c.targets]
         deadline = _Deadline(timeout)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), MAX_FANOUT)),
+        with Executor(max_workers=max(1, min(len(jobs), MAX_FANOUT)),
                                 thread_name_prefix="status") as pool:
             futures = [pool.submit(self._target_status, t, infos.get(c.key_vault_secret.lower()), deadline)
                        for c, t in jobs]
@@ -672,7 +682,8 @@ class Rotator:
 
     # --- reporting --------------------------------------------------------------------------------
 
-    def _record(self, config: GatewayConfig, report: RotationReport) -> None:
+    def _record(self, config: GatewayConfig, report: RotationReport, failure: str | None = None, *,
+                deadline: _Deadline | None = None) -> None:
         base = {"gatewayId": report.gateway_id, "service": config.ref.service, "gateway": config.ref.gateway,
                 "rotated": report.rotated, "fingerprint": report.fingerprint, "keyType":
                 report.key_type.value if report.key_type else None,
@@ -683,10 +694,20 @@ class Rotator:
                  logging.INFO if t.outcome.ok else logging.WARNING)
         emit("rotation.reconcile", {**base, "durationMs": report.duration_ms,
                                     "outcome": "ok" if report.ok else "failed",
-                                    "failed": len(report.failed_targets)},
+                                    "failed": len(report.failed_targets), "errorClass": failure,
+                                    "error": report.error},
              logging.INFO if report.ok else logging.WARNING)
         if self.publisher is not None and not report.dry_run and (report.rotated or not report.ok):
-            self.publisher.publish(report)
+            # Inside the caller's deadline: the event handler must answer Event Grid in time.
+            self.publisher.publish(report, timeout=deadline.left() if deadline else None)
+
+
+def _failed(config: GatewayConfig, reason: str, dry_run: bool, started: float, exc: Exception) -> RotationReport:
+    message = str(exc) if isinstance(exc, RotationError) else f"internal error: {type(exc).__name__}"
+    return RotationReport(
+        gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None, reason=reason,
+        duration_ms=int((time.monotonic() - started) * 1000), targets=(), dry_run=dry_run, error=message,
+    )
 
 
 def _desired(token: GatewayToken) -> Desired:

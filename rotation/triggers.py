@@ -11,11 +11,11 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import azure.functions as func
 
-from rotation import bootstrap
+from rotation import bootstrap, telemetry
 from rotation.core.caller import caller_from_headers
 from rotation.core.errors import (
     IgnoredEvent,
@@ -30,12 +30,25 @@ from rotation.core.errors import (
 from rotation.core.events import parse_event
 from rotation.core.model import GatewayConfig, KeyType, check_gateway_name, check_service_name
 from rotation.service import LOCAL_LEASE_WARNING, Heal
+from rotation.settings import DEFAULT_SWEEP_SCHEDULE
 
 log = logging.getLogger("rotation.triggers")
 # The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 logging.getLogger("azure.identity").setLevel(logging.WARNING)
+# The Azure Monitor exporter logs every transmission at INFO, from its own threads.
+logging.getLogger("azure.monitor.opentelemetry.exporter").setLevel(logging.WARNING)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+# The worker passes `context` to a handler that declares it (annotated exactly `func.Context`:
+# azure_functions_runtime/functions.py `is_context_required`); the default serves direct calls.
+NO_CONTEXT = cast(func.Context, None)
+
+# The host resolves `%NAME%` in a binding from app settings only and fails the function when the
+# setting is missing; a literal read here at indexing (the worker indexes after the host applied the
+# app settings: azure_functions_runtime/handle_event.py `function_environment_reload_request`) always
+# has a value, and changing the setting restarts the app, which indexes again.
+SWEEP_SCHEDULE = os.environ.get("SWEEP_SCHEDULE", "").strip() or DEFAULT_SWEEP_SCHEDULE
 
 
 class RotationIncomplete(TransientError):
@@ -68,11 +81,22 @@ def handle_event(payload: Mapping[str, Any]) -> None:
         box = bootstrap.container()
         settings = box.settings
         config = settings.registry.find_by_gateway(event.service_id, event.gateway)
-        if config is None:
-            log.warning("event %s: gateway %s of %s is not in the registry; ignored", event.event_id,
-                        event.gateway, event.service_id
-                        or "an unnamed service (without a topic, the name must be registered exactly once)")
-            return
+    except SettingsPending as exc:
+        # e.g. the registry's Key Vault reference not resolved yet: acknowledging would lose the event.
+        unreconciled(f"{event.service_id or ''}/gateways/{event.gateway}", exc, event.reason)
+        log.warning("event %s: settings not available yet, Event Grid will redeliver: %s", event.event_id, exc)
+        raise
+    except SettingsError as exc:
+        # No reconcile can start; still one outcome record, so the failure alert sees it.
+        unreconciled(f"{event.service_id or ''}/gateways/{event.gateway}", exc, event.reason)
+        log.error("event %s: rejected (not retried): %s", event.event_id, exc)
+        return
+    if config is None:
+        log.warning("event %s: gateway %s of %s is not in the registry; ignored", event.event_id,
+                    event.gateway, event.service_id
+                    or "an unnamed service (without a topic, the name must be registered exactly once)")
+        return
+    try:
         report = box.rotator.reconcile(config, reason=event.reason, deadline_seconds=settings.deadline_seconds,
                                        heal=Heal(instance=event.instance, instance_expires_at=event.expires_at))
     except SettingsPending as exc:
@@ -95,10 +119,18 @@ def handle_event(payload: Mapping[str, Any]) -> None:
                                  f"({failed})")
 
 
+def unreconciled(gateway_id: str, exc: Exception, reason: str) -> None:
+    """The `rotation.reconcile` record of a request that failed before its reconcile could start."""
+    telemetry.emit("rotation.reconcile", {"gatewayId": gateway_id, "rotated": False, "reason": reason,
+                                          "outcome": "failed", "errorClass": telemetry.error_class(exc),
+                                          "error": str(exc)}, logging.WARNING)
+
+
 @bp.function_name("on_gateway_token_event")
 @bp.event_grid_trigger(arg_name="event")
-def on_gateway_token_event(event: func.EventGridEvent) -> None:
-    handle_event(event_payload(event))
+def on_gateway_token_event(event: func.EventGridEvent, context: func.Context = NO_CONTEXT) -> None:
+    with telemetry.invocation(context):
+        handle_event(event_payload(event))
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
@@ -117,26 +149,31 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 def _guard(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
     """Map the error taxonomy to HTTP statuses once, for every route."""
 
-    def run(req: func.HttpRequest) -> func.HttpResponse:
-        try:
-            return handler(req)
-        except UnknownGateway as exc:
-            return _error(404, str(exc))
-        except InvalidInput as exc:
-            return _error(400, str(exc))
-        except SettingsPending as exc:  # e.g. a Key Vault reference not resolved yet: try again later
-            return _error(503, str(exc), {"Retry-After": "30"})
-        except SettingsError as exc:
-            log.error("misconfigured: %s", exc)
-            return _error(500, f"the rotator is misconfigured: {exc}")
-        except TransientError as exc:
-            return _error(503, str(exc), {"Retry-After": "30"})
-        except RotationError as exc:
-            return _error(502, str(exc))
+    def run(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.HttpResponse:
+        with telemetry.invocation(context):
+            return _mapped(handler, req)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
     return run
+
+
+def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse], req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        return handler(req)
+    except UnknownGateway as exc:
+        return _error(404, str(exc))
+    except InvalidInput as exc:
+        return _error(400, str(exc))
+    except SettingsPending as exc:  # e.g. a Key Vault reference not resolved yet: try again later
+        return _error(503, str(exc), {"Retry-After": "30"})
+    except SettingsError as exc:
+        log.error("misconfigured: %s", exc)
+        return _error(500, f"the rotator is misconfigured: {exc}")
+    except TransientError as exc:
+        return _error(503, str(exc), {"Retry-After": "30"})
+    except RotationError as exc:
+        return _error(502, str(exc))
 
 
 def _gateway_from_route(req: func.HttpRequest) -> GatewayConfig:
@@ -173,7 +210,12 @@ def _body(req: func.HttpRequest, fields: Mapping[str, type]) -> dict[str, Any]:
 @_guard
 def rotate(req: func.HttpRequest) -> func.HttpResponse:
     body = _body(req, {"force": bool, "dryRun": bool, "reason": str})
-    config = _gateway_from_route(req)
+    try:
+        config = _gateway_from_route(req)
+    except SettingsError as exc:
+        service, gateway = req.route_params.get("service", ""), req.route_params.get("gateway", "")
+        unreconciled(f"{check_service_name(service)}/gateways/{check_gateway_name(gateway)}", exc, "http request")
+        raise
     box = bootstrap.container()
     report = box.rotator.reconcile(
         config, reason=body.get("reason") or "http request", force=body.get("force", False),
@@ -228,26 +270,39 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET"])
-def health(req: func.HttpRequest) -> func.HttpResponse:
-    try:
-        settings = bootstrap.container().settings
-    except SettingsError as exc:
-        return _json(503, {"status": "unhealthy", "error": str(exc)})
-    body: dict[str, Any] = {"status": "ok", "gateways": len(settings.registry.gateways),
-                            "clusters": len(settings.registry.clusters)}
-    if not settings.lease_container_url:
-        body["warning"] = LOCAL_LEASE_WARNING
-    return _json(200, body)
+def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.HttpResponse:
+    with telemetry.invocation(context):
+        try:
+            settings = bootstrap.container().settings
+        except SettingsError as exc:
+            return _json(503, {"status": "unhealthy", "error": str(exc)})
+        body: dict[str, Any] = {"status": "ok", "gateways": len(settings.registry.gateways),
+                                "clusters": len(settings.registry.clusters), "sweepSchedule": SWEEP_SCHEDULE}
+        if not settings.lease_container_url:
+            body["warning"] = LOCAL_LEASE_WARNING
+        return _json(200, body)
 
 
 # --- timer ---------------------------------------------------------------------------------------
 
 
 @bp.function_name("sweep")
-@bp.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False)
-def sweep(timer: func.TimerRequest) -> None:
-    box = bootstrap.container()
-    result = box.rotator.sweep(deadline_seconds=box.settings.deadline_seconds)
+@bp.timer_trigger(arg_name="timer", schedule=SWEEP_SCHEDULE, run_on_startup=False)
+def sweep(timer: func.TimerRequest, context: func.Context = NO_CONTEXT) -> None:
+    with telemetry.invocation(context):
+        run_sweep()
+
+
+def run_sweep() -> None:
+    """One `rotation.sweep` record per run, whether it got to the gateways or not."""
+    try:
+        box = bootstrap.container()
+        result = box.rotator.sweep(deadline_seconds=box.settings.deadline_seconds)
+    except RotationError as exc:
+        telemetry.emit("rotation.sweep", {"outcome": "failed", "errorClass": telemetry.error_class(exc),
+                                          "error": str(exc), "schedule": SWEEP_SCHEDULE}, logging.ERROR)
+        raise
     summary = result.to_dict()
     del summary["reports"]
-    log.log(logging.INFO if result.ok else logging.ERROR, "sweep %s", json.dumps(summary))
+    telemetry.emit("rotation.sweep", {**summary, "outcome": "ok" if result.ok else "failed",
+                                      "schedule": SWEEP_SCHEDULE}, logging.INFO if result.ok else logging.ERROR)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from rotation import telemetry
+
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
@@ -37,7 +39,7 @@ class Capture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         text = self.format(record)
-        extra = getattr(record, "custom_dimensions", None)
+        extra = telemetry.fields_of(record)  # what becomes customDimensions
         self.records.append(f"{text} {extra!r}" if extra else text)
 
 

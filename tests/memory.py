@@ -251,5 +251,5 @@ class MemoryClusters:
 class RecordingPublisher:
     published: list[RotationReport] = field(default_factory=list)
 
-    def publish(self, report: RotationReport) -> None:
+    def publish(self, report: RotationReport, timeout: float | None = None) -> None:
         self.published.append(report)

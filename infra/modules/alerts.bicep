@@ -1,15 +1,15 @@
-metadata description = 'Log alert rules over the rotator\'s structured traces (DESIGN section 7): a failed rotation, and a gateway whose stored token expires within 48 hours.'
+metadata description = 'Alerts on the rotator\'s OpenTelemetry signals: a log alert on failed reconciles (customDimensions of rotation.reconcile / rotation.sweep records) and a metric alert on the rotation_token_hours_left custom metric.'
 
 @description('Prefix of the alert rule names.')
 param namePrefix string
 
-@description('Azure region of the alert rules (same as Application Insights).')
+@description('Azure region of the log alert rule (same as Application Insights); metric alerts are global.')
 param location string
 
 @description('Tags applied to the alert rules.')
 param tags object = {}
 
-@description('Resource id of the Application Insights component whose traces the rules query.')
+@description('Resource id of the Application Insights component the rules watch.')
 param applicationInsightsId string
 
 @description('Resource id of the action group notified when a rule fires; empty creates the rules without notifications (they still show in the Portal).')
@@ -20,33 +20,28 @@ param actionGroupId string = ''
 @maxValue(720)
 param expiryThresholdHours int = 48
 
-// Rotation records, whichever way the worker ships them: App Insights customDimensions (logging "extra" fields)
-// or a JSON message. d holds the fields of DESIGN section 7 (event, gatewayId, outcome, cluster, expiresAt, ...).
-var rotationTraces = '''
-let rotation = traces
-| extend payload = iff(message startswith "{", parse_json(message), dynamic({}))
-| extend d = bag_merge(todynamic(customDimensions), payload)
-| extend event = tostring(d.event)
-| where event startswith "rotation.";
-'''
-
+// One record per reconcile outcome, failures before any target included (errorClass: AccessDenied,
+// UpstreamError, SettingsError, ...), and one per sweep. With telemetryMode OpenTelemetry the fields are
+// customDimensions; on the classic path they are only in the message (`rotation.reconcile k=v ...`), so
+// each field falls back to the message.
 var failedRotationQuery = '''
-rotation
-| where (event == "rotation.target" and tostring(d.outcome) in ("failed", "timeout"))
-    or (event == "rotation.reconcile" and tostring(d.outcome) == "failed")
-| extend gatewayId = tostring(d.gatewayId), cluster = tostring(d.cluster)
-| summarize failures = count() by gatewayId, cluster
-'''
-
-var expiringTokenQuery = '''
-rotation
-| where event in ("rotation.expiry", "rotation.reconcile") and isnotempty(tostring(d.expiresAt))
-| extend gatewayId = tostring(d.gatewayId), expiresAt = todatetime(tostring(d.expiresAt))
-| summarize arg_max(timestamp, expiresAt) by gatewayId
-| extend hoursLeft = datetime_diff("minute", expiresAt, now()) / 60.0
+traces
+| extend event = coalesce(tostring(customDimensions.event), extract(@"^(rotation\.\w+) ", 1, message))
+| where event in ("rotation.reconcile", "rotation.sweep")
+| extend outcome = coalesce(tostring(customDimensions.outcome), extract(@" outcome=(\w+)", 1, message))
+| where outcome == "failed"
+| extend gatewayId = coalesce(tostring(customDimensions.gatewayId), extract(@" gatewayId=(\S+)", 1, message), "(sweep)"),
+    errorClass = coalesce(tostring(customDimensions.errorClass), extract(@" errorClass=(\w+)", 1, message), "TargetsFailed")
+| summarize failures = count() by gatewayId, errorClass
 '''
 
 var actions = empty(actionGroupId) ? [] : [
+  {
+    actionGroupId: actionGroupId
+  }
+]
+
+var logActions = empty(actionGroupId) ? [] : [
   actionGroupId
 ]
 
@@ -57,7 +52,7 @@ resource failedRotation 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   kind: 'LogAlert'
   properties: {
     displayName: 'APIM token rotation failed'
-    description: 'A reconcile failed, or a target cluster Secret could not be updated (outcome failed or timeout). The gateway keeps its current token; look at the error field and the dead-letter container.'
+    description: 'A reconcile ended failed: before any target (errorClass AccessDenied = a missing role, UpstreamError = ARM or Key Vault trouble, SettingsError = a bad app setting) or at a target (TargetsFailed); or a sweep failed. The gateway keeps its current token; the workbook shows the error, the dead-letter container the events.'
     severity: 1
     enabled: true
     scopes: [
@@ -69,7 +64,7 @@ resource failedRotation 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
     criteria: {
       allOf: [
         {
-          query: '${rotationTraces}${failedRotationQuery}'
+          query: failedRotationQuery
           timeAggregation: 'Total'
           metricMeasureColumn: 'failures'
           operator: 'GreaterThan'
@@ -83,7 +78,7 @@ resource failedRotation 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
               ]
             }
             {
-              name: 'cluster'
+              name: 'errorClass'
               operator: 'Include'
               values: [
                 '*'
@@ -98,19 +93,22 @@ resource failedRotation 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
       ]
     }
     actions: {
-      actionGroups: actions
+      actionGroups: logActions
     }
   }
 }
 
-resource expiringToken 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+// The sweep (hourly by default) and every reconcile record the hours left of each gateway's stored token
+// (an OpenTelemetry histogram: Application Insights keeps its minimum per interval). Six hours of window: a
+// missed sweep does not resolve the alert. Splitting by gatewayId needs "alerting on custom metric
+// dimensions" enabled on the component (Usage and estimated costs); skipMetricValidation lets the rule
+// deploy before the app has sent the metric once.
+resource expiringToken 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   name: '${namePrefix}-token-expiring'
-  location: location
+  location: 'global'
   tags: tags
-  kind: 'LogAlert'
   properties: {
-    displayName: 'APIM gateway token expires within ${expiryThresholdHours} h'
-    description: 'The newest token the rotator stored for a gateway expires within ${expiryThresholdHours} hours: rotation is not keeping up (fed by the sweep\'s rotation.expiry records and every reconcile).'
+    description: 'The token the rotator stored for a gateway expires within ${expiryThresholdHours} hours (metric rotation_token_hours_left): rotation is not keeping up. Look at the rotation-failed alert and the workbook.'
     severity: 2
     enabled: true
     scopes: [
@@ -120,12 +118,13 @@ resource expiringToken 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
     windowSize: 'PT6H'
     autoMitigate: true
     criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
       allOf: [
         {
-          query: '${rotationTraces}${expiringTokenQuery}| where hoursLeft < ${expiryThresholdHours}\n'
-          timeAggregation: 'Count'
-          operator: 'GreaterThan'
-          threshold: 0
+          criterionType: 'StaticThresholdCriterion'
+          name: 'TokenHoursLeft'
+          metricNamespace: 'azure.applicationinsights'
+          metricName: 'rotation_token_hours_left'
           dimensions: [
             {
               name: 'gatewayId'
@@ -135,20 +134,18 @@ resource expiringToken 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
               ]
             }
           ]
-          failingPeriods: {
-            numberOfEvaluationPeriods: 1
-            minFailingPeriodsToAlert: 1
-          }
+          operator: 'LessThan'
+          threshold: expiryThresholdHours
+          timeAggregation: 'Minimum'
+          skipMetricValidation: true
         }
       ]
     }
-    actions: {
-      actionGroups: actions
-    }
+    actions: actions
   }
 }
 
-@description('Resource ids of the log alert rules.')
+@description('Resource ids of the alert rules.')
 output alertRuleIds array = [
   failedRotation.id
   expiringToken.id

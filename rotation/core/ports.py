@@ -93,8 +93,8 @@ class Clusters(Protocol):
 
 
 class OutcomePublisher(Protocol):
-    def publish(self, report: RotationReport) -> None:
-        """Best effort: must not raise."""
+    def publish(self, report: RotationReport, timeout: float | None = None) -> None:
+        """Best effort: must not raise, and returns within `timeout` seconds (the caller's deadline)."""
         ...
 
 

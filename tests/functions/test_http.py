@@ -119,6 +119,7 @@ def test_health(app_world: World) -> None:
     status, body = http("health", "GET", "http://localhost/api/health")
     assert status == 200 and body["status"] == "ok" and (body["gateways"], body["clusters"]) == (2, 2)
     assert "in-process only" in body["warning"]  # LEASE_CONTAINER_URL unset: said loudly
+    assert body["sweepSchedule"] == "0 0 * * * *"
 
 
 def test_health_reports_invalid_settings() -> None:

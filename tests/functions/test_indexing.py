@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rotation import triggers
+from rotation.settings import DEFAULT_SWEEP_SCHEDULE
 from tests.functions.conftest import indexed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,15 +30,35 @@ def test_functions_bindings_and_routes() -> None:
         "get_gateway": [("httpTrigger", "gateways/{service}/{gateway}", ("GET",), "FUNCTION", None)],
         "roll_keys": [("httpTrigger", "gateways/{service}/{gateway}/roll-keys", ("POST",), "ADMIN", None)],
         "health": [("httpTrigger", "health", ("GET",), "FUNCTION", None)],
-        "sweep": [("timerTrigger", None, (), None, "%SWEEP_SCHEDULE%")],
+        "sweep": [("timerTrigger", None, (), None, triggers.SWEEP_SCHEDULE)],
     }
+
+
+def _indexed_schedule(env: dict[str, str]) -> str:
+    probe = ("import json, function_app\n"
+             "(fn,) = [f for f in function_app.app.get_functions() if f.get_function_name() == 'sweep']\n"
+             "print(json.loads(fn.get_function_json())['bindings'][0]['schedule'])\n")
+    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", probe], env={**base, **env}, cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=60)
+    return out.stdout.strip()
+
+
+def test_the_sweep_schedule_always_has_a_value() -> None:
+    """The host resolves `%NAME%` only from app settings and fails the timer when it is missing
+    (Azure/azure-webjobs-sdk `NameResolverExtensions.ResolveWholeString`: "does not resolve to a value"), so
+    the app writes a literal schedule into the binding when indexed: the setting's value, or the default."""
+    assert _indexed_schedule({}) == DEFAULT_SWEEP_SCHEDULE == "0 0 * * * *"
+    assert _indexed_schedule({"SWEEP_SCHEDULE": "   "}) == DEFAULT_SWEEP_SCHEDULE
+    assert _indexed_schedule({"SWEEP_SCHEDULE": "0 */30 * * * *"}) == "0 */30 * * * *"
 
 
 def test_import_with_an_empty_environment_loads_no_sdk() -> None:
     probe = (
         "import sys, function_app\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] == 'kubernetes' or m.startswith(("
-        "'azure.identity', 'azure.keyvault', 'azure.mgmt', 'azure.eventgrid', 'azure.core', 'msal', 'yaml'))]\n"
+        "'azure.identity', 'azure.keyvault', 'azure.mgmt', 'azure.eventgrid', 'azure.core', 'msal', 'yaml',"
+        " 'opentelemetry', 'azure.monitor'))]\n"
         "print(','.join(sorted(heavy)))\n"
     )
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}

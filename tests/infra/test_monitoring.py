@@ -1,49 +1,89 @@
-"""Portal monitoring: alert rules and the workbook query only the structured log fields of DESIGN section 7."""
+"""Portal monitoring: the alert rules and the workbook read only the signals the app sends.
+
+Those signals are rotation/telemetry.py's: `rotation.*` trace records whose fields are
+customDimensions (with telemetryMode OpenTelemetry), and the custom metrics it names. That they are
+really on the wire is tests/worker/test_telemetry_wire.py (the exporter's output, captured); here the
+templates are checked against the same names. Bicep rules (Azure/bicep BCP120 / BCP177 / BCP178): rule
+names and locations come from parameters and literals only.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from typing import Any
 
-from tests.infra.templates import INFRA, LOG_FIELDS, MAIN, MODULES, body, one_resource, parse, text
+from rotation import telemetry
+from tests.infra.templates import INFRA, MAIN, MODULES, body, one_resource, parse, text
 
 ALERTS = MODULES / "alerts.bicep"
 
+# Every field rotation/service.py, rotation/triggers.py and rotation/telemetry.py put on a record.
+RECORD_FIELDS = frozenset({
+    "event", "gatewayId", "service", "gateway", "rotated", "fingerprint", "keyType", "expiresAt", "reason",
+    "dryRun", "durationMs", "outcome", "failed", "errorClass", "error", "cluster", "namespace", "secret",
+    "restarted", "hoursLeft", "gateways", "schedule", "ok", "why",
+})
+METRICS = frozenset({telemetry.RECONCILES, telemetry.TARGETS, telemetry.HOURS_LEFT, telemetry.SWEEPS})
 
-def scheduled_queries() -> dict[str, dict[str, Any]]:
-    tree = parse(ALERTS)
-    return {n: body(r) for n, r in tree["resources"].items() if r["type"] == "Microsoft.Insights/scheduledQueryRules"}
+
+def resources(kind: str) -> dict[str, dict[str, Any]]:
+    return {n: body(r) for n, r in parse(ALERTS)["resources"].items() if r["type"] == kind}
 
 
-def alert_query(rule: dict[str, Any]) -> str:
-    """The KQL of a rule with the template's variables substituted."""
-    variables = {n: v["value"] for n, v in parse(ALERTS)["variables"].items() if isinstance(v["value"], str)}
+def variables() -> dict[str, str]:
+    return {n: v["value"] for n, v in parse(ALERTS)["variables"].items() if isinstance(v["value"], str)}
+
+
+def log_rules() -> dict[str, dict[str, Any]]:
+    return resources("Microsoft.Insights/scheduledQueryRules")
+
+
+def metric_rules() -> dict[str, dict[str, Any]]:
+    return resources("Microsoft.Insights/metricAlerts")
+
+
+def rule_query(rule: dict[str, Any]) -> str:
     query: str = rule["properties"]["criteria"]["allOf"][0]["query"]
-    return re.sub(r"\$\{(\w+)\}", lambda m: variables.get(m.group(1), "48"), query).replace("\\n", "\n")
+    return variables().get(query, query)
 
 
-def fields_read(kql: str) -> set[str]:
-    return set(re.findall(r"\bd\.(\w+)", kql))
+def dimensions_read(kql: str) -> set[str]:
+    return set(re.findall(r"customDimensions\.(\w+)", kql))
 
 
-def test_there_is_a_failed_rotation_alert() -> None:
-    rules = [r for r in scheduled_queries().values() if "rotation.target" in alert_query(r) and '"failed"' in alert_query(r)]
-    assert len(rules) == 1
-    kql = alert_query(rules[0])
-    assert '"timeout"' in kql and "rotation.reconcile" in kql
-    assert rules[0]["properties"]["scopes"] == ["applicationInsightsId"]
+def test_failed_rotation_alert_sees_every_failed_outcome() -> None:
+    (rule,) = log_rules().values()
+    kql = rule_query(rule)
+    assert '"rotation.reconcile"' in kql and '"rotation.sweep"' in kql and 'outcome == "failed"' in kql
+    assert "summarize failures = count() by gatewayId, errorClass" in kql
+    criterion = rule["properties"]["criteria"]["allOf"][0]
+    assert criterion["metricMeasureColumn"] == "failures" and criterion["threshold"] == 0
+    assert {d["name"] for d in criterion["dimensions"]} == {"gatewayId", "errorClass"}
+    assert rule["properties"]["scopes"] == ["applicationInsightsId"]
+    # the classic path (no OpenTelemetry) has the fields only in the `event k=v ...` message
+    assert 'extract(@" outcome=(\\w+)", 1, message)' in kql
 
 
-def test_there_is_a_48_hour_expiry_alert() -> None:
-    rules = [r for r in scheduled_queries().values() if "rotation.expiry" in alert_query(r)]
-    assert len(rules) == 1
-    kql = alert_query(rules[0])
-    assert "hoursLeft < 48" in kql
-    assert "expiresAt" in kql and "arg_max" in kql
+def test_expiry_alert_is_a_metric_alert_on_hours_left() -> None:
+    (rule,) = metric_rules().values()
+    (criterion,) = rule["properties"]["criteria"]["allOf"]
+    assert criterion["metricName"] == telemetry.HOURS_LEFT
+    assert criterion["metricNamespace"] == "azure.applicationinsights"
+    assert criterion["operator"] == "LessThan" and criterion["threshold"] == "expiryThresholdHours"
+    assert criterion["timeAggregation"] == "Minimum" and criterion["skipMetricValidation"] is True
+    assert [d["name"] for d in criterion["dimensions"]] == ["gatewayId"]
+    assert rule["location"] == "global" and rule["properties"]["scopes"] == ["applicationInsightsId"]
     assert parse(ALERTS)["parameters"]["expiryThresholdHours"]["default"] == 48
     main_alerts = next(m for m in parse(MAIN)["modules"].values() if m["detail"]["path"].endswith("alerts.bicep"))
     assert body(main_alerts)["params"]["expiryThresholdHours"] == 48
+
+
+def test_rule_names_and_locations_are_deploy_time_values() -> None:
+    for rule in [*log_rules().values(), *metric_rules().values()]:
+        assert re.fullmatch(r"\$\{namePrefix\}-[a-z-]+", rule["name"]), rule["name"]
+    assert [r["location"] for r in log_rules().values()] == ["location"]
 
 
 def test_there_is_a_dead_letter_alert() -> None:
@@ -57,15 +97,17 @@ def test_there_is_a_dead_letter_alert() -> None:
 
 def test_alerts_notify_the_action_group_parameter() -> None:
     assert "actionGroupId" in parse(MAIN)["parameters"]
-    for rule in scheduled_queries().values():
-        assert rule["properties"]["actions"]["actionGroups"] == "actions"
+    for rule in log_rules().values():
+        assert rule["properties"]["actions"]["actionGroups"] == "logActions"
+    for rule in metric_rules().values():
+        assert rule["properties"]["actions"] == "actions"
     assert "actionGroupId" in text(body(one_resource(MODULES / "deadletter-alert.bicep", "Microsoft.Insights/metricAlerts")))
 
 
-def test_alert_queries_read_only_logged_fields() -> None:
-    for name, rule in scheduled_queries().items():
-        unknown = fields_read(alert_query(rule)) - LOG_FIELDS
-        assert unknown == set(), f"{name} reads fields the app does not log: {unknown}"
+def test_alert_queries_read_only_recorded_fields() -> None:
+    for name, rule in log_rules().items():
+        unknown = dimensions_read(rule_query(rule)) - RECORD_FIELDS
+        assert unknown == set(), f"{name} reads fields the app does not record: {unknown}"
 
 
 def workbook() -> dict[str, Any]:
@@ -83,17 +125,22 @@ def test_workbook_is_loaded_by_the_template() -> None:
     assert workbook()["version"] == "Notebook/1.0"
 
 
-def test_workbook_has_the_three_views() -> None:
+def test_workbook_has_the_views() -> None:
     queries = workbook_queries()
-    assert "rotation.reconcile" in queries["Rotations over time"] and "bin(timestamp" in queries["Rotations over time"]
-    assert "expiresAt" in queries["Token expiry per gateway"] and "gatewayId" in queries["Token expiry per gateway"]
+    assert f'"{telemetry.HOURS_LEFT}"' in queries["Token hours left per gateway"]
+    assert f'"{telemetry.RECONCILES}"' in queries["Rotations over time"] and "bin(timestamp" in queries["Rotations over time"]
+    assert "by errorClass, gatewayId" in queries["Failures by error class"]
     assert "by cluster" in queries["Failures per cluster"] and '"failed"' in queries["Failures per cluster"]
+    assert queries["Dependencies: ARM, Key Vault, Kubernetes"].startswith("dependencies")
+    assert "resultCode" in queries["Dependencies: ARM, Key Vault, Kubernetes"]  # a 4xx span stays success=true
 
 
-def test_workbook_reads_only_logged_fields() -> None:
+def test_workbook_reads_only_recorded_fields_and_metrics() -> None:
     for title, kql in workbook_queries().items():
-        unknown = fields_read(kql) - LOG_FIELDS
-        assert unknown == set(), f"{title} reads fields the app does not log: {unknown}"
+        unknown = dimensions_read(kql) - RECORD_FIELDS
+        assert unknown == set(), f"{title} reads fields the app does not record: {unknown}"
+        metrics = set(re.findall(r'name == "(\w+)"', kql))
+        assert metrics <= METRICS, f"{title} reads metrics the app does not send: {metrics - METRICS}"
         assert kql.count("(") == kql.count(")"), f"{title}: unbalanced parentheses"
 
 
@@ -102,3 +149,30 @@ def test_workbook_queries_target_application_insights() -> None:
         if item["type"] == 3:
             assert item["content"]["resourceType"] == "microsoft.insights/components"
             assert item["content"]["timeContextFromParameter"] == "TimeRange"
+
+
+def test_the_readme_picture_is_the_workbook_of_today() -> None:
+    """docs/workbook-layout.svg is what scripts/render_workbook.py draws from infra/workbook.json."""
+    spec = importlib.util.spec_from_file_location("render_workbook", INFRA.parent / "scripts" / "render_workbook.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    drawn = module.render(workbook())
+    assert (INFRA.parent / "docs" / "workbook-layout.svg").read_text(encoding="utf-8") == drawn, (
+        "run: python scripts/render_workbook.py")
+    for title in workbook_queries():
+        assert f">{title}<" in drawn.replace("&amp;", "&")
+
+
+def test_opentelemetry_is_switched_by_one_parameter_and_host_json_leaves_it_alone() -> None:
+    """The worker configures the distro when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is true
+    (azure_functions_runtime/handle_event.py `worker_init_request`); the host's mode comes from
+    host.json `telemetryMode`, which the app setting `AzureFunctionsJobHost__telemetryMode` overrides.
+    host.json sets no mode, so `enableOpenTelemetry=false` really gives the classic path."""
+    host = json.loads((INFRA.parent / "host.json").read_text(encoding="utf-8"))
+    assert "telemetryMode" not in host
+    app = (MODULES / "function-app.bicep").read_text(encoding="utf-8")
+    switched = app[app.index("var openTelemetrySettings = enableOpenTelemetry ?"):]
+    assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'" in switched.split("}")[0]
+    assert "AzureFunctionsJobHost__telemetryMode: 'OpenTelemetry'" in switched.split("}")[0]
+    assert parse(MAIN)["parameters"]["enableOpenTelemetry"]["default"] is True

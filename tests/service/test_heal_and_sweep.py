@@ -33,7 +33,7 @@ def test_an_event_for_a_current_gateway_restarts_workloads_that_predate_the_toke
         west.error or "") and "no `restart` list" in (west.error or "")
     assert report.instance == "gw1-7c9d-x2k4q" and not report.ok
     assert world.store.writes == 0 and world.east.writes == 0 and world.west.writes == 0
-    assert '"instance": "gw1-7c9d-x2k4q"' in caplog.text and '"event": "rotation.heal"' in caplog.text
+    assert 'instance=gw1-7c9d-x2k4q' in caplog.text and 'rotation.heal ' in caplog.text
 
     # the next instance's event (a duplicate): east restarted after the token was stored -> no restart
     again = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
+from rotation import telemetry
 from rotation.core.errors import AccessDenied, UpstreamError
 from rotation.core.model import KeyType, Outcome
 from rotation.core.token import GatewayToken
@@ -273,7 +273,7 @@ def test_report_and_logs_never_carry_the_token(world: World, caplog: pytest.LogC
     assert stored is not None
     assert stored.token.value not in repr(report.to_dict())
     assert stored.token.value not in caplog.text
-    records = [json.loads(r.message) for r in caplog.records if r.message.startswith('{"event": "rotation.')]
+    records = [f for f in map(telemetry.fields_of, caplog.records) if f]
     assert [r["event"] for r in records].count("rotation.reconcile") == 1
     targets = [r for r in records if r["event"] == "rotation.target"]
     assert len(targets) == 2 and {t["outcome"] for t in targets} == {"updated"}
