@@ -193,8 +193,9 @@ def call_options(timeout: float | None, what: str) -> dict[str, Any]:
 
 
 def scrub(text: str) -> str:
-    """An upstream message made safe for logs: token-shaped text removed, length bounded."""
-    cleaned = redact(" ".join(text.split()))
+    """An upstream message made safe for logs: token-shaped text removed, length bounded (only a head
+    of a long message is read: the rest would be cut anyway)."""
+    cleaned = redact(" ".join(text[: _MAX_DETAIL * 16].split()))
     return cleaned if len(cleaned) <= _MAX_DETAIL else cleaned[: _MAX_DETAIL - 1] + "…"
 
 
