@@ -1,0 +1,72 @@
+"""Key Vault values and tags are input too: whoever can write the token secret (an operator's paste, a
+script, a compromised pipeline with Secrets Officer) must not get the rotator to push a wrong token.
+
+- A token of ANOTHER gateway (`{gateway}&…`, FACTS.md: the first field names the gateway) in this
+  gateway's secret is never pushed to this gateway's targets, on any path (HTTP, event, sweep).
+- Tags describe the value but do not override it: the token's own expiry decides renewal.
+  The sweep lists tags only (one paged listing) and reads the value of a gateway whose tags say it is
+  fresh only when a target needs it, so a lying `expiresAt` tag is caught by comparing with the value
+  it reads anyway, or the value is read when the tags and Key Vault's own `exp` attribute disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from devstack.arm import sign
+from rotation import bootstrap
+from rotation.core import tags
+from rotation.core.errors import UnusableSecret
+from rotation.core.token import GatewayToken
+from tests import leakcheck
+from tests.functions.conftest import deliver, http
+from tests.security.conftest import GATEWAY_ID, SERVICE_ID, App
+
+SECRET = "apim-apim-sec-gw-1-token"
+ROUTE = {"service": "apim-sec", "gateway": "gw-1"}
+ROTATE = "http://localhost/api/gateways/apim-sec/gw-1/rotate"
+
+
+def _event() -> dict[str, object]:
+    return {"id": "e-vault", "topic": SERVICE_ID, "subject": "/gateways/gw-1/pod-1",
+            "eventType": "Microsoft.ApiManagement.GatewayTokenNearExpiry",
+            "data": {"gatewayInfo": {"gatewayId": "gw-1"}}}
+
+
+def _store(app: App, value: str, *, tag_expiry: datetime | None = None, exp: datetime | None = None) -> None:
+    token = GatewayToken.parse(value)
+    app.fakes.keyvault.set_secret(SECRET, value, content_type=tags.CONTENT_TYPE, tags={
+        tags.TAG_MANAGED_BY: tags.MANAGED_BY, tags.TAG_GATEWAY: GATEWAY_ID, tags.TAG_KEY_TYPE: "primary",
+        tags.TAG_EXPIRES: (tag_expiry or token.expires_at).isoformat(), tags.TAG_FINGERPRINT: token.fingerprint},
+        exp=int((exp or tag_expiry or token.expires_at).timestamp()))
+
+
+def test_a_token_of_another_gateway_in_key_vault_is_never_pushed(app: App) -> None:
+    other = sign("gw-2", "another-gateways-key", datetime.now(UTC).replace(second=0, microsecond=0)
+                 + timedelta(days=20))
+    leakcheck.register(other)
+    _store(app, other)
+
+    status, body = http("rotate", "POST", ROTATE, ROUTE, {})
+    assert status == 502, body
+    assert "another gateway" in body["error"] and "force" in body["error"], body
+    with pytest.raises(UnusableSecret, match="another gateway"):
+        deliver(_event())
+    sweep = bootstrap.container().rotator.sweep(deadline_seconds=5)
+    assert not sweep.ok and "another gateway" in (sweep.reports[0].error or ""), sweep.reports
+    assert app.sentinel.stats.connections == 0  # no cluster was even contacted
+    assert app.fakes.arm.calls() == []
+    assert other.split("&")[2] not in str(body)
+
+
+def test_the_tokens_own_expiry_wins_over_a_lying_expires_at_tag(app: App) -> None:
+    """The value expires in 2 days (renew: 7) while its tags and `exp` say 25: the sweep renews."""
+    soon = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=2)
+    token = app.fakes.arm.sign(GATEWAY_ID, "primary", soon)
+    leakcheck.register(token)
+    _store(app, token, tag_expiry=soon + timedelta(days=23))
+    sweep = bootstrap.container().rotator.sweep(deadline_seconds=5)
+    assert [c["status"] for c in app.fakes.arm.calls() if "generateToken" in c["path"]] == [200], sweep.reports
+    assert sweep.reports[0].rotated is True
