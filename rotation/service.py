@@ -321,6 +321,8 @@ class Rotator:
 
         try:
             current = self.store.get(secret, timeout=deadline.check("reading Key Vault"))
+            if current is not None:
+                _check_gateway(config, current.token)
         except UnusableSecret:
             if not force:
                 raise  # the routine path reports it; a forced rotation overwrites it
@@ -387,6 +389,7 @@ class Rotator:
         record = self.store.get(config.key_vault_secret, timeout=deadline.check("reading Key Vault"))
         if record is None:
             raise NotFound(f"Key Vault secret {config.key_vault_secret} disappeared")
+        _check_gateway(config, record.token)
         return record.token
 
     def _promote(self, config: GatewayConfig, held: Sequence[GatewayToken],
@@ -700,6 +703,15 @@ class Rotator:
         if self.publisher is not None and not report.dry_run and (report.rotated or not report.ok):
             # Inside the caller's deadline: the event handler must answer Event Grid in time.
             self.publisher.publish(report, timeout=deadline.left() if deadline else None)
+
+
+def _check_gateway(config: GatewayConfig, token: GatewayToken) -> None:
+    """Key Vault's value is input too: a token of another gateway (pasted into the wrong secret) is never
+    pushed to this gateway's targets; a forced rotation overwrites it."""
+    if token.gateway.lower() != config.ref.gateway.lower():
+        raise UnusableSecret(f"Key Vault secret {config.key_vault_secret!r} holds a token of another gateway "
+                             f"(fingerprint {token.fingerprint}), not of {config.ref.gateway} "
+                             "(rotate with force to overwrite it)")
 
 
 def _failed(config: GatewayConfig, reason: str, dry_run: bool, started: float, exc: Exception) -> RotationReport:
