@@ -10,6 +10,7 @@ import logging
 import threading
 from typing import Any
 
+from rotation.adapters.credential import token_deadline
 from rotation.core.model import RotationReport
 from rotation.telemetry import Executor
 
@@ -81,7 +82,11 @@ class EventGridOutcomePublisher:
         event_type = TOKEN_ROTATED if report.ok else ROTATION_FAILED
         event = CloudEvent(source=SOURCE, type=event_type, subject=report.gateway_id, data=report.to_dict())
         options = {**_CALL_OPTIONS, "connection_timeout": budget / 2, "read_timeout": budget / 2}
-        self._get_client().send([event], **options)
+        # azure-core asks the credential outside the call's timeouts: the same budget bounds it, or a
+        # stalled identity endpoint would hold this thread (and the next events queued behind it) for
+        # the credential's own default instead of the caller's remaining time.
+        with token_deadline(budget):
+            self._get_client().send([event], **options)
 
 
 def build_publisher(endpoint: str | None, credential: Any) -> EventGridOutcomePublisher | None:
