@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -122,10 +123,53 @@ def parse_kubeconfig(text: str, *, cluster: str, secret: str) -> SafeKubeconfig:
     if len(text.encode("utf-8", errors="replace")) > MAX_KUBECONFIG_BYTES:
         raise c.fail("", f"is larger than {MAX_KUBECONFIG_BYTES // 1024} KiB")
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise c.fail("", f"has a duplicate key {dup.name} (line {dup.line}): readers disagree on which "
+                         "one counts") from None
     except (yaml.YAMLError, RecursionError):
         raise c.fail("", "is not valid YAML") from None
     return validate_kubeconfig(doc, cluster=cluster, secret=secret)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, name: str, line: int) -> None:
+        super().__init__(name)
+        self.name = name
+        self.line = line
+
+
+_KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}")
+_LOADER: Any = None
+
+
+def _strict_loader() -> Any:
+    """PyYAML's SafeLoader, refusing duplicate keys: it would keep the last one silently, kubectl
+    (sigs.k8s.io/yaml, strict) refuses the document, so a reviewer and the rotator could see different
+    kubeconfigs. Merge keys (`<<`) are expanded first; a merged key given again counts as a duplicate."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class StrictLoader(yaml.SafeLoader):
+            def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+                if isinstance(node, yaml.MappingNode):
+                    self.flatten_mapping(node)
+                    seen: set[object] = set()
+                    for key_node, _ in node.value:
+                        key = self.construct_object(key_node, deep=deep)
+                        try:
+                            duplicate = key in seen
+                            seen.add(key)
+                        except TypeError:
+                            continue  # unhashable: SafeLoader refuses it below
+                        if duplicate:
+                            shown = repr(key) if isinstance(key, str) and _KEY_NAME.fullmatch(key) else "(not shown)"
+                            raise _DuplicateKey(shown, key_node.start_mark.line + 1)
+                return super().construct_mapping(node, deep=deep)
+
+        _LOADER = StrictLoader
+    return _LOADER
 
 
 def validate_kubeconfig(doc: object, *, cluster: str, secret: str) -> SafeKubeconfig:

@@ -56,11 +56,15 @@ def server_problem(url: str, host_ok: re.Pattern[str] | None, allow_loopback: bo
     """Why `url` may not receive a credential (None when it may).
 
     Accepted: `https://HOST` or `https://HOST:443`, optionally with a trailing `/`, HOST matching
-    `host_ok`; with `allow_loopback`, also a loopback host on any port. Refused: userinfo, IP literals,
-    other ports, paths, queries, fragments, uppercase, a trailing dot.
+    `host_ok`; with `allow_loopback`, also a loopback host on any port. Refused: whitespace and control
+    characters, userinfo, IP literals, other ports, paths, queries, fragments, uppercase, a trailing dot.
     """
     if not url.startswith("https://"):
         return "must be an https:// URL"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        # urlsplit silently drops tab, CR and LF (bpo-43882) while urllib3 refuses them in a host: the
+        # host checked here would not be the host connected to.
+        return "must not contain whitespace or control characters"
     try:
         parts = urlsplit(url)
         port = parts.port
