@@ -12,6 +12,14 @@ Sources (checked for this table):
   sovereign-cloud sample (MicrosoftDocs/python-sdk-docs-examples `sovereign_domain/sovereign_cloud.py`).
 - Authority hosts: azure-identity `AzureAuthorityHosts` (AZURE_PUBLIC_CLOUD / AZURE_GOVERNMENT /
   AZURE_CHINA).
+- Blob endpoints: msrestazure `storage_endpoint` (core.windows.net / core.usgovcloudapi.net /
+  core.chinacloudapi.cn); Azure DNS zone endpoints `<account>.z<NN>.blob.storage.azure.net` (Microsoft
+  Learn, "Storage account overview", public cloud). Event Grid topics: eventgrid.azure.net /
+  eventgrid.azure.us / eventgrid.azure.cn (Microsoft Learn, Event Grid on IoT Edge: outbound endpoints).
+- The AKS Entra server application (6dae42f8-4368-4678-94ff-3960e28e3630, rotation/adapters/kubernetes.py
+  AKS_SCOPE) is the same in every cloud: Microsoft Learn, "Use kubelogin to authenticate users in AKS"
+  ("AKS uses a pair of first-party Microsoft Entra applications. These application IDs are the same in
+  all environments"), as does Azure/kubelogin's docs.
 - AKS API-server domains: Microsoft's AKS egress rules ("Azure Global / US Government / 21Vianet
   required FQDN": `*.hcp.<location>.azmk8s.io`, `*.hcp.<location>.cx.aks.containerservice.azure.us`,
   `*.hcp.<location>.cx.prod.service.azk8s.cn`) and private clusters (private DNS zone
@@ -24,7 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from rotation.core.hosts import AksServerRule, server_problem, vault_host_pattern
+from rotation.core.hosts import (
+    AksServerRule,
+    blob_host_pattern,
+    eventgrid_host_pattern,
+    server_problem,
+    vault_host_pattern,
+)
 
 
 class CloudName(StrEnum):
@@ -42,6 +56,9 @@ class Cloud:
     key_vault_dns_suffix: str  # a vault is https://{name}{suffix}
     aks_dns_suffix: str        # AKS servers: *.hcp.{region}.{suffix} or *.privatelink.{region}.{suffix}
     authority_host: str
+    storage_dns_suffix: str = "core.windows.net"     # blob endpoints: https://{account}.blob.{suffix}
+    storage_dns_zone_suffix: str | None = None       # Azure DNS zone endpoints: {account}.zNN.blob.{suffix}
+    eventgrid_dns_suffix: str = "eventgrid.azure.net"  # topics: https://{topic}.{region}-1.{suffix}
 
     @property
     def arm_scope(self) -> str:
@@ -57,18 +74,38 @@ class Cloud:
             return f"is not a Key Vault of {self.name.value} (https://<vault>{self.key_vault_dns_suffix})"
         return why
 
+    def blob_problem(self, url: str, allow_loopback: bool) -> str | None:
+        """Why `url` is not a blob endpoint (container or blob) of this cloud (None when it is): it gets
+        the app's Storage token."""
+        pattern = blob_host_pattern(self.storage_dns_suffix, self.storage_dns_zone_suffix)
+        why = server_problem(url, pattern, allow_loopback, allow_path=True)
+        if why == "is not an allowed host":
+            return f"is not a blob endpoint of {self.name.value} (https://<account>.blob.{self.storage_dns_suffix}/...)"
+        return why
+
+    def eventgrid_problem(self, url: str, allow_loopback: bool) -> str | None:
+        """Why `url` is not an Event Grid topic endpoint of this cloud (None when it is): it gets the app's
+        Event Grid token."""
+        why = server_problem(url, eventgrid_host_pattern(self.eventgrid_dns_suffix), allow_loopback, allow_path=True)
+        if why == "is not an allowed host":
+            return (f"is not an Event Grid topic endpoint of {self.name.value} "
+                    f"(https://<topic>.<region>-1.{self.eventgrid_dns_suffix}/api/events)")
+        return why
+
 
 CLOUDS: dict[CloudName, Cloud] = {
     CloudName.PUBLIC: Cloud(CloudName.PUBLIC, "https://management.azure.com", "https://management.azure.com",
                             "https://vault.azure.net", ".vault.azure.net", "azmk8s.io",
-                            "login.microsoftonline.com"),
+                            "login.microsoftonline.com", storage_dns_zone_suffix="storage.azure.net"),
     CloudName.US_GOVERNMENT: Cloud(CloudName.US_GOVERNMENT, "https://management.usgovcloudapi.net",
                                    "https://management.usgovcloudapi.net", "https://vault.usgovcloudapi.net",
                                    ".vault.usgovcloudapi.net", "cx.aks.containerservice.azure.us",
-                                   "login.microsoftonline.us"),
+                                   "login.microsoftonline.us", storage_dns_suffix="core.usgovcloudapi.net",
+                                   eventgrid_dns_suffix="eventgrid.azure.us"),
     CloudName.CHINA: Cloud(CloudName.CHINA, "https://management.chinacloudapi.cn",
                            "https://management.chinacloudapi.cn", "https://vault.azure.cn", ".vault.azure.cn",
-                           "cx.prod.service.azk8s.cn", "login.chinacloudapi.cn"),
+                           "cx.prod.service.azk8s.cn", "login.chinacloudapi.cn",
+                           storage_dns_suffix="core.chinacloudapi.cn", eventgrid_dns_suffix="eventgrid.azure.cn"),
 }
 
 

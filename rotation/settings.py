@@ -7,7 +7,7 @@ as a clear error from the function that needs it and from `/api/health`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -156,7 +156,19 @@ class Settings:
         except RegistryError as exc:
             raise SettingsError(f"ROTATION_REGISTRY: {exc}") from None
         key_vault_url = vault("KEY_VAULT_URL", required=True) or ""
-        lease_container_url = https_url("LEASE_CONTAINER_URL")
+
+        def service_url(name: str, problem: Callable[[str, bool], str | None]) -> str | None:
+            """A URL that receives one of the app's tokens: a host of that service in this cloud (a
+            setting may be a Key Vault reference: it must not redirect the credential)."""
+            url = https_url(name)
+            if url is None:
+                return None
+            why = problem(url.lower(), local_emulators)
+            if why is not None:
+                raise SettingsError(f"{name} {url[:80]!r} {why}")
+            return url
+
+        lease_container_url = service_url("LEASE_CONTAINER_URL", cloud.blob_problem)
         if lease_container_url is None and azure:
             raise SettingsError(
                 f"LEASE_CONTAINER_URL is required in Azure ({azure} is set): without it, "
@@ -173,9 +185,9 @@ class Settings:
             renew_before=timedelta(days=renew),
             deadline_seconds=number("ROTATION_DEADLINE_SECONDS", 20, 1, 25),
             sweep_schedule=text("SWEEP_SCHEDULE", DEFAULT_SWEEP_SCHEDULE) or DEFAULT_SWEEP_SCHEDULE,
-            outcome_topic_endpoint=https_url("OUTCOME_TOPIC_ENDPOINT"),
+            outcome_topic_endpoint=service_url("OUTCOME_TOPIC_ENDPOINT", cloud.eventgrid_problem),
             client_id=text("AZURE_CLIENT_ID"),
-            deadletter_blob_url=https_url("DEADLETTER_BLOB_URL") if not local_emulators
+            deadletter_blob_url=service_url("DEADLETTER_BLOB_URL", cloud.blob_problem) if not local_emulators
             else text("DEADLETTER_BLOB_URL"),
             sweep_concurrency=int(number("SWEEP_CONCURRENCY", 8, 1, 64)),
             local_emulators=local_emulators,

@@ -52,12 +52,28 @@ def vault_host_pattern(dns_suffix: str) -> re.Pattern[str]:
     return re.compile(rf"[a-z0-9](?:[a-z0-9-]{{1,22}})[a-z0-9]{re.escape(dns_suffix)}")
 
 
-def server_problem(url: str, host_ok: re.Pattern[str] | None, allow_loopback: bool) -> str | None:
+def blob_host_pattern(storage_suffix: str, dns_zone_suffix: str | None) -> re.Pattern[str]:
+    """Blob endpoints: `<account>.blob.<suffix>` (account names are 3-24 of `[a-z0-9]`), and where the
+    cloud has them, Azure DNS zone endpoints `<account>.z<NN>.blob.<dns zone suffix>`."""
+    forms = [rf"[a-z0-9]{{3,24}}\.blob\.{re.escape(storage_suffix)}"]
+    if dns_zone_suffix:
+        forms.append(rf"[a-z0-9]{{3,24}}\.z\d{{2}}\.blob\.{re.escape(dns_zone_suffix)}")
+    return re.compile("|".join(f"(?:{f})" for f in forms))
+
+
+def eventgrid_host_pattern(dns_suffix: str) -> re.Pattern[str]:
+    """Event Grid topic / domain endpoints: `<topic>.<region>-1.<suffix>`."""
+    return re.compile(rf"{_LABEL}\.{_LABEL}\.{re.escape(dns_suffix)}")
+
+
+def server_problem(url: str, host_ok: re.Pattern[str] | None, allow_loopback: bool,
+                   allow_path: bool = False) -> str | None:
     """Why `url` may not receive a credential (None when it may).
 
     Accepted: `https://HOST` or `https://HOST:443`, optionally with a trailing `/`, HOST matching
     `host_ok`; with `allow_loopback`, also a loopback host on any port. Refused: whitespace and control
-    characters, userinfo, IP literals, other ports, paths, queries, fragments, uppercase, a trailing dot.
+    characters, userinfo, IP literals, other ports, paths (unless `allow_path`: a container or a
+    topic's `/api/events`), queries, fragments, uppercase, a trailing dot.
     """
     if not url.startswith("https://"):
         return "must be an https:// URL"
@@ -74,7 +90,7 @@ def server_problem(url: str, host_ok: re.Pattern[str] | None, allow_loopback: bo
         return "must not contain user information ('@')"
     if parts.query or parts.fragment or "?" in url or "#" in url:
         return "must not have a query or fragment"
-    if parts.path not in ("", "/"):
+    if parts.path not in ("", "/") and not allow_path:
         return "must not have a path"
     host = parts.hostname or ""
     if allow_loopback and is_loopback_host(host):
