@@ -166,3 +166,20 @@ def test_alias_expansion_is_bounded() -> None:
 def test_non_string_server_values_are_refused(tagged: str) -> None:
     with pytest.raises(PermanentError, match=r"not valid YAML|server must be a non-empty string"):
         _parse(GOOD.replace("server: https://10.1.2.3:6443", f"server: {tagged}"))
+
+
+# --- registry JSON ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["server", "auth", "cluster"])
+def test_registry_duplicate_keys_are_refused(field: str) -> None:
+    """Python's json keeps the last of duplicate names (RFC 8259 §4: names SHOULD be unique, behaviour
+    otherwise unpredictable): a reviewer reading the first `server` and the app using the last must not
+    disagree about where the AKS token goes."""
+    text = _registry("https://aks-x.hcp.eastus.azmk8s.io")
+    doubled = {"server": ('"server": ', '"server": "https://aks-y.hcp.eastus.azmk8s.io", "server": '),
+               "auth": ('"auth": ', '"auth": "kubeconfig", "auth": '),
+               "cluster": ('"cluster": ', '"cluster": "west", "cluster": ')}[field]
+    assert doubled[0] in text
+    with pytest.raises(RegistryError, match=f"duplicate field '{field}'"):
+        load_registry(text.replace(doubled[0], doubled[1], 1), aks_servers=AksServerRule())
