@@ -195,6 +195,23 @@ def _gateway(r: _Reader, clusters: Mapping[str, Cluster]) -> GatewayConfig:
     )
 
 
+class _DuplicateField(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of duplicate names: a reviewer reading the first `server` and the app
+    using the last would disagree about where the AKS token goes, so duplicates are refused."""
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise _DuplicateField(name[:40])
+        out[name] = value
+    return out
+
+
 def load_registry(document: str | Mapping[str, object], *,
                   aks_servers: AksServerRule | None = None) -> Registry:
     """Parse and validate a registry; raises RegistryError naming the first problem.
@@ -203,7 +220,10 @@ def load_registry(document: str | Mapping[str, object], *,
     loopback); settings pass the configured cloud's rule."""
     if isinstance(document, str):
         try:
-            data: object = json.loads(document)
+            data: object = json.loads(document, object_pairs_hook=_unique_fields)
+        except _DuplicateField as dup:
+            raise RegistryError(f"registry: duplicate field {dup.name!r}: readers disagree on which one "
+                                "counts (JSON keeps the last)") from None
         except RecursionError:
             raise RegistryError("registry: not valid JSON: nested too deeply") from None
         except json.JSONDecodeError as exc:
