@@ -159,6 +159,7 @@ def _discover(stack: devstack.Stack, out: TextIO, cli: Any) -> bool:
     """`discover` on the stack; True when its proposal is the registry the stack was seeded with."""
     import io
 
+    from rotation.cloud import cloud_named
     from rotation.core.registry import load_registry
 
     proposal = stack.dir / "discovered-registry.json"
@@ -171,7 +172,9 @@ def _discover(stack: devstack.Stack, out: TextIO, cli: Any) -> bool:
     for line in lines[:shown]:
         print(f"   {line}", file=out)
     roles = sum(line == "kind: Role" for line in lines)
-    reproduced = load_registry(proposal.read_text()) == load_registry(stack.settings["ROTATION_REGISTRY"])
+    loopback = cloud_named("").aks_rule(allow_loopback=True)  # the devstack's AKS cluster is on loopback
+    reproduced = (load_registry(proposal.read_text(), aks_servers=loopback)
+                  == load_registry(stack.settings["ROTATION_REGISTRY"], aks_servers=loopback))
     print(f"   + {roles} Role/RoleBinding pairs to apply (infra/k8s/ shapes); the proposal equals the stack's "
           f"registry: {reproduced}", file=out)
     print("   validate-registry --live, with the app's own least-privilege access:", file=out)
