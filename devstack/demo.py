@@ -92,7 +92,8 @@ def run(directory: Path, *, keep: bool = False, out: TextIO) -> int:
     started = time.monotonic()
     print("== 1. local stack: 2 real kube-apiservers (RBAC on) + HTTPS fakes of ARM, Key Vault, managed identity",
           file=out)
-    stack = devstack.up(directory, say=lambda m: print(f"   {m}", file=out))
+    # Azurite (installed by `make demo`'s setup) holds the per-gateway blob leases, as storage does in Azure.
+    stack = devstack.up(directory, say=lambda m: print(f"   {m}", file=out), with_azurite=_azurite_installed())
     ok = False
     try:
         os.environ.update(stack.settings)
@@ -204,3 +205,10 @@ def _verify_targets(stack: devstack.Stack, out: TextIO) -> bool:
                   f"{'valid' if verdict.get('valid') else 'INVALID'} ({verdict.get('keyType')} key), "
                   f"expires {token.expires_at:%Y-%m-%d %H:%M}", file=out)
     return valid
+
+
+def _azurite_installed() -> bool:
+    from devstack import azurite
+
+    # Not installed: the demo runs with in-process leases, and `status` says so.
+    return azurite.find_binary() is not None
