@@ -84,3 +84,14 @@ def test_the_tokens_own_expiry_wins_over_a_lying_expires_at_tag(app: App) -> Non
     sweep = bootstrap.container().rotator.sweep(deadline_seconds=5)
     assert [c["status"] for c in app.fakes.arm.calls() if "generateToken" in c["path"]] == [200], sweep.reports
     assert sweep.reports[0].rotated is True
+
+
+def test_an_expires_at_tag_later_than_key_vaults_own_expiry_does_not_win(app: App) -> None:
+    """Every write sets the tag and Key Vault's `exp` attribute to the token's expiry; an edited tag that
+    disagrees with `exp` (Secrets Officer may update tags alone) is not believed: the earlier one counts."""
+    soon = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=2)
+    token = app.fakes.arm.sign(GATEWAY_ID, "primary", soon)
+    leakcheck.register(token)
+    _store(app, token, tag_expiry=soon + timedelta(days=23), exp=soon)
+    sweep = bootstrap.container().rotator.sweep(deadline_seconds=5)
+    assert [c["status"] for c in app.fakes.arm.calls() if "generateToken" in c["path"]] == [200], sweep.reports
