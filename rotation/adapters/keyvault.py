@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rotation.adapters.credential import call_options, is_azure_error, scrub, token_deadline, translate
@@ -53,6 +55,15 @@ def _translate(exc: Exception, what: str, secret_name: str | None = None) -> Rot
         # the vault's domain: configuration, not a blip.
         return PermanentError(f"{what} failed: {scrub(str(exc))}")
     return None
+
+
+def _earliest(info: TokenInfo, expires_on: datetime | None) -> TokenInfo:
+    """Every write sets the `expiresAt` tag and Key Vault's own `exp` attribute to the token's expiry.
+    Tags can be edited alone (secrets/update): when the two disagree, the earlier one counts, so an
+    edited tag cannot make a listing call an expiring token fresh."""
+    if expires_on is not None and info.expires_at is not None and expires_on < info.expires_at:
+        return replace(info, expires_at=expires_on)
+    return info
 
 
 class KeyVaultTokenStore:
@@ -155,7 +166,8 @@ class KeyVaultTokenStore:
             with token_deadline(timeout):
                 for props in self._client().list_properties_of_secrets(**options):
                     if tags.is_managed(props.tags):
-                        out.append(tags.info_from(props.name, props.tags, props.expires_on))
+                        out.append(_earliest(tags.info_from(props.name, props.tags, props.expires_on),
+                                             props.expires_on))
         except RotationError:
             raise
         except Exception as exc:
@@ -184,7 +196,8 @@ class KeyVaultTokenStore:
                 raise
             raise translated from None
         found.sort(key=lambda p: p.created_on.timestamp() if p.created_on else 0.0)
-        return [tags.info_from(secret_name, p.tags, p.expires_on, p.created_on) for p in found]
+        return [_earliest(tags.info_from(secret_name, p.tags, p.expires_on, p.created_on), p.expires_on)
+                for p in found]
 
     def read_text(self, secret_name: str, timeout: float | None = None) -> str:
         """A secret's value as text (e.g. a kubeconfig). NotFound when it does not exist."""
