@@ -200,6 +200,7 @@ def test_developer_credentials_only_for_the_cli_off_azure(app: App, monkeypatch:
     if azure_variable:
         monkeypatch.delenv("ROTATION_LOCAL_EMULATORS")  # refused on an Azure host
         monkeypatch.setenv("ARM_ENDPOINT", "")
+        monkeypatch.setenv("OUTCOME_TOPIC_ENDPOINT", "")  # the loopback fake topic is refused in Azure too
         monkeypatch.setenv(azure_variable, "FlexConsumption")
         env = {**os.environ, "KEY_VAULT_URL": "https://kv-sec-test.vault.azure.net",
                "LEASE_CONTAINER_URL": "https://acct.blob.core.windows.net/gateway-leases",
