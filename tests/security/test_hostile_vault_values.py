@@ -95,3 +95,18 @@ def test_an_expires_at_tag_later_than_key_vaults_own_expiry_does_not_win(app: Ap
     _store(app, token, tag_expiry=soon + timedelta(days=23), exp=soon)
     sweep = bootstrap.container().rotator.sweep(deadline_seconds=5)
     assert [c["status"] for c in app.fakes.arm.calls() if "generateToken" in c["path"]] == [200], sweep.reports
+
+
+def test_a_gateway_cannot_name_a_kubeconfig_secret_as_its_token_secret() -> None:
+    """With one vault (CONFIG_KEY_VAULT_URL unset) tokens and kubeconfigs share a namespace: a registry
+    whose `keyVaultSecret` names a cluster's `kubeconfigSecret` would have a forced rotation overwrite
+    that kubeconfig with a token. Refused when the registry loads."""
+    import json
+
+    from rotation.core.errors import RegistryError
+    from rotation.core.registry import load_registry
+    from tests.samples import gateway, registry
+
+    doc = registry(gateway("gw-1", keyVaultSecret="Kubeconfig-West"))
+    with pytest.raises(RegistryError, match=r"gateways\[0\].*kubeconfig secret of cluster west"):
+        load_registry(json.dumps(doc))
