@@ -251,5 +251,12 @@ def load_registry(document: str | Mapping[str, object], *,
                 raise gateways_reader.child(i).fail(
                     f"Key Vault secret {gateway.key_vault_secret!r} is already used by {other.ref}"
                 )
+        for cluster in clusters.values():
+            # With one vault for both, a forced rotation would overwrite the kubeconfig with a token.
+            if (isinstance(cluster.auth, KubeconfigAuth)
+                    and cluster.auth.secret_name.lower() == gateway.key_vault_secret.lower()):
+                raise gateways_reader.child(i).fail(
+                    f"Key Vault secret {gateway.key_vault_secret!r} is the kubeconfig secret of cluster "
+                    f"{cluster.name}")
         gateways.append(gateway)
     return Registry(clusters=clusters, gateways=tuple(gateways))
