@@ -107,3 +107,23 @@ def test_unreachable_identity_endpoint_is_transient(app: App, monkeypatch: pytes
                                verify_challenge_resource=False, retry_total=0)
     with pytest.raises(UpstreamError, match=r"identity endpoint unreachable \(ServiceRequestError\)"):
         store.get(SECRET, timeout=5)
+
+
+def test_an_abandoned_identity_request_ends_on_its_own(app: App, identity: Any) -> None:
+    """The caller stops waiting at its deadline; the request itself runs on a daemon thread. Without a
+    socket timeout of its own it would hold that thread for azure-core's default read timeout (300 s) per
+    attempt, so every event during an identity-endpoint stall would leave a thread behind for minutes.
+    `request_timeout` bounds each attempt (RequestsTransport `connection_timeout`/`read_timeout`, which
+    azure-identity's pipeline passes through: azure/identity/_internal/pipeline.py `build_pipeline`)."""
+    import threading
+
+    from rotation.adapters.credential import token_deadline
+
+    _stall(app)
+    credential = build_credential(retry_total=0, request_timeout=2.0)
+    with token_deadline(0.5), pytest.raises(UpstreamError, match="no answer within"):
+        credential.get_token("https://vault.azure.net/.default")
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(t.name == "identity-token" for t in threading.enumerate()):
+        time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name == "identity-token"]
