@@ -40,7 +40,8 @@ _token_deadline: ContextVar[float | None] = ContextVar("rotation_token_deadline"
 
 
 def build_credential(client_id: str | None = None, *, developer: bool = False,
-                     authority: str | None = None, retry_total: int | None = None) -> TokenCredential:
+                     authority: str | None = None, retry_total: int | None = None,
+                     request_timeout: float = DEFAULT_TOKEN_SECONDS) -> TokenCredential:
     """The app's identity, with every token request bounded by the caller's deadline.
 
     By default `ManagedIdentityCredential` (user-assigned when `client_id` is given, which settings take
@@ -49,9 +50,14 @@ def build_credential(client_id: str | None = None, *, developer: bool = False,
     `developer=True` is for the CLI on an operator's machine only: `DefaultAzureCredential` without the
     interactive and shared-cache credentials; `authority` is the cloud's login host. `retry_total`:
     azure-core retries of the identity request (default: its own; the deadline bounds them anyway).
+    `request_timeout`: connect and read timeout of each attempt. The caller stops waiting at its
+    deadline, but the abandoned request keeps its thread until the socket gives up: azure-core's default
+    read timeout (300 s) would leave a thread behind for minutes per call during an endpoint stall.
     """
     inner: Any
-    options: dict[str, Any] = {} if retry_total is None else {"retry_total": retry_total}
+    options: dict[str, Any] = {"connection_timeout": request_timeout, "read_timeout": request_timeout}
+    if retry_total is not None:
+        options["retry_total"] = retry_total
     if developer:
         from azure.identity import DefaultAzureCredential
 

@@ -121,9 +121,9 @@ def test_an_abandoned_identity_request_ends_on_its_own(app: App, identity: Any) 
 
     _stall(app)
     credential = build_credential(retry_total=0, request_timeout=2.0)
+    before = set(threading.enumerate())
     with token_deadline(0.5), pytest.raises(UpstreamError, match="no answer within"):
         credential.get_token("https://vault.azure.net/.default")
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(t.name == "identity-token" for t in threading.enumerate()):
-        time.sleep(0.1)
-    assert not [t for t in threading.enumerate() if t.name == "identity-token"]
+    (mine,) = [t for t in set(threading.enumerate()) - before if t.name == "identity-token"]
+    mine.join(timeout=5.0)
+    assert not mine.is_alive()
