@@ -183,3 +183,42 @@ def test_registry_duplicate_keys_are_refused(field: str) -> None:
     assert doubled[0] in text
     with pytest.raises(RegistryError, match=f"duplicate field '{field}'"):
         load_registry(text.replace(doubled[0], doubled[1], 1), aks_servers=AksServerRule())
+
+
+# --- every field the Kubernetes client acts on is validated or refused ------------------------------
+
+# Keys the client reads only inside blocks that are refused as a whole (`auth-provider` config, `exec`
+# output / ExecCredential status) or that are the document's own structure.
+_INSIDE_REFUSED_OR_STRUCTURE = {
+    "access-token", "client-id", "client-secret", "cmd-args", "cmd-path", "config", "expiry", "expiry-key",
+    "id-token", "idp-certificate-authority", "idp-certificate-authority-data", "idp-issuer-url",
+    "refresh-token", "scopes", "token-key", "expirationTimestamp", "clientCertificateData", "clientKeyData",
+    "credential", "name", "cluster", "user", "context", "clusters", "users", "contexts", "current-context",
+    "BearerToken",     # the client Configuration's api_key slot, not a kubeconfig field
+    "tokenFile-data",  # FileOrData(user, 'tokenFile', 'token'): its data key is `token`, not `tokenFile-data`
+}
+
+
+def test_every_field_the_kubernetes_loader_acts_on_is_validated_or_refused() -> None:
+    """kubernetes/config/kube_config.py (the installed client: `_load_authentication`, `_load_user_token`,
+    `_load_user_pass_token`, `_load_cluster_info`, `FileOrData`) reads these keys; each must be one the
+    validator checks or refuses, so a client upgrade that starts acting on a new field fails here."""
+    import inspect
+    import re
+
+    from kubernetes.config import kube_config
+
+    from rotation.adapters import kubeconfig
+
+    source = inspect.getsource(kube_config)
+    read = set(re.findall(r"\[['\"]([a-zA-Z][a-zA-Z-]*)['\"]\]", source))
+    read |= set(re.findall(r"['\"]([a-zA-Z][a-zA-Z-]*)['\"] in ", source))
+    read |= set(re.findall(r"safe_get\(['\"]([a-zA-Z][a-zA-Z-]*)['\"]\)", source))
+    # FileOrData(obj, 'file-key') also reads 'file-key-data'
+    for key in re.findall(r"FileOrData\(\s*self\._(?:user|cluster), ['\"]([a-zA-Z-]+)['\"]", source):
+        read |= {key, f"{key}-data"}
+    validated = {"server", "certificate-authority-data", "token", "client-certificate-data", "client-key-data",
+                 "namespace"}
+    unaccounted = read - validated - set(kubeconfig._REFUSED) - _INSIDE_REFUSED_OR_STRUCTURE
+    assert {"exec", "auth-provider", "tokenFile", "proxy-url", "insecure-skip-tls-verify"} <= read  # parsed it
+    assert unaccounted == set()
