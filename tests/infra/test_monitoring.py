@@ -176,3 +176,41 @@ def test_opentelemetry_is_switched_by_one_parameter_and_host_json_leaves_it_alon
     assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'" in switched.split("}")[0]
     assert "AzureFunctionsJobHost__telemetryMode: 'OpenTelemetry'" in switched.split("}")[0]
     assert parse(MAIN)["parameters"]["enableOpenTelemetry"]["default"] is True
+
+
+def test_custom_metric_dimensions_reach_the_metrics_store() -> None:
+    """The expiry alert splits rotation_token_hours_left by gatewayId. Microsoft's "Metrics in Application
+    Insights" (MicrosoftDocs/azure-monitor-docs app/metrics-overview.md, "Pricing models"): custom metrics keep
+    their dimensions in the log store, but only a pre-aggregate *without* dimensions goes to the metrics store
+    unless "Enable alerting on custom metric dimensions" is selected. That switch is the component property
+    CustomMetricsOptedInType = WithDimensions (Azure/bicep#6595, values listed by the Application Insights team;
+    not in the REST spec, hence the justified BCP037 suppression). docs/deploy.md tells how to check it."""
+    component = body(one_resource(MODULES / "monitoring.bicep", "Microsoft.Insights/components"))
+    assert component["properties"]["CustomMetricsOptedInType"] == "WithDimensions"
+    source = (MODULES / "monitoring.bicep").read_text(encoding="utf-8").splitlines()
+    line = next(i for i, s in enumerate(source) if "CustomMetricsOptedInType:" in s)
+    assert source[line - 1].strip().startswith("#disable-next-line BCP037 //")
+    deploy = (INFRA.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "CustomMetricsOptedInType" in deploy and "With dimensions" in deploy
+
+
+def test_metric_alert_criterion_has_what_the_metric_alerts_api_requires() -> None:
+    """Microsoft.Insights/metricAlerts@2018-03-01 (azure-rest-api-specs monitor/.../2018-03-01/
+    metricAlert_API.json): MultiMetricCriteria requires criterionType, name, metricName, timeAggregation;
+    StaticThresholdCriterion adds operator and threshold; `skipMetricValidation` "allows creating an alert rule
+    on a custom metric that isn't yet emitted" — without it the first deployment, before the app has sent
+    rotation_token_hours_left once, is refused ("The metric names were not found", MicrosoftDocs/azure-docs#16061).
+    OpenTelemetry custom metrics live in the namespace azure.applicationinsights."""
+    (rule,) = metric_rules().values()
+    criteria = rule["properties"]["criteria"]
+    odata_type = criteria.get("'odata.type'", criteria.get("odata.type"))  # pycep keeps a quoted key's quotes
+    assert odata_type == "Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria"
+    (criterion,) = rule["properties"]["criteria"]["allOf"]
+    for required in ("criterionType", "name", "metricName", "timeAggregation", "operator", "threshold"):
+        assert required in criterion, required
+    assert criterion["criterionType"] == "StaticThresholdCriterion"
+    assert criterion["timeAggregation"] in {"Average", "Count", "Minimum", "Maximum", "Total"}
+    assert criterion["skipMetricValidation"] is True
+    assert criterion["metricNamespace"] == "azure.applicationinsights"
+    for prop in ("severity", "enabled", "scopes", "evaluationFrequency", "windowSize", "criteria"):
+        assert prop in rule["properties"], prop

@@ -255,6 +255,9 @@ def test_open_telemetry_settings_follow_the_parameter() -> None:
     assert otel["operator"]["operands"]["true_value"] == {
         "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
         "AzureFunctionsJobHost__telemetryMode": "OpenTelemetry",
+        # the distro's sampler: tests/infra/test_platform.py::test_traces_are_not_rate_limited_by_the_distro
+        "OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage",
+        "OTEL_TRACES_SAMPLER_ARG": "1.0",
     }
     assert otel["operator"]["operands"]["false_value"] == {}
     assert parse(MAIN)["parameters"]["enableOpenTelemetry"]["default"] is True
