@@ -162,3 +162,24 @@ def test_sampler_names_are_the_ones_the_installed_distro_reads() -> None:
     configurations = (constants.parent / "_utils" / "configurations.py").read_text(encoding="utf-8")
     assert "OTEL_TRACES_SAMPLER_ARG" in configurations and "OTEL_TRACES_SAMPLER," in configurations
     assert "default_value_for_rate_limited_sampler = 5.0" in configurations
+
+
+def test_telemetry_authentication_string_is_the_form_the_exporter_parses() -> None:
+    """Application Insights has local auth disabled, and the worker calls configure_azure_monitor() with only the
+    connection string (azure_functions_runtime/otel.py `initialize_azure_monitor`), so Entra ID auth comes from
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING alone. azure-monitor-opentelemetry-exporter
+    (export/_base.py `_get_authentication_credential`) splits it on ';' and '=', lower-cases the keys and builds
+    ManagedIdentityCredential(client_id=...) only when authorization == "AAD": a typo there silently sends
+    unauthenticated telemetry, which the component rejects."""
+    source = FUNCTION_APP.read_text(encoding="utf-8")
+    match = re.search(r"APPLICATIONINSIGHTS_AUTHENTICATION_STRING: '([^']*)'", source)
+    assert match, "APPLICATIONINSIGHTS_AUTHENTICATION_STRING is not set"
+    pairs = dict(kv.split("=") for kv in match.group(1).split(";"))
+    assert {k.lower(): v for k, v in pairs.items()} == {"clientid": "${identityClientId}", "authorization": "AAD"}
+    constants = installed_distro_constants()
+    if constants is None:
+        return
+    # azure-monitor-opentelemetry-exporter installs into the same azure/monitor/opentelemetry package directory
+    exporter = (constants.parent / "exporter" / "export" / "_base.py").read_text(encoding="utf-8")
+    assert 'auth_string_d["authorization"] == "AAD"' in exporter
+    assert 'ManagedIdentityCredential(client_id=auth_string_d["clientid"])' in exporter
