@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.infra.templates import BICEP_FILES, MODULES, REPO, parse, rel, source_lines
+from tests.infra.templates import BICEP_FILES, MODULES, REPO, body, parse, rel, source_lines
 
 FUNCTION_APP = MODULES / "function-app.bicep"
 
@@ -183,3 +183,68 @@ def test_telemetry_authentication_string_is_the_form_the_exporter_parses() -> No
     exporter = (constants.parent / "exporter" / "export" / "_base.py").read_text(encoding="utf-8")
     assert 'auth_string_d["authorization"] == "AAD"' in exporter
     assert 'ManagedIdentityCredential(client_id=auth_string_d["clientid"])' in exporter
+
+
+# Properties the REST specs mark "required" (same spec files as VERIFIED_API_VERSIONS): ARM refuses a PUT without
+# them, and Bicep's type check is only a warning for some (a missing required property is BCP035).
+REQUIRED = {
+    # storage.json StorageAccountCreateParameters: required [sku, kind, location]
+    "Microsoft.Storage/storageAccounts": ("sku.name", "kind", "location"),
+    # keyvault.json VaultCreateOrUpdateParameters [location, properties]; VaultProperties [tenantId, sku]; Sku [family, name]
+    "Microsoft.KeyVault/vaults": ("location", "properties.tenantId", "properties.sku.family", "properties.sku.name"),
+    # components_API.json ApplicationInsightsComponent [kind]; ApplicationInsightsComponentProperties [Application_Type]
+    "Microsoft.Insights/components": ("kind", "location", "properties.Application_Type"),
+    # workbooks_API.json WorkbookProperties [displayName, category, serializedData]
+    "Microsoft.Insights/workbooks": ("location", "properties.displayName", "properties.category",
+                                     "properties.serializedData"),
+    # authorization-RoleAssignmentsCalls.json RoleAssignmentProperties [roleDefinitionId, principalId]
+    "Microsoft.Authorization/roleAssignments": ("properties.roleDefinitionId", "properties.principalId"),
+    # metricAlert_API.json MetricAlertResource [location, properties]; MetricAlertProperties [severity, enabled,
+    # scopes, evaluationFrequency, windowSize, criteria]
+    "Microsoft.Insights/metricAlerts": ("location", "properties.severity", "properties.enabled", "properties.scopes",
+                                        "properties.evaluationFrequency", "properties.windowSize",
+                                        "properties.criteria"),
+    # scheduledQueryRule_API.json ScheduledQueryRuleResource [location, properties]; criteria allOf[].query
+    "Microsoft.Insights/scheduledQueryRules": ("location", "properties.criteria", "properties.scopes"),
+    # WebApps.json / AppServicePlans.json: Resource [location]; Flex Consumption needs functionAppConfig
+    # (CreateOrUpdateFunctionAppFlexConsumption.json)
+    "Microsoft.Web/serverfarms": ("location", "sku.name", "sku.tier"),
+    "Microsoft.Web/sites": ("location", "properties.serverFarmId", "properties.functionAppConfig.deployment.storage",
+                            "properties.functionAppConfig.runtime", "properties.functionAppConfig.scaleAndConcurrency"),
+    # EventGrid.json: TrackedResource [location]; system topic source and topicType fix what it listens to
+    "Microsoft.EventGrid/systemTopics": ("location", "properties.source", "properties.topicType"),
+    "Microsoft.EventGrid/topics": ("location",),
+    "Microsoft.OperationalInsights/workspaces": ("location",),
+    "Microsoft.ManagedIdentity/userAssignedIdentities": ("location",),
+}
+
+
+def lookup(node: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def test_required_properties_are_present() -> None:
+    checked = 0
+    for path in BICEP_FILES:
+        for name, decl in parse(path).get("resources", {}).items():
+            paths = REQUIRED.get(decl["type"])
+            if paths is None or decl.get("existing"):
+                continue
+            missing = [p for p in paths if lookup(body(decl), p) in (None, "")]
+            assert missing == [], f"{rel(path)}:{name} lacks {missing}"
+            checked += 1
+    assert checked >= 15, checked
+
+
+def test_the_required_check_sees_a_missing_property(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.bicep"
+    bad.write_text("resource v 'Microsoft.KeyVault/vaults@2023-07-01' = {\n  name: 'x'\n  location: 'y'\n"
+                   "  properties: {\n    sku: {\n      family: 'A'\n      name: 'standard'\n    }\n  }\n}\n",
+                   encoding="utf-8")
+    (decl,) = parse(bad)["resources"].values()
+    assert [p for p in REQUIRED["Microsoft.KeyVault/vaults"] if lookup(body(decl), p) is None] == [
+        "properties.tenantId"]
