@@ -54,7 +54,7 @@ def dimensions_read(kql: str) -> set[str]:
 
 
 def test_failed_rotation_alert_sees_every_failed_outcome() -> None:
-    (rule,) = log_rules().values()
+    rule = log_rules()["failedRotation"]
     kql = rule_query(rule)
     assert '"rotation.reconcile"' in kql and '"rotation.sweep"' in kql and 'outcome == "failed"' in kql
     assert "summarize failures = count() by gatewayId, errorClass" in kql
@@ -83,7 +83,7 @@ def test_expiry_alert_is_a_metric_alert_on_hours_left() -> None:
 def test_rule_names_and_locations_are_deploy_time_values() -> None:
     for rule in [*log_rules().values(), *metric_rules().values()]:
         assert re.fullmatch(r"\$\{namePrefix\}-[a-z-]+", rule["name"]), rule["name"]
-    assert [r["location"] for r in log_rules().values()] == ["location"]
+    assert [r["location"] for r in log_rules().values()] == ["location", "location"]
 
 
 def test_there_is_a_dead_letter_alert() -> None:
@@ -214,3 +214,80 @@ def test_metric_alert_criterion_has_what_the_metric_alerts_api_requires() -> Non
     assert criterion["metricNamespace"] == "azure.applicationinsights"
     for prop in ("severity", "enabled", "scopes", "evaluationFrequency", "windowSize", "criteria"):
         assert prop in rule["properties"], prop
+
+
+def kql_extract(kql: str, field: str) -> re.Pattern[str]:
+    """The regex a query's `extract(@" field=(...)", 1, message)` applies (RE2 and Python agree on these)."""
+    match = re.search(r'extract\(@"( ' + field + r'=\([^"]*\))", 1, message\)', kql)
+    assert match, f"the query does not extract {field} from the message"
+    return re.compile(match.group(1))
+
+
+def emitted_message(event: str, fields: dict[str, object]) -> str:
+    """What rotation.telemetry.emit really logs: the classic path forwards only this message."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    telemetry.log.addHandler(handler)
+    level = telemetry.log.level
+    telemetry.log.setLevel(logging.INFO)
+    try:
+        telemetry.emit(event, fields)
+    finally:
+        telemetry.log.removeHandler(handler)
+        telemetry.log.setLevel(level)
+    (record,) = records
+    return record.getMessage()
+
+
+GATEWAY = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ApiManagement/service/apim/gateways/gw-1"
+
+
+def test_expiry_alert_without_opentelemetry_is_a_log_alert_on_the_sweep_records() -> None:
+    """With enableOpenTelemetry false rotation/telemetry.py records no metric (it needs OpenTelemetry loaded), so
+    the metric alert would never fire: the template swaps in a log alert over the sweep's rotation.expiry records
+    (rotation/service.py), read from the message the classic path forwards. The regexes are checked against what
+    telemetry.emit really writes."""
+    metric = resources("Microsoft.Insights/metricAlerts")
+    assert parse(ALERTS)["resources"]["expiringToken"]["config"]["condition"] == "openTelemetry"
+    assert parse(ALERTS)["resources"]["expiringTokenFromLogs"]["config"]["condition"] == {
+        "operator": {"type": "not", "operands": {"bool_value": "openTelemetry"}}}
+    assert set(metric) == {"expiringToken"}
+    rule = log_rules()["expiringTokenFromLogs"]
+    kql = rule_query(rule)
+    assert 'where event == "rotation.expiry"' in kql and "arg_max(timestamp, hoursLeft) by gatewayId" in kql
+    criterion = rule["properties"]["criteria"]["allOf"][0]
+    assert criterion["metricMeasureColumn"] == "hoursLeft" and criterion["operator"] == "LessThan"
+    assert criterion["threshold"] == "expiryThresholdHours"
+    assert [d["name"] for d in criterion["dimensions"]] == ["gatewayId"]
+    main_alerts = next(m for m in parse(MAIN)["modules"].values() if m["detail"]["path"].endswith("alerts.bicep"))
+    assert body(main_alerts)["params"]["openTelemetry"] == "enableOpenTelemetry"
+
+    message = emitted_message("rotation.expiry", {"gatewayId": GATEWAY, "expiresAt": "2030-01-01T00:00:00+00:00",
+                                                  "hoursLeft": 31.5})
+    assert re.match(r"^(rotation\.\w+) ", message)
+    gateway = kql_extract(kql, "gatewayId").search(message)
+    hours = kql_extract(kql, "hoursLeft").search(message)
+    assert gateway and gateway.group(1) == GATEWAY
+    assert hours and float(hours.group(1)) == 31.5
+    negative = emitted_message("rotation.expiry", {"gatewayId": GATEWAY, "hoursLeft": -2.0})
+    found = kql_extract(kql, "hoursLeft").search(negative)
+    assert found and float(found.group(1)) == -2.0
+
+
+def test_failed_alert_reads_the_classic_message_the_app_writes() -> None:
+    kql = rule_query(log_rules()["failedRotation"])
+    message = emitted_message("rotation.reconcile", {"gatewayId": GATEWAY, "outcome": "failed",
+                                                     "errorClass": "AccessDenied", "reason": "event"})
+    outcome = kql_extract(kql, "outcome").search(message)
+    error_class = kql_extract(kql, "errorClass").search(message)
+    gateway = kql_extract(kql, "gatewayId").search(message)
+    assert outcome and outcome.group(1) == "failed"
+    assert error_class and error_class.group(1) == "AccessDenied"
+    assert gateway and gateway.group(1) == GATEWAY
