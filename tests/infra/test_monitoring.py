@@ -291,3 +291,17 @@ def test_failed_alert_reads_the_classic_message_the_app_writes() -> None:
     assert outcome and outcome.group(1) == "failed"
     assert error_class and error_class.group(1) == "AccessDenied"
     assert gateway and gateway.group(1) == GATEWAY
+
+
+def test_workbook_hours_left_view_works_without_opentelemetry_too() -> None:
+    """Without OpenTelemetry there is no rotation_token_hours_left metric (see the test above), so the view also
+    reads the sweep's rotation.expiry records and keeps the latest value per gateway from either source (no
+    double counting: arg_max, not a sum). Its regexes are checked against what telemetry.emit writes."""
+    kql = workbook_queries()["Token hours left per gateway"]
+    assert f'name == "{telemetry.HOURS_LEFT}"' in kql and 'where event == "rotation.expiry"' in kql
+    assert "| union (traces" in kql and "summarize arg_max(timestamp, hours) by gatewayId" in kql
+    message = emitted_message("rotation.expiry", {"gatewayId": GATEWAY, "hoursLeft": 12.0})
+    gateway = kql_extract(kql, "gatewayId").search(message)
+    hours = kql_extract(kql, "hoursLeft").search(message)
+    assert gateway and gateway.group(1) == GATEWAY
+    assert hours and float(hours.group(1)) == 12.0
