@@ -104,8 +104,10 @@ resource failedRotation 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
 // The sweep (hourly by default) and every reconcile record the hours left of each gateway's stored token
 // (an OpenTelemetry histogram: Application Insights keeps its minimum per interval). Six hours of window: a
 // missed sweep does not resolve the alert. Splitting by gatewayId needs "alerting on custom metric
-// dimensions" enabled on the component (Usage and estimated costs); skipMetricValidation lets the rule
-// deploy before the app has sent the metric once.
+// dimensions" on the component, which monitoring.bicep sets (CustomMetricsOptedInType). skipMetricValidation
+// lets the rule deploy before the app has sent the metric once (metricAlert_API.json 2018-03-01:
+// "Allows creating an alert rule on a custom metric that isn't yet emitted"); OpenTelemetry custom metrics
+// are in the metric namespace azure.applicationinsights.
 resource expiringToken 'Microsoft.Insights/metricAlerts@2018-03-01' = if (openTelemetry) {
   name: '${namePrefix}-token-expiring'
   location: 'global'
