@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ class LocalLease:
 
     _entries: dict[str, _LocalEntry] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
+    clock: Callable[[], float] = time.monotonic  # when leases expire (tests pause a holder by moving it)
 
     @property
     def shared(self) -> bool:
@@ -68,23 +70,24 @@ class LocalLease:
     def acquire(self, name: str, *, duration: float, wait: float) -> _LocalHeld:
         seconds = lease_duration(duration)
         holder = uuid.uuid4().hex
-        end = time.monotonic() + max(0.0, wait)
+        end = time.monotonic() + max(0.0, wait)  # the caller's wait is real time, whatever `clock` says
         with self._cond:
             while True:
-                now = time.monotonic()
+                now = self.clock()
                 entry = self._entries.get(name)
                 if entry is None or entry.expires <= now:
                     self._entries[name] = _LocalEntry(holder, now + seconds)
                     return _LocalHeld(self, name, holder, seconds)
-                if now >= end:
+                left = end - time.monotonic()
+                if left <= 0:
                     raise UpstreamError(f"lease {name}: another reconcile of this gateway holds it "
                                         f"(waited {wait:.1f}s); retry later")
-                self._cond.wait(min(end, entry.expires) - now)
+                self._cond.wait(min(left, entry.expires - now))
 
     def _renew(self, name: str, holder: str, seconds: int) -> None:
         with self._cond:
             entry = self._entries.get(name)
-            now = time.monotonic()
+            now = self.clock()
             if entry is None or entry.holder != holder:  # an expired lease nobody took renews, as in Blob Storage
                 raise UpstreamError(f"lease {name} was lost (it expired and another holder took it)")
             entry.expires = now + seconds
