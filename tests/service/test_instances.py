@@ -74,8 +74,8 @@ def test_a_reconcile_paused_past_its_lease_does_not_write_after_another_holder_t
             rolled.append(report.phase)
         return value
 
-    world.issuer.generate_token = generate  # type: ignore[method-assign]
-    with pytest.raises(UpstreamError, match="lease .* was lost"):
+    world.issuer.generate_token = generate  # type: ignore[method-assign,assignment]
+    with pytest.raises(UpstreamError, match=r"lease .* was lost"):
         a.reconcile(gw1, reason="forced on A", force=True, deadline_seconds=5)
     assert rolled[-1] is KeyRollPhase.COMPLETED
     latest = world.store.get(gw1.key_vault_secret)
@@ -124,7 +124,7 @@ def test_fifty_events_on_ten_instances_restart_each_stale_workload_once(world: W
             try:
                 rotator.reconcile(world.gw1, reason="event", deadline_seconds=10,
                                   heal=Heal(instance=f"gw1-pod-{n}-{i}", instance_expires_at=world.now))
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            except BaseException as exc:  # collected for the assertion
                 errors.append(exc)
 
     threads = [threading.Thread(target=deliver, args=(r, n)) for n, r in enumerate(instances)]
