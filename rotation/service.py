@@ -677,8 +677,13 @@ class Rotator:
                        for c, t in jobs]
             results = iter([f.result() for f in futures])
         out = []
+        now = self.clock()
         for config in configs:
             info = infos.get(config.key_vault_secret.lower())
+            error = None if info else "no token in Key Vault"
+            if info is not None and info.expires_at is not None and info.expires_at <= now:
+                error = (f"Key Vault's token expired at {info.expires_at:%Y-%m-%d %H:%M} UTC: no target's copy "
+                         "verifies; run rotate")
             out.append(GatewayStatus(
                 gateway_id=config.ref.id, service=config.ref.service, gateway=config.ref.gateway,
                 key_vault_secret=config.key_vault_secret,
@@ -686,7 +691,7 @@ class Rotator:
                 fingerprint=info.fingerprint if info else None,
                 targets=tuple(next(results) for _ in config.targets),
                 key_roll_pending=info.roll_from if info else None,
-                error=None if info else "no token in Key Vault",
+                error=error,
                 warning=None if self.lease_shared else LOCAL_LEASE_WARNING,
                 origin=info.origin if info else None,
             ))
@@ -711,8 +716,11 @@ class Rotator:
         consumption = check_consumption(target, {r.workload: r.uses for r in rollouts}, secret.labels)
         if consumption.state is ConsumptionState.MISMATCH:  # rotating cannot help: the pods read another key
             state = SyncState.MISMATCH
+        # The marker is only ever cleared for a target with workloads to restart (see _sync_target).
+        pending = secret.annotations.get(RESTART_PENDING) if target.restart else None
         return status(state, fingerprint=held.fingerprint if held else None,
-                      expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption)
+                      expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption,
+                      restart_pending=pending)
 
     # --- reporting --------------------------------------------------------------------------------
 
