@@ -187,3 +187,87 @@ def test_status_is_not_healthy_while_a_restart_is_pending(world: World) -> None:
     east = status.targets[0]
     assert east.state is SyncState.IN_SYNC and east.restart_pending == token.fingerprint
     assert not status.healthy and status.to_dict()["healthy"] is False
+
+
+def test_the_sweep_reports_a_gateway_whose_lease_another_instance_holds_and_carries_on(world: World) -> None:
+    """A key roll on the CLI holds gw-1's lease through its rollout wait: the sweep waits for it no longer
+    than one reconcile's deadline, reports gw-1 as a (transient) failure and still reconciles gw-2."""
+    world.seed_token(world.gw1, 2 * DAY)
+    world.seed_token(world.gw2, 2 * DAY)
+    assert world.rotator.lease is not None
+    held = world.rotator.lease.acquire("contoso-apim/gw-1", duration=30, wait=0)  # the CLI's roll
+    try:
+        result = world.rotator.sweep(deadline_seconds=0.5)
+    finally:
+        held.release()
+    gw1, gw2 = result.reports
+    assert "another reconcile of this gateway holds it" in (gw1.error or "") and not gw1.rotated
+    assert gw2.ok and gw2.rotated
+    assert world.west.writes == 0  # gw-1's targets untouched
+
+
+def test_the_sweep_stops_starting_gateways_when_its_budget_cannot_fit_another(world: World) -> None:
+    """One gateway at a time: gw-1 (slow cluster) uses most of the budget, so gw-2 is reported not
+    reached and left untouched for the next run, and gw-1's own report is kept."""
+    world.seed_token(world.gw1, 20 * DAY)
+    world.seed_token(world.gw2, 20 * DAY)
+    world.rotator.sweep_concurrency = 1
+    world.west.faults.delay["read"] = 1.0
+    result = world.rotator.sweep(deadline_seconds=1.5, budget_seconds=2.2)
+    gw1, gw2 = result.reports
+    assert gw1.ok and gw1.error is None
+    assert gw2.error == "not reached within the sweep's budget; left for the next run"
+    assert ("read", "apim/gw2-token") not in world.east.calls
+
+
+def test_a_sweep_listing_overtaken_by_a_roll_leaves_only_verifying_tokens(world: World) -> None:
+    """The sweep lists Key Vault once, then reaches gw-1 later; meanwhile the operator's CLI (configured
+    with a 7-day lifetime, so its token expires BEFORE the listed one) rolled off primary and completed.
+    The sweep's stale listing (a fresh primary token, now dead) must not put a dead token anywhere."""
+    world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
+    cli = instance(world, world.rotator.lease)  # type: ignore[arg-type]
+    cli.token_lifetime = 7 * DAY
+    real = world.store.list
+
+    def listing(timeout: float | None = None) -> Any:
+        infos = real(timeout)
+        report = cli.roll_keys(world.gw1, from_key=KeyType.PRIMARY, deadline_seconds=5, rollout_wait_seconds=0,
+                               confirm_restarted=True)
+        assert report.phase is KeyRollPhase.COMPLETED
+        return infos
+
+    world.store.list = listing  # type: ignore[method-assign]
+    world.rotator.sweep(deadline_seconds=5)
+    assert_roll_invariant(world, world.gw1, KeyType.PRIMARY)
+
+
+def test_adoption_paused_past_its_lease_does_not_store_a_token_a_roll_killed_meanwhile(world: World) -> None:
+    """Instance A's first reconcile adopts the portal token the targets run (Key Vault empty) and pauses
+    in ARM's reproduction check, past its lease; the operator's roll takes the lease, completes and
+    regenerates primary. A must not then store the (now dead) portal token as Key Vault's latest."""
+    clock = Monotonic()
+    leases = LocalLease(clock=clock)
+    a, b = instance(world, leases), instance(world, leases)
+    a.adopt_existing = True
+    config = world.gw1
+    expiry = (world.now + 25 * DAY).replace(second=0, microsecond=0)
+    portal = world.issuer.generate_token(config.ref, KeyType.PRIMARY, expiry)
+    for t in config.targets:
+        world.cluster(t.cluster).secrets[(t.namespace, t.secret)].data[t.key] = t.format.replace("{token}", portal)
+    real = world.issuer.generate_token
+    rolled: list[KeyRollPhase] = []
+
+    def generate(ref: GatewayRef, key: KeyType, expiry: Any, timeout: float | None = None) -> str:
+        value = real(ref, key, expiry, timeout)
+        if not rolled:
+            rolled.append(KeyRollPhase.PLANNED)
+            clock.pause(45)
+            rolled.append(b.roll_keys(config, from_key=KeyType.PRIMARY, deadline_seconds=5, rollout_wait_seconds=0,
+                                      confirm_restarted=True).phase)
+        return value
+
+    world.issuer.generate_token = generate  # type: ignore[method-assign,assignment]
+    with pytest.raises(UpstreamError, match=r"lease .* was lost"):
+        a.reconcile(config, reason="first event", deadline_seconds=5)
+    assert rolled[-1] is KeyRollPhase.COMPLETED
+    assert_roll_invariant(world, config, KeyType.PRIMARY)
