@@ -370,7 +370,11 @@ class Rotator:
             # Onboarding: Key Vault's first version is the newest valid token the targets already run.
             from rotation.adoption import adopt
 
-            adopted = adopt(self, config, now, deadline.check)
+            def check(what: str) -> float:  # adoption writes Key Vault: only while this holds the lease
+                guard()
+                return deadline.check(what)
+
+            adopted = adopt(self, config, now, check)
             if adopted is not None:
                 held = adopted.token
                 return (_TokenSource(_desired(held), lambda: held, held, stored_at=lambda: now),
