@@ -138,7 +138,12 @@ def test_a_holder_that_stops_renewing_loses_the_lease_when_it_expires(store: Lea
     assert 13 <= waited <= 20
     with pytest.raises(UpstreamError, match="was lost or could not be renewed: 409"):
         stale.renew()
+    taker.check()  # acquired moments ago: still ours
     taker.release()
+    # Free again, but leased by another since: the stale holder's check (what every write calls after a
+    # pause longer than half the duration) still fails, so it cannot write as the gateway's writer.
+    with pytest.raises(UpstreamError, match="was lost or could not be renewed: 409"):
+        stale.check()
 
 
 def test_a_stalled_identity_endpoint_ends_the_acquire_within_its_wait(store: Leases) -> None:

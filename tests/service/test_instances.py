@@ -271,3 +271,32 @@ def test_adoption_paused_past_its_lease_does_not_store_a_token_a_roll_killed_mea
         a.reconcile(config, reason="first event", deadline_seconds=5)
     assert rolled[-1] is KeyRollPhase.COMPLETED
     assert_roll_invariant(world, config, KeyType.PRIMARY)
+
+
+def test_every_spelling_of_a_gateway_takes_the_same_lease_blob() -> None:
+    """ARM ids are case-insensitive: the event's topic, the CLI's SERVICE/GATEWAY and the HTTP route may
+    spell a gateway differently; all resolve to the registry's entry and so to one blob. The registry
+    refuses a second spelling of a registered gateway (in another resource group too: APIM service
+    names are global DNS names) and an id with a trailing slash."""
+    from rotation.core.errors import RegistryError
+    from rotation.core.registry import load_registry
+    from rotation.service import lease_name
+    from tests.samples import gateway as sample_gateway
+    from tests.samples import registry, target
+
+    upper = SERVICE_ID.replace("rg-apim", "RG-Apim").replace("contoso-apim", "Contoso-APIM")
+    doc = registry(sample_gateway("GW-1", target("east", "gw1-token")))
+    doc["gateways"][0]["id"] = gateway_id("GW-1", upper)
+    reg = load_registry(doc)
+    by_cli = reg.find("CONTOSO-apim", "gw-1")
+    by_event = reg.find_by_gateway(SERVICE_ID, "Gw-1")
+    assert by_cli is not None and by_cli is by_event
+    assert lease_name(by_cli) == "contoso-apim/gw-1"
+    twice = registry(sample_gateway("gw-1", target("east", "a")), sample_gateway("gw-1", target("east", "b")))
+    twice["gateways"][1]["id"] = gateway_id("GW-1", upper.replace("RG-Apim", "rg-other"))
+    with pytest.raises(RegistryError, match="registered twice"):
+        load_registry(twice)
+    slash = registry(sample_gateway("gw-1", target("east", "a")))
+    slash["gateways"][0]["id"] += "/"
+    with pytest.raises(RegistryError, match="gateway id must look like"):
+        load_registry(slash)
