@@ -52,6 +52,7 @@ log = logging.getLogger("rotation.lease")
 MIN_DURATION, MAX_DURATION = 15, 60
 POLL_SECONDS = 0.25  # how often a waiter retries a held lease (Blob Storage has no blocking acquire)
 REQUEST_TIMEOUT = 5.0  # client-side connect/read timeout of one lease call
+MIN_ATTEMPT = 0.5  # an acquire makes one attempt of at least this long, even with no time to wait
 
 
 def lease_duration(seconds: float) -> int:
@@ -198,18 +199,22 @@ class BlobLease:
         lease = BlobLeaseClient(blob)
         end = time.monotonic() + max(0.0, wait)
         what = f"lease {name} in {self.container_url}"
+        created = False
         while True:
             try:
-                with _bounded(end - time.monotonic(), what) as options:
+                # wait=0 (or a deadline about to pass) still gets one attempt, of at most MIN_ATTEMPT.
+                with _bounded(max(end - time.monotonic(), MIN_ATTEMPT), what) as options:
                     lease.acquire(lease_duration=seconds, **options)
                 return _BlobHeld(lease, what, seconds)
             except ResourceNotFoundError as exc:
                 if _code(exc) == "ContainerNotFound":
                     raise SettingsError(f"{what}: the container does not exist (LEASE_CONTAINER_URL; "
                                         "infra creates it)") from None
-                self._create(blob, what, end)
-                if time.monotonic() < end:
-                    continue  # acquire at once: the blob exists now
+                if created:
+                    raise UpstreamError(f"{what}: the lease blob disappeared after it was created") from None
+                self._create(blob, what, max(end, time.monotonic() + MIN_ATTEMPT))
+                created = True
+                continue  # acquire at once: the blob exists now
                 raise UpstreamError(f"{what}: the lease blob could not be leased within {wait:.1f}s") from None
             except ClientAuthenticationError:
                 raise AccessDenied(f"{what}: not authorised (the app's identity needs Storage Blob Data "

@@ -87,6 +87,7 @@ def test_acquire_creates_the_blob_holds_it_and_release_frees_it(store: Leases) -
     with pytest.raises(UpstreamError, match="another reconcile of this gateway holds it"):
         lease.acquire("contoso-apim/gw-1", duration=15, wait=0.3)
     other = lease.acquire("contoso-apim/gw-2", duration=15, wait=0.3)  # per gateway
+    lease.acquire("contoso-apim/gw-0", duration=15, wait=0).release()  # wait=0: one attempt, no waiting
     held.renew()
     held.release()
     again = lease.acquire("contoso-apim/gw-1", duration=15, wait=0.3)
