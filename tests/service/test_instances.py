@@ -300,3 +300,38 @@ def test_every_spelling_of_a_gateway_takes_the_same_lease_blob() -> None:
     slash["gateways"][0]["id"] += "/"
     with pytest.raises(RegistryError, match="gateway id must look like"):
         load_registry(slash)
+
+
+@dataclass
+class RenewalsFail:
+    """A lease store that grants leases but answers every renewal with an error (Blob Storage 503s)."""
+
+    inner: LocalLease
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    def acquire(self, name: str, *, duration: float, wait: float) -> Any:
+        held = self.inner.acquire(name, duration=duration, wait=wait)
+
+        class Held:
+            def renew(self) -> None:
+                raise UpstreamError(f"lease {name} was lost or could not be renewed: 503 ServerBusy")
+
+            def check(self) -> None:
+                held.check()
+
+            def release(self) -> None:
+                held.release()
+
+        return Held()
+
+
+def test_a_roll_whose_lease_cannot_be_renewed_does_not_regenerate(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    roller = instance(world, RenewalsFail(LocalLease()))  # type: ignore[arg-type]
+    report = roller.roll_keys(world.gw1, from_key=KeyType.PRIMARY, deadline_seconds=5, rollout_wait_seconds=0,
+                              confirm_restarted=True)
+    assert report.phase is KeyRollPhase.PENDING and world.issuer.regenerated == []
+    assert "503 ServerBusy" in report.pending[0]
