@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rotation.adapters.credential import token_deadline
-from rotation.core.errors import AccessDenied, InvalidInput, SettingsError, UpstreamError
+from rotation.core.errors import AccessDenied, InvalidInput, RotationError, SettingsError, UpstreamError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -288,7 +288,7 @@ class _BlobHeld:
         try:
             with _bounded(REQUEST_TIMEOUT, self._what) as options:
                 self._lease.release(**options)
-        except (AzureError, UpstreamError) as exc:  # it expires on its own
+        except (AzureError, RotationError) as exc:  # it expires on its own (the identity may fail too)
             log.warning("%s: release failed (it will expire): %s %s", self._what, _status(exc),
                         _code(exc) or type(exc).__name__)
 
