@@ -335,3 +335,39 @@ def test_a_roll_whose_lease_cannot_be_renewed_does_not_regenerate(world: World) 
                               confirm_restarted=True)
     assert report.phase is KeyRollPhase.PENDING and world.issuer.regenerated == []
     assert "503 ServerBusy" in report.pending[0]
+
+
+def test_the_write_guard_costs_no_lease_call_when_nothing_paused(world: World) -> None:
+    """The event path's cost of the guard: a reconcile that writes Key Vault, two Secrets and a restart
+    renews nothing (its lease is seconds old); only acquire and release reach the lease store."""
+    calls: list[str] = []
+
+    class Counting:
+        def __init__(self, inner: LocalLease) -> None:
+            self.inner = inner
+
+        @property
+        def shared(self) -> bool:
+            return True
+
+        def acquire(self, name: str, *, duration: float, wait: float) -> Any:
+            calls.append("acquire")
+            held = self.inner.acquire(name, duration=duration, wait=wait)
+            real_renew, real_release = held.renew, held.release
+
+            def renew() -> None:
+                calls.append("renew")
+                real_renew()
+
+            def release() -> None:
+                calls.append("release")
+                real_release()
+
+            held.renew, held.release = renew, release  # type: ignore[method-assign]
+            return held
+
+    rotator = instance(world, Counting(LocalLease()))  # type: ignore[arg-type]
+    world.seed_token(world.gw1, 20 * DAY)
+    report = rotator.reconcile(world.gw1, reason="forced", force=True, deadline_seconds=5)
+    assert report.rotated and [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.UPDATED]
+    assert calls == ["acquire", "release"]
