@@ -570,10 +570,10 @@ class Rotator:
                  guard: Guard = _unguarded) -> list[str]:
         if not target.restart:
             return []
-        guard()
         at = self.clock()
         restarted = []
         for workload in target.restart:
+            guard()
             client.restart(target.namespace, workload, at, timeout=deadline.check(f"restarting {workload}"))
             restarted.append(str(workload))
         if marker:
