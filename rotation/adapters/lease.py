@@ -251,12 +251,16 @@ class BlobLease:
 
 @contextmanager
 def _bounded(seconds: float, what: str) -> Iterator[dict[str, Any]]:
-    """One lease call, its storage token request included, within `seconds` (at most REQUEST_TIMEOUT)."""
+    """One lease call within `seconds`: each attempt (its storage token request included) at most
+    REQUEST_TIMEOUT, and the SDK's one retry only when a second attempt still fits."""
     limit = min(REQUEST_TIMEOUT, seconds)
     if limit <= 0:
         raise UpstreamError(f"{what}: the deadline passed")
+    options: dict[str, Any] = {"connection_timeout": limit, "read_timeout": limit}
+    if seconds < 2 * limit:
+        options["retry_total"] = 0  # per-call override read by the storage retry policy (configure_retries)
     with token_deadline(limit):
-        yield {"connection_timeout": limit, "read_timeout": limit}
+        yield options
 
 
 class _BlobHeld:
@@ -271,7 +275,7 @@ class _BlobHeld:
 
         started = time.monotonic()
         try:
-            with _bounded(REQUEST_TIMEOUT, self._what) as options:
+            with _bounded(2 * REQUEST_TIMEOUT, self._what) as options:
                 self._lease.renew(**options)
         except AzureError as exc:
             raise UpstreamError(f"{self._what} was lost or could not be renewed: {_status(exc)} "
