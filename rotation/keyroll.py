@@ -14,9 +14,10 @@ the same one:
 - Phase 2 runs under the gateway's lease (held, and renewed, from phase 1 on) and re-reads Key Vault
   and every target immediately before `regenerateKey`; the lease is renewed once more after that
   read, and a renewal that fails (the lease was lost, e.g. this process stalled past it while another
-  instance took it) leaves the roll pending: what was read may no longer be all that was written. It regenerates K only when Key Vault's latest
-  is this roll's token, every target holds exactly it with no restart pending, and every registered
-  workload restarted after the token was stored and finished rolling out. A target with no `restart`
+  instance took it) leaves the roll pending: what was read may no longer be all that was written.
+  It regenerates K only when Key Vault's latest is this roll's token, every target holds exactly it
+  with no restart pending, and every registered workload restarted after the token was stored and
+  finished rolling out. A target with no `restart`
   list cannot be confirmed: it keeps the roll pending until the operator restarts its pods and says
   so (`--confirm-restarted`).
 - A crash between regenerating and clearing the tag leaves pending(K); the next run with the same
