@@ -32,6 +32,7 @@ class TargetStatus:
     rollouts: tuple[RolloutState, ...] = ()
     error: str | None = None
     consumption: Consumption | None = None  # do the registered workloads read this Secret key?
+    restart_pending: str | None = None  # a writer's restart onto this token is not done (its fingerprint)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -42,6 +43,7 @@ class TargetStatus:
                          for r in self.rollouts],
             "error": self.error,
             "consumption": self.consumption.to_dict() if self.consumption else None,
+            "restartPending": self.restart_pending,
         }
 
 
@@ -62,10 +64,12 @@ class GatewayStatus:
 
     @property
     def healthy(self) -> bool:
-        """Every target in sync with rolled-out workloads, and no key roll pending (a pending roll
-        leaves the key it retires valid: the compromise is not contained yet)."""
+        """Every target in sync with rolled-out workloads that were restarted onto it, Key Vault's token
+        unexpired (`error` says so otherwise), and no key roll pending (a pending roll leaves the key it
+        retires valid: the compromise is not contained yet)."""
         return self.error is None and self.key_roll_pending is None and all(
-            t.state is SyncState.IN_SYNC and all(r.ready for r in t.rollouts) for t in self.targets
+            t.state is SyncState.IN_SYNC and t.restart_pending is None and all(r.ready for r in t.rollouts)
+            for t in self.targets
         )
 
     def to_dict(self) -> dict[str, object]:
