@@ -66,3 +66,40 @@ def test_import_with_an_empty_environment_loads_no_sdk() -> None:
                          check=True, timeout=60)
     assert out.stdout.strip() == ""
     assert out.stderr == ""
+
+
+def _health_with(env: dict[str, str]) -> dict[str, object]:
+    """/api/health of an app indexed (imported) with `env`, in a fresh interpreter as the worker does."""
+    probe = ("import json, function_app, azure.functions as func\n"
+             "from rotation import bootstrap\n"
+             "from tests.service.conftest import World\n"
+             "from rotation.settings import Settings\n"
+             "(fn,) = [f for f in function_app.app.get_functions() if f.get_function_name() == 'health']\n"
+             "w = World()\n"
+             "with bootstrap.using(w.rotator, Settings(registry=w.registry, key_vault_url='https://kv.example')):\n"
+             "    r = fn.get_user_function()(func.HttpRequest('GET', 'http://localhost/api/health', body=b''))\n"
+             "print(r.get_body().decode())\n")
+    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", probe], env={**base, **env}, cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=60)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_an_invalid_sweep_schedule_falls_back_to_the_default_and_health_says_so() -> None:
+    """The host parses the timer's schedule when it indexes the function: NCRONTAB with seconds (six
+    fields: Azure/azure-webjobs-sdk-extensions Timers/Scheduling/CronSchedule.cs `TryCreate`,
+    `IncludingSeconds = true`; field ranges from atifaziz/NCrontab CrontabFieldImpl.cs) or a TimeSpan
+    (TimerSchedule.cs `Create`, which Microsoft's timer trigger docs allow only on an App Service plan,
+    not on Flex Consumption); anything else throws "The schedule expression was not recognized" and
+    the sweep function is in error, so the safety net silently never runs. A bad SWEEP_SCHEDULE is
+    replaced by the default at indexing and /api/health reports the setting and why."""
+    for bad in ("every hour", "0 0 * * *", "0 60 * * * *", "0 0 24 * * *", "0 0 0 0 * *", "0 */0 * * * *",
+                "00:30:00", "0 0 * * * Funday", "0 5-1 * * * *"):
+        assert _indexed_schedule({"SWEEP_SCHEDULE": bad}) == DEFAULT_SWEEP_SCHEDULE, bad
+    for good in ("0 */30 * * * *", "0 30 9 * Jan Mon", "0 0 9-17 * * 1-5", "*/15 * * * * *", "0 0,30 * * * Sunday"):
+        assert _indexed_schedule({"SWEEP_SCHEDULE": good}) == good
+    body = _health_with({"SWEEP_SCHEDULE": "0 0 * * *"})
+    assert body["status"] == "ok" and body["sweepSchedule"] == DEFAULT_SWEEP_SCHEDULE
+    problem = str(body["sweepScheduleError"])
+    assert "SWEEP_SCHEDULE '0 0 * * *'" in problem and "6 fields" in problem and DEFAULT_SWEEP_SCHEDULE in problem
+    assert "sweepScheduleError" not in _health_with({"SWEEP_SCHEDULE": "0 */30 * * * *"})
