@@ -29,8 +29,8 @@ from rotation.core.errors import (
 )
 from rotation.core.events import parse_event
 from rotation.core.model import GatewayConfig, KeyType, check_gateway_name, check_service_name
+from rotation.core.schedule import sweep_schedule
 from rotation.service import LOCAL_LEASE_WARNING, Heal
-from rotation.settings import DEFAULT_SWEEP_SCHEDULE
 
 log = logging.getLogger("rotation.triggers")
 # The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
@@ -47,8 +47,9 @@ NO_CONTEXT = cast(func.Context, None)
 # The host resolves `%NAME%` in a binding from app settings only and fails the function when the
 # setting is missing; a literal read here at indexing (the worker indexes after the host applied the
 # app settings: azure_functions_runtime/handle_event.py `function_environment_reload_request`) always
-# has a value, and changing the setting restarts the app, which indexes again.
-SWEEP_SCHEDULE = os.environ.get("SWEEP_SCHEDULE", "").strip() or DEFAULT_SWEEP_SCHEDULE
+# has a value, and changing the setting restarts the app, which indexes again. A value the host could
+# not parse would put the sweep in error: the default is bound instead and /api/health says why.
+SWEEP_SCHEDULE, SWEEP_SCHEDULE_ERROR = sweep_schedule(os.environ.get("SWEEP_SCHEDULE"))
 
 
 class RotationIncomplete(TransientError):
@@ -280,6 +281,8 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
                                 "clusters": len(settings.registry.clusters), "sweepSchedule": SWEEP_SCHEDULE}
         if not settings.lease_container_url:
             body["warning"] = LOCAL_LEASE_WARNING
+        if SWEEP_SCHEDULE_ERROR:
+            body["sweepScheduleError"] = SWEEP_SCHEDULE_ERROR
         return _json(200, body)
 
 
@@ -300,9 +303,11 @@ def run_sweep() -> None:
         result = box.rotator.sweep(deadline_seconds=box.settings.deadline_seconds)
     except RotationError as exc:
         telemetry.emit("rotation.sweep", {"outcome": "failed", "errorClass": telemetry.error_class(exc),
-                                          "error": str(exc), "schedule": SWEEP_SCHEDULE}, logging.ERROR)
+                                          "error": str(exc), "schedule": SWEEP_SCHEDULE,
+                                          "scheduleError": SWEEP_SCHEDULE_ERROR}, logging.ERROR)
         raise
     summary = result.to_dict()
     del summary["reports"]
     telemetry.emit("rotation.sweep", {**summary, "outcome": "ok" if result.ok else "failed",
-                                      "schedule": SWEEP_SCHEDULE}, logging.INFO if result.ok else logging.ERROR)
+                                      "schedule": SWEEP_SCHEDULE, "scheduleError": SWEEP_SCHEDULE_ERROR},
+                   logging.ERROR if not result.ok else logging.WARNING if SWEEP_SCHEDULE_ERROR else logging.INFO)

@@ -93,11 +93,19 @@ def test_an_invalid_sweep_schedule_falls_back_to_the_default_and_health_says_so(
     not on Flex Consumption); anything else throws "The schedule expression was not recognized" and
     the sweep function is in error, so the safety net silently never runs. A bad SWEEP_SCHEDULE is
     replaced by the default at indexing and /api/health reports the setting and why."""
-    for bad in ("every hour", "0 0 * * *", "0 60 * * * *", "0 0 24 * * *", "0 0 0 0 * *", "0 */0 * * * *",
-                "00:30:00", "0 0 * * * Funday", "0 5-1 * * * *"):
-        assert _indexed_schedule({"SWEEP_SCHEDULE": bad}) == DEFAULT_SWEEP_SCHEDULE, bad
-    for good in ("0 */30 * * * *", "0 30 9 * Jan Mon", "0 0 9-17 * * 1-5", "*/15 * * * * *", "0 0,30 * * * Sunday"):
-        assert _indexed_schedule({"SWEEP_SCHEDULE": good}) == good
+    from rotation.core.schedule import DEFAULT_SWEEP_SCHEDULE as default
+    from rotation.core.schedule import sweep_schedule
+
+    assert default == DEFAULT_SWEEP_SCHEDULE
+    for bad in ("every hour", "0 0 * * *", "0 60 * * * *", "0 0 24 * * *", "0 0 0 0 * *", "0 0 * * * 7",
+                "00:30:00", "0 0 * * * Funday", "0 0 * Mon * *", "0 */ * * * *", "0 1,,2 * * * *", "0 -1 * * * *"):
+        assert sweep_schedule(bad)[0] == DEFAULT_SWEEP_SCHEDULE and sweep_schedule(bad)[1], bad
+    # NCrontab swaps a reversed range and takes a step below 1 as 1 (CrontabField.cs `Accumulate`).
+    for good in ("0 */30 * * * *", "0 30 9 * Jan Mon", "0 0 9-17 * * 1-5", "*/15 * * * * *", "0 0,30 * * * Sunday",
+                 "0 5-1 * * * *", "0 */0 * * * *", "0 0  12 * * *"):
+        assert sweep_schedule(good) == (good, None)
+    # what the worker indexes (the binding) and what health answers, in a fresh interpreter each
+    assert _indexed_schedule({"SWEEP_SCHEDULE": "0 0 * * *"}) == DEFAULT_SWEEP_SCHEDULE
     body = _health_with({"SWEEP_SCHEDULE": "0 0 * * *"})
     assert body["status"] == "ok" and body["sweepSchedule"] == DEFAULT_SWEEP_SCHEDULE
     problem = str(body["sweepScheduleError"])
