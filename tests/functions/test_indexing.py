@@ -111,3 +111,27 @@ def test_an_invalid_sweep_schedule_falls_back_to_the_default_and_health_says_so(
     problem = str(body["sweepScheduleError"])
     assert "SWEEP_SCHEDULE '0 0 * * *'" in problem and "6 fields" in problem and DEFAULT_SWEEP_SCHEDULE in problem
     assert "sweepScheduleError" not in _health_with({"SWEEP_SCHEDULE": "0 */30 * * * *"})
+
+
+# What indexing may load beyond azure.functions: the blueprint and what its decorators need at import.
+INDEXING_MODULES = {"function_app", "rotation", "rotation.triggers", "rotation.core", "rotation.core.errors",
+                    "rotation.core.schedule"}
+
+
+def test_indexing_loads_only_the_blueprint_beyond_azure_functions() -> None:
+    """The worker imports function_app on every cold start before the first invocation; issue 13 bounds
+    that at 1.3x `import azure.functions` (benchmarks/cold_import.py). Any module a top-level import
+    adds beyond the standard library and the blueprint fails here, whatever its name (an SDK, yaml,
+    requests, the service and its dataclasses), not only the SDKs the test above names."""
+    probe = (
+        "import sys, azure.functions\n"
+        "before = set(sys.modules)\n"
+        "import function_app\n"
+        "std = sys.stdlib_module_names\n"
+        "print(','.join(sorted(m for m in set(sys.modules) - before if m.split('.')[0] not in std)))\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=60)
+    loaded = set(filter(None, out.stdout.strip().split(",")))
+    assert loaded - INDEXING_MODULES == set()
