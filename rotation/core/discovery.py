@@ -57,6 +57,7 @@ class ClusterScan:
     entry: Mapping[str, Any]
     secrets: Sequence[ScannedSecret]
     workloads: Mapping[str, Sequence[tuple[Workload, tuple[SecretUse, ...]]]]  # namespace → workloads
+    not_scanned: Mapping[str, str] = field(default_factory=dict)  # namespace → why (e.g. list forbidden)
 
     @property
     def auth(self) -> str:
@@ -145,6 +146,10 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
                 if target.helm:
                     warnings.append({"kind": "helm-managed", **_where(scan.name, secret, key),
                                      "detail": helm_fix(secret.name)})
+    for scan in scans:
+        for namespace, why in sorted(scan.not_scanned.items()):
+            unmatched.append({"kind": "namespace-not-scanned", "cluster": scan.name, "namespace": namespace,
+                              "detail": f"{why}: targets in it, if any, are missing from this proposal"})
     with_target = {t.gateway for t in found}
     for ref in gateways:
         if ref not in with_target:

@@ -307,8 +307,9 @@ def _partial_operator_kubeconfig(world: World, path: Path) -> Path:
     try:
         request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
             audiences=["https://kubernetes.default.svc"], expiration_seconds=600))
-        token = client.CoreV1Api(api).create_namespaced_service_account_token(
-            PARTIAL_OPERATOR, "gateways", request).status.token
+        answer: Any = client.CoreV1Api(api).create_namespaced_service_account_token(
+            PARTIAL_OPERATOR, "gateways", request)
+        token = str(answer.status.token)
     finally:
         api.close()
     path.write_text(kube.kubeconfig_text(cluster, token, user=PARTIAL_OPERATOR))
