@@ -15,7 +15,7 @@ from typing import Any
 
 from rotation.cloud import cloud_named
 from rotation.core.consumption import secret_uses
-from rotation.core.discovery import ClusterScan, ScannedSecret, propose
+from rotation.core.discovery import ScannedSecret, propose
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
 from rotation.core.registry import load_registry
 from rotation.discover import MAX_VALUE, _decoded
