@@ -125,3 +125,23 @@ def test_a_key_roll_pending_then_completed_is_one_record_each(app_world: World,
                         {"fromKey": "primary", "waitSeconds": 0, "confirmRestarted": True})
     assert status == 200 and body["phase"] == "completed"
     assert len(reconciles) == 1
+
+
+def test_the_outcome_event_of_a_gateway_the_sweep_did_not_reach_is_bounded_by_the_sweep(
+        reconciles: list[dict[str, Any]]) -> None:
+    """A gateway not reached within the sweep's budget is a failed outcome, and its event is published
+    (best effort, rotation/adapters/outcomes.py): every other publish waits at most what is left of the
+    caller's deadline; this one must too, or a hanging topic adds 5 s per unreached gateway to a sweep
+    that has already run out of time (the timer's functionTimeout, host.json)."""
+    timeouts: list[float | None] = []
+
+    class Publisher:
+        def publish(self, report: Any, timeout: float | None = None) -> None:
+            timeouts.append(timeout)
+
+    world = World()
+    world.rotator.publisher = Publisher()
+    report = world.rotator.sweep(deadline_seconds=5, budget_seconds=1)
+    assert [r.error for r in report.reports] == ["not reached within the sweep's budget; left for the next run"] * 2
+    assert [(r["outcome"], r["errorClass"]) for r in reconciles] == [("failed", "NotReached")] * 2
+    assert len(timeouts) == 2 and all(t is not None and t <= 1 for t in timeouts), timeouts
