@@ -605,7 +605,7 @@ class Rotator:
                     gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None,
                     reason="sweep", duration_ms=0, targets=(), dry_run=dry_run,
                     error="not reached within the sweep's budget; left for the next run")
-                self._record(config, report, "NotReached")
+                self._record(config, report, "NotReached", deadline=budget)
                 return report
             return self.reconcile_safely(config, reason="sweep", deadline_seconds=deadline_seconds,
                                          dry_run=dry_run, known=infos.get(config.key_vault_secret.lower()))
