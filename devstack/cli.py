@@ -48,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("up", help="start the stack in the background; returns once it is ready")
     c.add_argument("--dir", default=".devstack/dev", help="state directory (default .devstack/dev)")
     c.add_argument("--azurite", action="store_true",
-                   help="also start Azurite with a dead-letter container (DEADLETTER_BLOB_URL)")
+                   help="also start Azurite with the gateway-leases (LEASE_CONTAINER_URL) and "
+                        "dead-letter (DEADLETTER_BLOB_URL) containers")
     c = sub.add_parser("down", help="stop the stack started in --dir")
     c.add_argument("--dir", default=".devstack/dev", help="state directory (default .devstack/dev)")
     c = sub.add_parser("demo", help="the whole story: discovery, near-expiry tokens, an event, the report")

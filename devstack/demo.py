@@ -92,7 +92,8 @@ def run(directory: Path, *, keep: bool = False, out: TextIO) -> int:
     started = time.monotonic()
     print("== 1. local stack: 2 real kube-apiservers (RBAC on) + HTTPS fakes of ARM, Key Vault, managed identity",
           file=out)
-    stack = devstack.up(directory, say=lambda m: print(f"   {m}", file=out))
+    # Azurite (installed by `make demo`'s setup) holds the per-gateway blob leases, as storage does in Azure.
+    stack = devstack.up(directory, say=lambda m: print(f"   {m}", file=out), with_azurite=_azurite_installed())
     ok = False
     try:
         os.environ.update(stack.settings)
@@ -159,6 +160,7 @@ def _discover(stack: devstack.Stack, out: TextIO, cli: Any) -> bool:
     """`discover` on the stack; True when its proposal is the registry the stack was seeded with."""
     import io
 
+    from rotation.cloud import cloud_named
     from rotation.core.registry import load_registry
 
     proposal = stack.dir / "discovered-registry.json"
@@ -171,7 +173,9 @@ def _discover(stack: devstack.Stack, out: TextIO, cli: Any) -> bool:
     for line in lines[:shown]:
         print(f"   {line}", file=out)
     roles = sum(line == "kind: Role" for line in lines)
-    reproduced = load_registry(proposal.read_text()) == load_registry(stack.settings["ROTATION_REGISTRY"])
+    loopback = cloud_named("").aks_rule(allow_loopback=True)  # the devstack's AKS cluster is on loopback
+    reproduced = (load_registry(proposal.read_text(), aks_servers=loopback)
+                  == load_registry(stack.settings["ROTATION_REGISTRY"], aks_servers=loopback))
     print(f"   + {roles} Role/RoleBinding pairs to apply (infra/k8s/ shapes); the proposal equals the stack's "
           f"registry: {reproduced}", file=out)
     print("   validate-registry --live, with the app's own least-privilege access:", file=out)
@@ -201,3 +205,10 @@ def _verify_targets(stack: devstack.Stack, out: TextIO) -> bool:
                   f"{'valid' if verdict.get('valid') else 'INVALID'} ({verdict.get('keyType')} key), "
                   f"expires {token.expires_at:%Y-%m-%d %H:%M}", file=out)
     return valid
+
+
+def _azurite_installed() -> bool:
+    from devstack import azurite
+
+    # Not installed: the demo runs with in-process leases, and `status` says so.
+    return azurite.find_binary() is not None

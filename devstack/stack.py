@@ -199,7 +199,8 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None
 def up(directory: str | os.PathLike[str], *, say: Any = print, with_azurite: bool = False) -> Stack:
     """Start and seed the stack; returns once everything answers.
 
-    `with_azurite` also starts Azurite (blob, HTTPS, OAuth) with a `deadletter` container and puts
+    `with_azurite` also starts Azurite (blob, HTTPS, OAuth) with a `gateway-leases` container
+    (LEASE_CONTAINER_URL) and a `deadletter` container and puts
     its URL in `DEADLETTER_BLOB_URL`, so `replay-deadletter` can be tried locally.
     """
     from devstack import azurite
@@ -259,11 +260,15 @@ def up(directory: str | os.PathLike[str], *, say: Any = print, with_azurite: boo
         _seed(stack, kubeconfig_token)
         _spawn(d, "controller", [sys.executable, "-m", "devstack.controller", "--dir", str(d)])
         if with_azurite:
-            say("starting Azurite (blob, HTTPS, OAuth) for dead letters…")
+            say("starting Azurite (blob, HTTPS, OAuth) for the gateway leases and dead letters…")
             blob = azurite.start(d, ca)
             container = blob.container_url("deadletter")
             _create_container(container, ca.ca_path)
             settings["DEADLETTER_BLOB_URL"] = container
+            # The per-gateway leases live in the app's storage account in Azure (infra: gateway-leases).
+            leases = blob.container_url("gateway-leases")
+            _create_container(leases, ca.ca_path)
+            settings["LEASE_CONTAINER_URL"] = leases
             _private(d / "settings.json", json.dumps(settings, indent=2))
         return stack
     except BaseException:
