@@ -339,3 +339,26 @@ def test_a_namespace_the_operator_cannot_list_is_reported_not_fatal(world: World
     code, text, _ = run("discover", "--service", devstack.SERVICE_ID, "--kubeconfig", str(kubeconfig),
                         "--context", "west", "--namespace", "default", "--namespace", "gateways")
     assert code == 1 and "namespace-not-scanned" in text and "west/default" in text
+
+
+def test_a_context_the_operator_cannot_scan_is_reported_and_the_others_proposed(world: World,
+                                                                                 tmp_path: Path) -> None:
+    """Several contexts at once (the issue's interface): one whose identity may not list across the
+    cluster must not lose what the others show. Here `east` is the admin context and `west` the
+    partial operator (list in one namespace only, so an all-namespaces scan is forbidden there)."""
+    import yaml
+
+    partial = yaml.safe_load(_partial_operator_kubeconfig(world, tmp_path / "partial").read_text())
+    admin = yaml.safe_load((world.stack.dir / "kubeconfig").read_text())
+    merged = {**admin, "contexts": [c for c in admin["contexts"] if c["name"] == "east"] + partial["contexts"],
+              "users": admin["users"] + partial["users"], "clusters": admin["clusters"]}
+    path = tmp_path / "mixed-kubeconfig"
+    path.write_text(yaml.safe_dump(merged))
+    code, text, err = run("discover", "--service", devstack.SERVICE_ID, "--kubeconfig", str(path),
+                          "--context", "east", "--context", "west", "--aks", "east", "--json")
+    no_token_in(text + err, world)
+    assert code == 1, err
+    doc = json.loads(text)
+    assert [c["name"] for c in doc["registry"]["clusters"]] == ["east"]
+    skipped = [u for u in doc["unmatched"] if u["kind"] == "context-not-scanned"]
+    assert [u["cluster"] for u in skipped] == ["west"] and "forbidden" in skipped[0]["detail"]
