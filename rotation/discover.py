@@ -25,7 +25,15 @@ from typing import Any, TextIO
 
 from rotation.cloud import OperatorCloud, operator_cloud
 from rotation.core.consumption import SecretUse, secret_uses, template_of
-from rotation.core.discovery import ClusterScan, Proposal, ScannedSecret, cluster_entry, parse_service_id, propose
+from rotation.core.discovery import (
+    ALL_NAMESPACES,
+    ClusterScan,
+    Proposal,
+    ScannedSecret,
+    cluster_entry,
+    parse_service_id,
+    propose,
+)
 from rotation.core.errors import AccessDenied, InvalidInput, PermanentError, RotationError, UpstreamError
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
 
@@ -267,12 +275,20 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
                                       authority=where.cloud.authority_host)
     gateways = list_gateways(services, credential, where.arm_endpoint, where.cloud.arm_scope)
     scans = []
+    failures: list[RotationError] = []
     for context in chosen:
         api = _api_client(kubeconfig, context)
         try:
             scans.append(scan(api, context, entries[context], namespaces))
+        except (AccessDenied, UpstreamError) as exc:
+            # One context the operator may not list, or cannot reach, must not lose what the others show.
+            failures.append(exc)
+            scans.append(ClusterScan(context, entries[context], [], {},
+                                     {ALL_NAMESPACES: str(exc).split(": discovery needs", 1)[0]}))
         finally:
             api.close()
+    if len(failures) == len(chosen):
+        raise failures[0]  # nothing was scanned: the error itself is the answer
     return propose(gateways, scans, principal=principal), gateways
 
 
@@ -300,7 +316,8 @@ def _print(proposal: Proposal, gateways: Sequence[GatewayRef], contexts: Sequenc
                   + ("; Secret managed by Helm" if t.helm else ""), file=out)
     for item in proposal.unmatched:
         where = (f"{item['cluster']}/{item['namespace']}/{item['secret']} key {item['key']!r}: " if "secret" in item
-                 else f"{item['cluster']}/{item['namespace']}: " if "cluster" in item else "")
+                 else f"{item['cluster']}/{item['namespace']}: " if "namespace" in item
+                 else f"{item['cluster']}: " if "cluster" in item else "")
         print(f"  unmatched ({item['kind']}): {where}{item['detail']}", file=out)
     for item in proposal.warnings:
         print(f"  warning ({item['kind']}) {item['cluster']}/{item['namespace']}/{item['secret']}: {item['detail']}",

@@ -28,6 +28,7 @@ RAW_FORMAT = "{token}"
 APP_USER = "apim-token-rotator"  # the kubeconfig identity's user name (infra/k8s/rolebinding-kubeconfig.yaml)
 PRINCIPAL_PLACEHOLDER = "${PRINCIPAL}"
 ROLE_LABELS = {"app.kubernetes.io/name": "apim-token-rotator"}
+ALL_NAMESPACES = ""  # ClusterScan.not_scanned key: the whole context could not be scanned
 
 
 def parse_service_id(text: str) -> str:
@@ -175,6 +176,10 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
                                      "detail": helm_fix(secret.name)})
     for scan in scans:
         for namespace, why in sorted(scan.not_scanned.items()):
+            if namespace == ALL_NAMESPACES:
+                unmatched.append({"kind": "context-not-scanned", "cluster": scan.name,
+                                  "detail": f"{why}: targets in it, if any, are missing from this proposal"})
+                continue
             unmatched.append({"kind": "namespace-not-scanned", "cluster": scan.name, "namespace": namespace,
                               "detail": f"{why}: targets in it, if any, are missing from this proposal"})
     with_target = {t.gateway for t in found}
