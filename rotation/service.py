@@ -64,7 +64,14 @@ from rotation.core.ports import (
     TokenStore,
 )
 from rotation.core.redact import clean_reason
-from rotation.core.status import GatewayStatus, KeyRollReport, SweepReport, TargetStatus, sync_state
+from rotation.core.status import (
+    GatewayStatus,
+    KeyRollReport,
+    SweepReport,
+    TargetStatus,
+    foreign_token,
+    sync_state,
+)
 from rotation.core.token import GatewayToken, parse_stored
 from rotation.telemetry import Executor, attributed, error_class
 from rotation.telemetry import emit as emit  # re-exported: keyroll and adoption record through it
@@ -636,7 +643,7 @@ class Rotator:
                     gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None,
                     reason="sweep", duration_ms=0, targets=(), dry_run=dry_run,
                     error="not reached within the sweep's budget; left for the next run")
-                self._record(config, report, "NotReached")
+                self._record(config, report, "NotReached", deadline=budget)
                 return report
             return self.reconcile_safely(config, reason="sweep", deadline_seconds=deadline_seconds,
                                          dry_run=dry_run, known=infos.get(config.key_vault_secret.lower()))
@@ -677,7 +684,8 @@ class Rotator:
         deadline = _Deadline(timeout)
         with Executor(max_workers=max(1, min(len(jobs), MAX_FANOUT)),
                                 thread_name_prefix="status") as pool:
-            futures = [pool.submit(self._target_status, t, infos.get(c.key_vault_secret.lower()), deadline)
+            futures = [pool.submit(self._target_status, t, infos.get(c.key_vault_secret.lower()), deadline,
+                                   c.ref.gateway)
                        for c, t in jobs]
             results = iter([f.result() for f in futures])
         out = []
@@ -701,7 +709,8 @@ class Rotator:
             ))
         return out
 
-    def _target_status(self, target: Target, info: TokenInfo | None, deadline: _Deadline) -> TargetStatus:
+    def _target_status(self, target: Target, info: TokenInfo | None, deadline: _Deadline,
+                       gateway: str | None = None) -> TargetStatus:
         def status(state: SyncState, **kw: Any) -> TargetStatus:
             return TargetStatus(target.cluster, target.namespace, target.secret, state, **kw)
 
@@ -720,11 +729,14 @@ class Rotator:
         consumption = check_consumption(target, {r.workload: r.uses for r in rollouts}, secret.labels)
         if consumption.state is ConsumptionState.MISMATCH:  # rotating cannot help: the pods read another key
             state = SyncState.MISMATCH
+        foreign = foreign_token(secret.value, gateway) if gateway else None
+        if foreign is not None:  # another gateway's token: the registry, not the token, is wrong
+            state = SyncState.MISMATCH
         # The marker is only ever cleared for a target with workloads to restart (see _sync_target).
         pending = secret.annotations.get(RESTART_PENDING) if target.restart else None
         return status(state, fingerprint=held.fingerprint if held else None,
                       expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption,
-                      restart_pending=pending)
+                      restart_pending=pending, error=foreign)
 
     # --- reporting --------------------------------------------------------------------------------
 

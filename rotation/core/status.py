@@ -21,6 +21,16 @@ def sync_state(secret_value: str | None, fingerprint: str | None, fmt: str) -> S
     return SyncState.STALE
 
 
+def foreign_token(secret_value: str | None, gateway: str) -> str | None:
+    """Why a target is a mismatch when its Secret holds a token of another gateway (None if not): a
+    rotation would overwrite that gateway's token. The token names its gateway in clear."""
+    held = parse_stored(secret_value)
+    if held is None or held.gateway.lower() == gateway.lower():
+        return None
+    return (f"the Secret key holds a token of gateway {held.gateway} (fingerprint {held.fingerprint}), not "
+            f"{gateway}: is this target registered to the wrong gateway? A rotation would overwrite it")
+
+
 @dataclass(frozen=True, slots=True)
 class TargetStatus:
     cluster: str
