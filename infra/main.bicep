@@ -395,6 +395,7 @@ module alerts 'modules/alerts.bicep' = {
     tags: tags
     applicationInsightsId: monitoring.outputs.applicationInsightsId
     actionGroupId: actionGroupId
+    openTelemetry: enableOpenTelemetry
     expiryThresholdHours: 48
   }
 }

@@ -123,6 +123,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             roll = f", key roll from {s.key_roll_pending} pending" if s.key_roll_pending else ""
             print(f"{s.service}/{s.gateway}: expires {expires} ({left}), {s.key_type or '-'} key, "
                   f"token {s.fingerprint or '-'}{roll}", file=out)
+            if s.error and s.expires_at:
+                print(f"  {s.error}", file=out)
             if s.origin:
                 print(f"  token {s.origin}: Key Vault's first version is the one the targets already ran",
                       file=out)
@@ -130,6 +132,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                 rollouts = "".join(f"  {r.workload}: {'ready' if r.ready else 'rolling'} ({r.detail})"
                                    for r in t.rollouts)
                 err = f"  ({t.error})" if t.error else ""
+                if t.restart_pending:
+                    err += "  (restart onto this token not done: rotate restarts its workloads)"
                 print(f"  {t.state.value:11} {t.cluster}/{t.namespace}/{t.secret}{rollouts}{err}", file=out)
                 _print_consumption(t.consumption, out)
         for warning in sorted({s.warning for s in statuses if s.warning}):

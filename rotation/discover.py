@@ -25,7 +25,15 @@ from typing import Any, TextIO
 
 from rotation.cloud import OperatorCloud, operator_cloud
 from rotation.core.consumption import SecretUse, secret_uses, template_of
-from rotation.core.discovery import ClusterScan, Proposal, ScannedSecret, cluster_entry, parse_service_id, propose
+from rotation.core.discovery import (
+    ALL_NAMESPACES,
+    ClusterScan,
+    Proposal,
+    ScannedSecret,
+    cluster_entry,
+    parse_service_id,
+    propose,
+)
 from rotation.core.errors import AccessDenied, InvalidInput, PermanentError, RotationError, UpstreamError
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
 
@@ -197,24 +205,48 @@ def scan(api: Any, context: str, entry: dict[str, Any], namespaces: Sequence[str
     where = where or [(None, "in all namespaces")]
     secrets: list[ScannedSecret] = []
     workloads: dict[str, list[tuple[Workload, tuple[SecretUse, ...]]]] = {}
+    not_scanned: dict[str, str] = {}
     for ns, label in where:
-        listing = (core.list_namespaced_secret, (ns,)) if ns else (core.list_secret_for_all_namespaces, ())
-        for item in _pages(listing[0], f"secrets {label}", context, *listing[1]):
-            if item.get("type") in SKIPPED_TYPES:
-                continue
+        found: list[ScannedSecret] = []
+        uses: dict[str, list[tuple[Workload, tuple[SecretUse, ...]]]] = {}
+        try:
+            _scan_one(core, apps, context, ns, label, found, uses)
+        except AccessDenied as exc:
+            if ns is None:
+                raise  # nothing could be scanned: the operator's context is the wrong one
+            # RBAC is per namespace: one the operator may not list must not lose what the others show.
+            not_scanned[ns] = str(exc).split(": discovery needs", 1)[0]
+            continue
+        secrets.extend(found)
+        for namespace, items in uses.items():
+            workloads.setdefault(namespace, []).extend(items)
+    if where and len(not_scanned) == len(where):
+        raise AccessDenied(f"context {context}: forbidden to list in every given namespace "
+                           f"({', '.join(not_scanned)}): discovery needs list on secrets, deployments, "
+                           "statefulsets and daemonsets there (an operator or admin context). The app's own "
+                           "identity is least-privilege (get/patch on named objects, no list) and cannot discover")
+    return ClusterScan(context, entry, secrets, workloads, not_scanned)
+
+
+def _scan_one(core: Any, apps: Any, context: str, ns: str | None, label: str, secrets: list[ScannedSecret],
+              workloads: dict[str, list[tuple[Workload, tuple[SecretUse, ...]]]]) -> None:
+    """Secrets and workloads of one namespace (or all): a 403 on any list raises AccessDenied."""
+    listing = (core.list_namespaced_secret, (ns,)) if ns else (core.list_secret_for_all_namespaces, ())
+    for item in _pages(listing[0], f"secrets {label}", context, *listing[1]):
+        if item.get("type") in SKIPPED_TYPES:
+            continue
+        meta = item.get("metadata") or {}
+        secrets.append(ScannedSecret(str(meta.get("namespace")), str(meta.get("name")),
+                                     {str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+                                     _decoded(item.get("data"))))
+    for kind, suffix in _KINDS:
+        call = (getattr(apps, f"list_namespaced_{suffix}"), (ns,)) if ns else \
+            (getattr(apps, f"list_{suffix}_for_all_namespaces"), ())
+        for item in _pages(call[0], f"{kind.value}s {label}", context, *call[1]):
             meta = item.get("metadata") or {}
-            secrets.append(ScannedSecret(str(meta.get("namespace")), str(meta.get("name")),
-                                         {str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
-                                         _decoded(item.get("data"))))
-        for kind, suffix in _KINDS:
-            call = (getattr(apps, f"list_namespaced_{suffix}"), (ns,)) if ns else \
-                (getattr(apps, f"list_{suffix}_for_all_namespaces"), ())
-            for item in _pages(call[0], f"{kind.value}s {label}", context, *call[1]):
-                meta = item.get("metadata") or {}
-                uses = secret_uses(template_of(item))
-                workloads.setdefault(str(meta.get("namespace")), []).append(
-                    (Workload(kind, str(meta.get("name"))), uses))
-    return ClusterScan(context, entry, secrets, workloads)
+            uses = secret_uses(template_of(item))
+            workloads.setdefault(str(meta.get("namespace")), []).append(
+                (Workload(kind, str(meta.get("name"))), uses))
 
 
 def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[str], namespaces: Sequence[str],
@@ -243,12 +275,20 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
                                       authority=where.cloud.authority_host)
     gateways = list_gateways(services, credential, where.arm_endpoint, where.cloud.arm_scope)
     scans = []
+    failures: list[RotationError] = []
     for context in chosen:
         api = _api_client(kubeconfig, context)
         try:
             scans.append(scan(api, context, entries[context], namespaces))
+        except (AccessDenied, UpstreamError) as exc:
+            # One context the operator may not list, or cannot reach, must not lose what the others show.
+            failures.append(exc)
+            scans.append(ClusterScan(context, entries[context], [], {},
+                                     {ALL_NAMESPACES: str(exc).split(": discovery needs", 1)[0]}))
         finally:
             api.close()
+    if len(failures) == len(chosen):
+        raise failures[0]  # nothing was scanned: the error itself is the answer
     return propose(gateways, scans, principal=principal), gateways
 
 
@@ -275,8 +315,9 @@ def _print(proposal: Proposal, gateways: Sequence[GatewayRef], contexts: Sequenc
                   f"{t.fingerprint} expires {t.expires_at[:16]}Z; restart {restart}"
                   + ("; Secret managed by Helm" if t.helm else ""), file=out)
     for item in proposal.unmatched:
-        where = (f"{item['cluster']}/{item['namespace']}/{item['secret']} key {item['key']!r}: "
-                 if "cluster" in item else "")
+        where = (f"{item['cluster']}/{item['namespace']}/{item['secret']} key {item['key']!r}: " if "secret" in item
+                 else f"{item['cluster']}/{item['namespace']}: " if "namespace" in item
+                 else f"{item['cluster']}: " if "cluster" in item else "")
         print(f"  unmatched ({item['kind']}): {where}{item['detail']}", file=out)
     for item in proposal.warnings:
         print(f"  warning ({item['kind']}) {item['cluster']}/{item['namespace']}/{item['secret']}: {item['detail']}",

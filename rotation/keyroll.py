@@ -12,9 +12,12 @@ the same one:
 - pending(K): every write on any path (renewal, forced rotate, promotion) carries `keyRollFrom=K`
   and signs with K's other key, whatever the registry pins (`policies.key_type_for`).
 - Phase 2 runs under the gateway's lease (held, and renewed, from phase 1 on) and re-reads Key Vault
-  and every target immediately before `regenerateKey`. It regenerates K only when Key Vault's latest
-  is this roll's token, every target holds exactly it with no restart pending, and every registered
-  workload restarted after the token was stored and finished rolling out. A target with no `restart`
+  and every target immediately before `regenerateKey`; the lease is renewed once more after that
+  read, and a renewal that fails (the lease was lost, e.g. this process stalled past it while another
+  instance took it) leaves the roll pending: what was read may no longer be all that was written.
+  It regenerates K only when Key Vault's latest is this roll's token, every target holds exactly it
+  with no restart pending, and every registered workload restarted after the token was stored and
+  finished rolling out. A target with no `restart`
   list cannot be confirmed: it keeps the roll pending until the operator restarts its pods and says
   so (`--confirm-restarted`).
 - A crash between regenerating and clearing the tag leaves pending(K); the next run with the same
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from rotation.core.errors import InvalidInput, RotationError
+from rotation.core.errors import InvalidInput, RotationError, UpstreamError
 from rotation.core.model import (
     GatewayConfig,
     KeyType,
@@ -161,7 +164,7 @@ class KeyRoll:
             # Phase 1: a token of the other key everywhere, and the pods of in-sync targets restarted if
             # they started before it was stored (a renewal during the roll may not have restarted them).
             rotation = r.reconcile_held(config, reason=reason, deadline=deadline, started=started, dry_run=dry_run,
-                                        key_type=to_key, roll_from=from_key,
+                                        key_type=to_key, roll_from=from_key, guard=holding.check,
                                         heal=Heal(cooldown=timedelta(0), unrestartable_fails=False))
 
             def result(phase: KeyRollPhase, pending: Sequence[object] = (), regenerated: bool = False,
@@ -188,10 +191,19 @@ class KeyRoll:
                 if not all(b.waits for b in found) or wait.left() <= 0:
                     return result(KeyRollPhase.PENDING, found)
                 time.sleep(min(poll_seconds, wait.left()))
-            holding.renew()  # still ours, right before the one irreversible step
+            try:
+                # Still ours, right before the one irreversible step: Blob Storage renews only if nobody
+                # leased the blob since, so what `inspect` read is still all that was written.
+                holding.renew()
+            except UpstreamError as exc:
+                return result(KeyRollPhase.PENDING, [Blocker(
+                    "lease", f"the gateway's lease was lost before regenerating ({exc}), so another writer may "
+                             f"have acted since the check; nothing was regenerated: run roll-keys --from "
+                             f"{from_key.value} again")])
             r.issuer.regenerate_key(config.ref, from_key, timeout=deadline_seconds)
             latest = r.store.get(config.key_vault_secret, timeout=deadline_seconds)
             if latest is not None and latest.roll_from is from_key:
+                holding.check()  # lost now: the tag stays; the next run regenerates again (harmless) and clears it
                 r.store.put(config.key_vault_secret, replace(latest, roll_from=None, version=None, created_at=None),
                             timeout=deadline_seconds)
             return result(KeyRollPhase.COMPLETED, regenerated=True)

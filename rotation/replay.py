@@ -6,7 +6,10 @@ is "this gateway's token needs attention". So the replay is level-triggered like
 each event is parsed with the trigger's own parser, events are grouped by gateway, and every named
 gateway is reconciled **once**, however many per-instance events name it. The reconcile re-derives
 what to do from Key Vault and the clusters, so replaying an event whose gateway was fixed meanwhile
-writes nothing.
+writes nothing — except that, like a live event, a replayed NearExpiry/Expired event for a gateway
+whose Key Vault and Secrets are current heals: the instances it names still run an old token, so the
+workloads that last restarted before Key Vault's token are restarted, and a target with no `restart`
+list fails (its blob is kept; the report names the instances).
 
 A blob is deleted only when every event in it was replayed and its gateway reconciled OK; a blob with
 a skipped (malformed, other type, unknown gateway) or failed event is kept for a human to look at,
@@ -25,12 +28,13 @@ import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rotation.core.errors import IgnoredEvent, InvalidEvent, InvalidInput, RotationError, SettingsError
 from rotation.core.events import GatewayTokenEvent, parse_event
 from rotation.core.model import GatewayConfig, RotationReport
+from rotation.service import Heal
 
 if TYPE_CHECKING:
     from rotation.adapters.deadletter import DeadLetter, DeadLetteredEvent, DeadLetterSource
@@ -50,6 +54,8 @@ class EventResult:
     outcome: str  # replayed | planned | failed | skipped
     detail: str | None = None
     key: tuple[str, str] | None = None  # the registry gateway it was grouped under
+    instance: str | None = None  # the gateway instance (pod) the event came from
+    instance_expires_at: datetime | None = None  # when that instance's token expires(d)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.event_id, "type": self.event_type, "gateway": self.gateway,
@@ -106,6 +112,7 @@ def _classify(item: DeadLetteredEvent, box: Container) -> tuple[EventResult, Gat
         return result, None
     result.event_id = event.event_id
     result.gateway = _display(event)
+    result.instance, result.instance_expires_at = event.instance, event.expires_at
     config = box.settings.registry.find_by_gateway(event.service_id, event.gateway)
     if config is None:
         result.detail = (f"gateway {event.gateway} of {event.service_id or 'an unnamed service'} "
@@ -181,7 +188,7 @@ def _reconcile(groups: dict[tuple[str, str], tuple[GatewayConfig, list[EventResu
         ids = ", ".join(e.event_id or "?" for e in events[:3]) + (", …" if len(events) > 3 else "")
         reason = f"dead-letter replay of {len(events)} event(s) ({ids})"
         return box.rotator.reconcile_safely(config, reason=reason[:200], dry_run=dry_run,
-                                            deadline_seconds=settings.deadline_seconds)
+                                            deadline_seconds=settings.deadline_seconds, heal=_heal(events))
 
     with ThreadPoolExecutor(max_workers=min(len(groups), settings.sweep_concurrency),
                             thread_name_prefix="replay") as pool:
@@ -196,6 +203,17 @@ def _reconcile(groups: dict[tuple[str, str], tuple[GatewayConfig, list[EventResu
                 e.outcome = "failed"
                 e.detail = _failure(report)
     return reports
+
+
+def _heal(events: Sequence[EventResult]) -> Heal:
+    """Like a live event (rotation.triggers): the instances named may still run an old token, so the
+    reconcile restarts the workloads that predate Key Vault's token (one reconcile for all of them).
+    The most stale instance decides; an event without an expiry is taken at its word."""
+    instances = list(dict.fromkeys(e.instance for e in events if e.instance))
+    shown = ", ".join(instances[:3]) + (f" and {len(instances) - 3} more" if len(instances) > 3 else "")
+    expiries = [e.instance_expires_at for e in events]
+    stalest = None if any(x is None for x in expiries) else min(x for x in expiries if x is not None)
+    return Heal(instance=shown or None, instance_expires_at=stalest)
 
 
 def _failure(report: RotationReport) -> str:

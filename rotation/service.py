@@ -64,7 +64,14 @@ from rotation.core.ports import (
     TokenStore,
 )
 from rotation.core.redact import clean_reason
-from rotation.core.status import GatewayStatus, KeyRollReport, SweepReport, TargetStatus, sync_state
+from rotation.core.status import (
+    GatewayStatus,
+    KeyRollReport,
+    SweepReport,
+    TargetStatus,
+    foreign_token,
+    sync_state,
+)
 from rotation.core.token import GatewayToken, parse_stored
 from rotation.telemetry import Executor, attributed, error_class
 from rotation.telemetry import emit as emit  # re-exported: keyroll and adoption record through it
@@ -85,6 +92,11 @@ LOCAL_LEASE_WARNING = ("leases are in-process only (LEASE_CONTAINER_URL is unset
 HEAL_COOLDOWN = timedelta(minutes=10)
 
 Clock = Callable[[], datetime]
+Guard = Callable[[], None]  # raises UpstreamError when the caller no longer holds the gateway's lease
+
+
+def _unguarded() -> None:
+    return None
 
 
 class _Deadline:
@@ -136,7 +148,12 @@ class _TokenSource:
 
 
 class _Holding:
-    """A held gateway lease, renewed in the background so a long roll wait cannot lose it silently."""
+    """A held gateway lease, renewed in the background so a long roll wait cannot lose it silently.
+
+    Every write under it (Key Vault, a Secret, a restart, regenerateKey) first calls `check` (or
+    `renew`): a holder that lost its lease, e.g. paused longer than its duration while another instance
+    took it, must stop writing rather than carry on as the gateway's one writer.
+    """
 
     def __init__(self, held: HeldLease, name: str, interval: float) -> None:
         self._held = held
@@ -151,16 +168,31 @@ class _Holding:
         while not self._stop.wait(interval):
             try:
                 self._held.renew()
-            except RotationError as exc:
-                self.lost = str(exc)
-                log.warning("lease %s lost while held: %s", self._name, exc)
+            except Exception as exc:  # noqa: BLE001 - any failure: stop counting on the lease
+                self.lost = str(exc) if isinstance(exc, RotationError) else f"internal error: {type(exc).__name__}"
+                log.warning("lease %s lost while held: %s", self._name, self.lost)
                 return
 
     def renew(self) -> None:
         """Proves the lease is still ours (before an irreversible step); raises UpstreamError if not."""
         if self.lost is not None:
             raise UpstreamError(f"lease {self._name} was lost: {self.lost}")
-        self._held.renew()
+        try:
+            self._held.renew()
+        except RotationError as exc:
+            self.lost = str(exc)
+            raise
+
+    def check(self) -> None:
+        """Before each write: raises UpstreamError if the lease was lost, including while this process
+        was paused past its duration (then it renews first; that fails if another holder took it)."""
+        if self.lost is not None:
+            raise UpstreamError(f"lease {self._name} was lost: {self.lost}")
+        try:
+            self._held.check()
+        except RotationError as exc:
+            self.lost = str(exc)
+            raise
 
     def release(self) -> None:
         self._stop.set()
@@ -241,10 +273,10 @@ class Rotator:
         deadline = _Deadline(deadline_seconds)
         entered = False
         try:
-            with self.exclusive(config, deadline):
+            with self.exclusive(config, deadline) as holding:
                 entered = True
                 return self.reconcile_held(config, reason=reason, deadline=deadline, started=started, force=force,
-                                           dry_run=dry_run, known=known, heal=heal)
+                                           dry_run=dry_run, known=known, heal=heal, guard=holding.check)
         except Exception as exc:
             if not entered:  # the lease failed: reconcile_held did not run, so nothing recorded the outcome
                 self._record(config, _failed(config, reason, dry_run, started, exc), error_class(exc),
@@ -254,8 +286,9 @@ class Rotator:
     def reconcile_held(self, config: GatewayConfig, *, reason: str, deadline: _Deadline, started: float,
                        force: bool = False, dry_run: bool = False, known: TokenInfo | None = None,
                        heal: Heal | None = None, key_type: KeyType | None = None,
-                       roll_from: KeyType | None = None) -> RotationReport:
-        """reconcile() for a caller that holds the gateway's lease (the key roll).
+                       roll_from: KeyType | None = None, guard: Guard = _unguarded) -> RotationReport:
+        """reconcile() for a caller that holds the gateway's lease (the key roll); `guard` is that
+        lease's check, called before every write.
 
         Every outcome is recorded once, a failure before the targets (ARM 403, Key Vault 5xx, a bad
         setting) included: that is what the failed-rotation alert counts.
@@ -263,7 +296,7 @@ class Rotator:
         try:
             return self._reconcile_held(config, reason=reason, deadline=deadline, started=started, force=force,
                                         dry_run=dry_run, known=known, heal=heal, key_type=key_type,
-                                        roll_from=roll_from)
+                                        roll_from=roll_from, guard=guard)
         except Exception as exc:
             self._record(config, _failed(config, reason, dry_run, started, exc), error_class(exc),
                          deadline=deadline)
@@ -271,23 +304,23 @@ class Rotator:
 
     def _reconcile_held(self, config: GatewayConfig, *, reason: str, deadline: _Deadline, started: float,
                         force: bool, dry_run: bool, known: TokenInfo | None, heal: Heal | None,
-                        key_type: KeyType | None, roll_from: KeyType | None) -> RotationReport:
+                        key_type: KeyType | None, roll_from: KeyType | None, guard: Guard) -> RotationReport:
         source, rotated, chosen_key, rolling = self._gather_and_renew(
-            config, deadline, force, dry_run, known, key_type, roll_from)
+            config, deadline, force, dry_run, known, key_type, roll_from, guard)
         doomed = self._doomed(config, rolling, deadline) if rolling is not None and source else frozenset()
         if heal is not None and (source is None or not instance_is_stale(heal.instance_expires_at,
                                                                            source.desired.expires_at)):
             heal = None
         held: dict[Target, GatewayToken] = {}
-        targets = self._fan_out(config, source, deadline, dry_run or source is None, held, doomed, heal)
+        targets = self._fan_out(config, source, deadline, dry_run or source is None, held, doomed, heal, guard)
         # A straggler thread past the deadline may still add to `held`: take a snapshot. During a key
         # roll the roll decides alone what targets hold, so nothing is promoted.
         newer = tuple(held.values())
         promote = newer and not dry_run and rolling is None
-        promoted = self._promote(config, newer, deadline) if promote else None
+        promoted = self._promote(config, newer, deadline, guard) if promote else None
         if promoted is not None:
             source, rotated = promoted, True
-            targets = self._fan_out(config, source, deadline, False, {}, doomed)
+            targets = self._fan_out(config, source, deadline, False, {}, doomed, guard=guard)
         report = RotationReport(
             gateway_id=config.ref.id,
             rotated=rotated,
@@ -305,7 +338,7 @@ class Rotator:
 
     def _gather_and_renew(
         self, config: GatewayConfig, deadline: _Deadline, force: bool, dry_run: bool,
-        known: TokenInfo | None, key_type: KeyType | None, roll_from: KeyType | None,
+        known: TokenInfo | None, key_type: KeyType | None, roll_from: KeyType | None, guard: Guard = _unguarded,
     ) -> tuple[_TokenSource | None, bool, KeyType, KeyType | None]:
         """(source, rotated, key type, the key a pending roll retires)."""
         now = self.clock()
@@ -346,7 +379,11 @@ class Rotator:
             # Onboarding: Key Vault's first version is the newest valid token the targets already run.
             from rotation.adoption import adopt
 
-            adopted = adopt(self, config, now, deadline.check)
+            def check(what: str) -> float:  # adoption writes Key Vault: only while this holds the lease
+                guard()
+                return deadline.check(what)
+
+            adopted = adopt(self, config, now, check)
             if adopted is not None:
                 held = adopted.token
                 return (_TokenSource(_desired(held), lambda: held, held, stored_at=lambda: now),
@@ -361,7 +398,9 @@ class Rotator:
         if token.gateway.lower() != config.ref.gateway.lower():
             raise UpstreamError(f"ARM generateToken for {config.ref} returned a token for another gateway")
         record = TokenRecord(token=token, key_type=chosen, gateway_id=config.ref.id, roll_from=rolling)
-        # Key Vault before any cluster: a target never holds a token Key Vault does not.
+        # Key Vault before any cluster: a target never holds a token Key Vault does not. Still the
+        # gateway's writer? (ARM may have taken long, or this process was paused past its lease.)
+        guard()
         self.store.put(secret, record, timeout=deadline.check("writing Key Vault"))
         emit("rotation.token", {"gatewayId": config.ref.id, "fingerprint": token.fingerprint,
                                 "expiresAt": token.expires_at.isoformat(), "keyType": chosen.value,
@@ -393,7 +432,7 @@ class Rotator:
         return record.token
 
     def _promote(self, config: GatewayConfig, held: Sequence[GatewayToken],
-                 deadline: _Deadline) -> _TokenSource | None:
+                 deadline: _Deadline, guard: Guard = _unguarded) -> _TokenSource | None:
         """Makes a later-expiring version that targets hold Key Vault's latest again (see
         `policies.promotable`), so that every target converges on what Key Vault says. Best effort:
         the targets already hold valid tokens, so a failure here is logged, not raised."""
@@ -407,6 +446,7 @@ class Rotator:
             if token is None:
                 return None
             record = TokenRecord(token=token, key_type=latest.key_type, gateway_id=config.ref.id)
+            guard()
             self.store.put(secret, record, timeout=deadline.check("writing Key Vault"))
         except RotationError as exc:
             log.warning("%s: could not make the later-expiring version targets hold Key Vault's latest: %s",
@@ -430,7 +470,8 @@ class Rotator:
 
     def _fan_out(self, config: GatewayConfig, source: _TokenSource | None, deadline: _Deadline,
                  plan_only: bool, held: dict[Target, GatewayToken],
-                 doomed: frozenset[str] = frozenset(), heal: Heal | None = None) -> tuple[TargetReport, ...]:
+                 doomed: frozenset[str] = frozenset(), heal: Heal | None = None,
+                 guard: Guard = _unguarded) -> tuple[TargetReport, ...]:
         """`held` collects the tokens of targets found `newer` than `source`; a target holding a
         `doomed` token is overwritten even if that token expires later."""
         targets = config.targets
@@ -438,7 +479,7 @@ class Rotator:
         pool = Executor(max_workers=min(len(targets), MAX_FANOUT), thread_name_prefix="target")
         try:
             futures: list[Future[TargetReport]] = [
-                pool.submit(self._sync_target, config, t, source, deadline, plan_only, held, doomed, heal)
+                pool.submit(self._sync_target, config, t, source, deadline, plan_only, held, doomed, heal, guard)
                 for t in targets
             ]
             wait(futures, timeout=deadline.left())
@@ -454,7 +495,7 @@ class Rotator:
 
     def _sync_target(self, config: GatewayConfig, target: Target, source: _TokenSource | None,
                      deadline: _Deadline, plan_only: bool, held: dict[Target, GatewayToken],
-                     doomed: frozenset[str], heal: Heal | None = None) -> TargetReport:
+                     doomed: frozenset[str], heal: Heal | None = None, guard: Guard = _unguarded) -> TargetReport:
         started = time.monotonic()
 
         def done(outcome: Outcome, restarted: Sequence[str] = (), error: str | None = None) -> TargetReport:
@@ -477,13 +518,14 @@ class Rotator:
                     return done(Outcome.NEWER)
                 if action is TargetAction.IN_SYNC and not (marker and target.restart):
                     if heal is not None and not plan_only:
-                        return self._heal(config, client, target, source, heal, deadline, done)
+                        return self._heal(config, client, target, source, heal, deadline, done, guard)
                     return done(Outcome.IN_SYNC)
                 if plan_only:
                     return done(Outcome.PLANNED, [str(w) for w in target.restart])
                 if action is TargetAction.WRITE:
                     value = source.token().formatted(target.format)
                     marker = source.desired.fingerprint if target.restart else None
+                    guard()
                     try:
                         client.write_secret_key(target.namespace, target.secret, target.key, value,
                                                 state.resource_version, timeout=deadline.check("writing the Secret"),
@@ -492,7 +534,7 @@ class Rotator:
                         if attempt == 2:
                             raise
                         continue  # someone else wrote meanwhile: re-read and decide again
-                restarted = self._restart(client, target, deadline, marker)
+                restarted = self._restart(client, target, deadline, marker, guard)
                 return done(Outcome.UPDATED if action is TargetAction.WRITE else Outcome.IN_SYNC, restarted)
             raise Conflict("unreachable")  # pragma: no cover - the loop always returns or raises
         except RotationError as exc:
@@ -502,7 +544,7 @@ class Rotator:
             return done(Outcome.FAILED, error=f"internal error: {type(exc).__name__}")
 
     def _heal(self, config: GatewayConfig, client: ClusterClient, target: Target, source: _TokenSource, heal: Heal,
-              deadline: _Deadline, done: Callable[..., TargetReport]) -> TargetReport:
+              deadline: _Deadline, done: Callable[..., TargetReport], guard: Guard = _unguarded) -> TargetReport:
         """The Secret holds the current token but pods may still run an older one from their
         environment: restart the workloads that last restarted before the token was stored."""
         who = f"gateway instance {heal.instance}" if heal.instance else "a gateway instance"
@@ -521,6 +563,7 @@ class Rotator:
             state = client.rollout(target.namespace, workload, timeout=deadline.check(f"reading {workload}"))
             action = heal_action(state.restarted_at, stored_at, now, heal.cooldown)
             if action is HealAction.RESTART:
+                guard()  # the rate limit reads restartedAt: only the gateway's writer may act on it
                 client.restart(target.namespace, workload, now, timeout=deadline.check(f"restarting {workload}"))
                 restarted.append(str(workload))
             elif action is HealAction.COOLDOWN:
@@ -533,12 +576,14 @@ class Rotator:
             return done(Outcome.FAILED, restarted, f"{who} runs an older token: " + "; ".join(waiting))
         return done(Outcome.IN_SYNC, restarted)
 
-    def _restart(self, client: ClusterClient, target: Target, deadline: _Deadline, marker: str | None) -> list[str]:
+    def _restart(self, client: ClusterClient, target: Target, deadline: _Deadline, marker: str | None,
+                 guard: Guard = _unguarded) -> list[str]:
         if not target.restart:
             return []
         at = self.clock()
         restarted = []
         for workload in target.restart:
+            guard()
             client.restart(target.namespace, workload, at, timeout=deadline.check(f"restarting {workload}"))
             restarted.append(str(workload))
         if marker:
@@ -601,7 +646,7 @@ class Rotator:
                     gateway_id=config.ref.id, rotated=False, expires_at=None, key_type=None, fingerprint=None,
                     reason="sweep", duration_ms=0, targets=(), dry_run=dry_run,
                     error="not reached within the sweep's budget; left for the next run")
-                self._record(config, report, "NotReached")
+                self._record(config, report, "NotReached", deadline=budget)
                 return report
             return self.reconcile_safely(config, reason="sweep", deadline_seconds=deadline_seconds,
                                          dry_run=dry_run, known=infos.get(config.key_vault_secret.lower()))
@@ -642,12 +687,18 @@ class Rotator:
         deadline = _Deadline(timeout)
         with Executor(max_workers=max(1, min(len(jobs), MAX_FANOUT)),
                                 thread_name_prefix="status") as pool:
-            futures = [pool.submit(self._target_status, t, infos.get(c.key_vault_secret.lower()), deadline)
+            futures = [pool.submit(self._target_status, t, infos.get(c.key_vault_secret.lower()), deadline,
+                                   c.ref.gateway)
                        for c, t in jobs]
             results = iter([f.result() for f in futures])
         out = []
+        now = self.clock()
         for config in configs:
             info = infos.get(config.key_vault_secret.lower())
+            error = None if info else "no token in Key Vault"
+            if info is not None and info.expires_at is not None and info.expires_at <= now:
+                error = (f"Key Vault's token expired at {info.expires_at:%Y-%m-%d %H:%M} UTC: no target's copy "
+                         "verifies; run rotate")
             out.append(GatewayStatus(
                 gateway_id=config.ref.id, service=config.ref.service, gateway=config.ref.gateway,
                 key_vault_secret=config.key_vault_secret,
@@ -655,13 +706,14 @@ class Rotator:
                 fingerprint=info.fingerprint if info else None,
                 targets=tuple(next(results) for _ in config.targets),
                 key_roll_pending=info.roll_from if info else None,
-                error=None if info else "no token in Key Vault",
+                error=error,
                 warning=None if self.lease_shared else LOCAL_LEASE_WARNING,
                 origin=info.origin if info else None,
             ))
         return out
 
-    def _target_status(self, target: Target, info: TokenInfo | None, deadline: _Deadline) -> TargetStatus:
+    def _target_status(self, target: Target, info: TokenInfo | None, deadline: _Deadline,
+                       gateway: str | None = None) -> TargetStatus:
         def status(state: SyncState, **kw: Any) -> TargetStatus:
             return TargetStatus(target.cluster, target.namespace, target.secret, state, **kw)
 
@@ -680,8 +732,14 @@ class Rotator:
         consumption = check_consumption(target, {r.workload: r.uses for r in rollouts}, secret.labels)
         if consumption.state is ConsumptionState.MISMATCH:  # rotating cannot help: the pods read another key
             state = SyncState.MISMATCH
+        foreign = foreign_token(secret.value, gateway) if gateway else None
+        if foreign is not None:  # another gateway's token: the registry, not the token, is wrong
+            state = SyncState.MISMATCH
+        # The marker is only ever cleared for a target with workloads to restart (see _sync_target).
+        pending = secret.annotations.get(RESTART_PENDING) if target.restart else None
         return status(state, fingerprint=held.fingerprint if held else None,
-                      expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption)
+                      expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption,
+                      restart_pending=pending, error=foreign)
 
     # --- reporting --------------------------------------------------------------------------------
 

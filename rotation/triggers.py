@@ -11,12 +11,10 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import azure.functions as func
 
-from rotation import bootstrap, telemetry
-from rotation.core.caller import caller_from_headers
 from rotation.core.errors import (
     IgnoredEvent,
     InvalidEvent,
@@ -27,10 +25,14 @@ from rotation.core.errors import (
     TransientError,
     UnknownGateway,
 )
-from rotation.core.events import parse_event
-from rotation.core.model import GatewayConfig, KeyType, check_gateway_name, check_service_name
-from rotation.service import LOCAL_LEASE_WARNING, Heal
-from rotation.settings import DEFAULT_SWEEP_SCHEDULE
+from rotation.core.schedule import sweep_schedule
+
+if TYPE_CHECKING:
+    from rotation.core.model import GatewayConfig
+
+# Indexing (the worker importing function_app on every cold start) loads only this blueprint: the
+# service, its settings and the core model are imported by the handlers, on first use (issue 13's
+# cold-import budget, benchmarks/cold_import.py; tests/functions/test_indexing.py lists what may load).
 
 log = logging.getLogger("rotation.triggers")
 # The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
@@ -47,8 +49,9 @@ NO_CONTEXT = cast(func.Context, None)
 # The host resolves `%NAME%` in a binding from app settings only and fails the function when the
 # setting is missing; a literal read here at indexing (the worker indexes after the host applied the
 # app settings: azure_functions_runtime/handle_event.py `function_environment_reload_request`) always
-# has a value, and changing the setting restarts the app, which indexes again.
-SWEEP_SCHEDULE = os.environ.get("SWEEP_SCHEDULE", "").strip() or DEFAULT_SWEEP_SCHEDULE
+# has a value, and changing the setting restarts the app, which indexes again. A value the host could
+# not parse would put the sweep in error: the default is bound instead and /api/health says why.
+SWEEP_SCHEDULE, SWEEP_SCHEDULE_ERROR = sweep_schedule(os.environ.get("SWEEP_SCHEDULE"))
 
 
 class RotationIncomplete(TransientError):
@@ -69,6 +72,10 @@ def event_payload(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any
 
 def handle_event(payload: Mapping[str, Any]) -> None:
     """Reconcile the gateway an event names. Raises only when a retry can help."""
+    from rotation import bootstrap
+    from rotation.core.events import parse_event
+    from rotation.service import Heal
+
     try:
         event = parse_event(payload)
     except IgnoredEvent as exc:
@@ -121,6 +128,8 @@ def handle_event(payload: Mapping[str, Any]) -> None:
 
 def unreconciled(gateway_id: str, exc: Exception, reason: str) -> None:
     """The `rotation.reconcile` record of a request that failed before its reconcile could start."""
+    from rotation import telemetry
+
     telemetry.emit("rotation.reconcile", {"gatewayId": gateway_id, "rotated": False, "reason": reason,
                                           "outcome": "failed", "errorClass": telemetry.error_class(exc),
                                           "error": str(exc)}, logging.WARNING)
@@ -129,6 +138,8 @@ def unreconciled(gateway_id: str, exc: Exception, reason: str) -> None:
 @bp.function_name("on_gateway_token_event")
 @bp.event_grid_trigger(arg_name="event")
 def on_gateway_token_event(event: func.EventGridEvent, context: func.Context = NO_CONTEXT) -> None:
+    from rotation import telemetry
+
     with telemetry.invocation(context):
         handle_event(event_payload(event))
 
@@ -150,6 +161,8 @@ def _guard(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable
     """Map the error taxonomy to HTTP statuses once, for every route."""
 
     def run(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.HttpResponse:
+        from rotation import telemetry
+
         with telemetry.invocation(context):
             return _mapped(handler, req)
 
@@ -177,6 +190,9 @@ def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse], req: func.
 
 
 def _gateway_from_route(req: func.HttpRequest) -> GatewayConfig:
+    from rotation import bootstrap
+    from rotation.core.model import check_gateway_name, check_service_name
+
     service = check_service_name(req.route_params.get("service", ""))
     gateway = check_gateway_name(req.route_params.get("gateway", ""))
     return bootstrap.container().rotator.gateway(service, gateway)
@@ -209,6 +225,9 @@ def _body(req: func.HttpRequest, fields: Mapping[str, type]) -> dict[str, Any]:
 @bp.route(route="gateways/{service}/{gateway}/rotate", methods=["POST"])
 @_guard
 def rotate(req: func.HttpRequest) -> func.HttpResponse:
+    from rotation import bootstrap
+    from rotation.core.model import check_gateway_name, check_service_name
+
     body = _body(req, {"force": bool, "dryRun": bool, "reason": str})
     try:
         config = _gateway_from_route(req)
@@ -228,6 +247,8 @@ def rotate(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="gateways", methods=["GET"])
 @_guard
 def list_gateways(req: func.HttpRequest) -> func.HttpResponse:
+    from rotation import bootstrap
+
     box = bootstrap.container()
     statuses = box.rotator.status(timeout=box.settings.deadline_seconds)
     return _json(200, {"gateways": [s.to_dict() for s in statuses]})
@@ -237,6 +258,8 @@ def list_gateways(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="gateways/{service}/{gateway}", methods=["GET"])
 @_guard
 def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
+    from rotation import bootstrap
+
     config = _gateway_from_route(req)
     box = bootstrap.container()
     (status,) = box.rotator.status([config], timeout=box.settings.deadline_seconds)
@@ -249,6 +272,10 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 @_guard
 def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
+    from rotation import bootstrap
+    from rotation.core.caller import caller_from_headers
+    from rotation.core.model import KeyType
+
     body = _body(req, {"fromKey": str, "dryRun": bool, "waitSeconds": int, "confirmRestarted": bool})
     wait_seconds = body.get("waitSeconds", 60)
     if not 0 <= wait_seconds <= 180:
@@ -271,6 +298,9 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET"])
 def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.HttpResponse:
+    from rotation import bootstrap, telemetry
+    from rotation.service import LOCAL_LEASE_WARNING
+
     with telemetry.invocation(context):
         try:
             settings = bootstrap.container().settings
@@ -280,6 +310,8 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
                                 "clusters": len(settings.registry.clusters), "sweepSchedule": SWEEP_SCHEDULE}
         if not settings.lease_container_url:
             body["warning"] = LOCAL_LEASE_WARNING
+        if SWEEP_SCHEDULE_ERROR:
+            body["sweepScheduleError"] = SWEEP_SCHEDULE_ERROR
         return _json(200, body)
 
 
@@ -289,20 +321,26 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
 @bp.function_name("sweep")
 @bp.timer_trigger(arg_name="timer", schedule=SWEEP_SCHEDULE, run_on_startup=False)
 def sweep(timer: func.TimerRequest, context: func.Context = NO_CONTEXT) -> None:
+    from rotation import telemetry
+
     with telemetry.invocation(context):
         run_sweep()
 
 
 def run_sweep() -> None:
     """One `rotation.sweep` record per run, whether it got to the gateways or not."""
+    from rotation import bootstrap, telemetry
+
     try:
         box = bootstrap.container()
         result = box.rotator.sweep(deadline_seconds=box.settings.deadline_seconds)
     except RotationError as exc:
         telemetry.emit("rotation.sweep", {"outcome": "failed", "errorClass": telemetry.error_class(exc),
-                                          "error": str(exc), "schedule": SWEEP_SCHEDULE}, logging.ERROR)
+                                          "error": str(exc), "schedule": SWEEP_SCHEDULE,
+                                          "scheduleError": SWEEP_SCHEDULE_ERROR}, logging.ERROR)
         raise
     summary = result.to_dict()
     del summary["reports"]
     telemetry.emit("rotation.sweep", {**summary, "outcome": "ok" if result.ok else "failed",
-                                      "schedule": SWEEP_SCHEDULE}, logging.INFO if result.ok else logging.ERROR)
+                                      "schedule": SWEEP_SCHEDULE, "scheduleError": SWEEP_SCHEDULE_ERROR},
+                   logging.ERROR if not result.ok else logging.WARNING if SWEEP_SCHEDULE_ERROR else logging.INFO)

@@ -16,9 +16,13 @@ resource cluster 'Microsoft.ContainerService/managedClusters@2024-05-01' existin
   name: clusterName
 }
 
-// A namespace is an addressable scope for Azure RBAC for Kubernetes; the existing reference only builds its id
-// (<cluster id>/namespaces/<name>) so role assignments can be scoped to it, nothing is read or created.
-#disable-next-line BCP081 // reason: the namespaces type is not in every Bicep type index; it is only used to build the scope id.
+// A namespace is an addressable scope for Azure RBAC for Kubernetes: Microsoft's "Use Azure RBAC for Kubernetes
+// authorization" assigns roles at `<cluster id>/namespaces/<name>`. ARM has no `managedClusters/namespaces` resource
+// type (the managed-namespace resource is `managedClusters/managedNamespaces`), so this existing reference is never
+// read: it only lets Bicep build that scope id for the role assignments (no property of it is used, so no GET).
+// The same pattern as Microsoft's AKS baseline (mspnp/aks-baseline cluster-stamp.bicep). After the second
+// provision, docs/deploy.md shows how to check that each assignment landed on the namespace scope.
+#disable-next-line BCP081 // reason: no ARM type for this scope segment; it is only used to build the scope id.
 resource namespaceScopes 'Microsoft.ContainerService/managedClusters/namespaces@2025-03-01' existing = [for ns in namespaces: {
   parent: cluster
   name: ns

@@ -1,4 +1,4 @@
-metadata description = 'Alerts on the rotator\'s OpenTelemetry signals: a log alert on failed reconciles (customDimensions of rotation.reconcile / rotation.sweep records) and a metric alert on the rotation_token_hours_left custom metric.'
+metadata description = 'Alerts on the rotator\'s signals: a log alert on failed reconciles (rotation.reconcile / rotation.sweep records) and the token-expiry alert, a metric alert on the rotation_token_hours_left custom metric with OpenTelemetry, else a log alert on the rotation.expiry records.'
 
 @description('Prefix of the alert rule names.')
 param namePrefix string
@@ -14,6 +14,9 @@ param applicationInsightsId string
 
 @description('Resource id of the action group notified when a rule fires; empty creates the rules without notifications (they still show in the Portal).')
 param actionGroupId string = ''
+
+@description('Whether the app sends telemetry through OpenTelemetry (main.bicep enableOpenTelemetry). Only then does it send the rotation_token_hours_left metric; without it the expiry alert is a log alert on the rotation.expiry records instead.')
+param openTelemetry bool = true
 
 @description('Hours of token validity below which the expiry alert fires.')
 @minValue(1)
@@ -101,9 +104,11 @@ resource failedRotation 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
 // The sweep (hourly by default) and every reconcile record the hours left of each gateway's stored token
 // (an OpenTelemetry histogram: Application Insights keeps its minimum per interval). Six hours of window: a
 // missed sweep does not resolve the alert. Splitting by gatewayId needs "alerting on custom metric
-// dimensions" enabled on the component (Usage and estimated costs); skipMetricValidation lets the rule
-// deploy before the app has sent the metric once.
-resource expiringToken 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+// dimensions" on the component, which monitoring.bicep sets (CustomMetricsOptedInType). skipMetricValidation
+// lets the rule deploy before the app has sent the metric once (metricAlert_API.json 2018-03-01:
+// "Allows creating an alert rule on a custom metric that isn't yet emitted"); OpenTelemetry custom metrics
+// are in the metric namespace azure.applicationinsights.
+resource expiringToken 'Microsoft.Insights/metricAlerts@2018-03-01' = if (openTelemetry) {
   name: '${namePrefix}-token-expiring'
   location: 'global'
   tags: tags
@@ -145,8 +150,69 @@ resource expiringToken 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   }
 }
 
+// The classic path (enableOpenTelemetry false) sends no custom metrics at all (rotation/telemetry.py records them
+// only when OpenTelemetry is loaded), so the metric alert above would never fire. The sweep logs one rotation.expiry
+// record per gateway on either path (rotation/service.py), its fields in the `rotation.expiry k=v ...` message:
+// the same alert, from the latest record per gateway.
+var expiringTokenQuery = '''
+traces
+| extend event = coalesce(tostring(customDimensions.event), extract(@"^(rotation\.\w+) ", 1, message))
+| where event == "rotation.expiry"
+| extend gatewayId = coalesce(tostring(customDimensions.gatewayId), extract(@" gatewayId=(\S+)", 1, message)),
+    hoursLeft = todouble(coalesce(tostring(customDimensions.hoursLeft), extract(@" hoursLeft=([-0-9.]+)", 1, message)))
+| where isnotempty(gatewayId) and isnotnull(hoursLeft)
+| summarize arg_max(timestamp, hoursLeft) by gatewayId
+| project gatewayId, hoursLeft
+'''
+
+resource expiringTokenFromLogs 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = if (!openTelemetry) {
+  name: '${namePrefix}-token-expiring-logs'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'APIM gateway token expires within ${expiryThresholdHours} h'
+    description: 'The token the rotator stored for a gateway expires within ${expiryThresholdHours} hours (the sweep\'s latest rotation.expiry record): rotation is not keeping up. Look at the rotation-failed alert and the workbook.'
+    severity: 2
+    enabled: true
+    scopes: [
+      applicationInsightsId
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT6H'
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: expiringTokenQuery
+          timeAggregation: 'Minimum'
+          metricMeasureColumn: 'hoursLeft'
+          operator: 'LessThan'
+          threshold: expiryThresholdHours
+          dimensions: [
+            {
+              name: 'gatewayId'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: logActions
+    }
+  }
+}
+
 @description('Resource ids of the alert rules.')
 output alertRuleIds array = [
   failedRotation.id
-  expiringToken.id
+  openTelemetry ? expiringToken.id : expiringTokenFromLogs.id
 ]

@@ -141,9 +141,15 @@ var baseAppSettings = {
 
 // The Python worker configures azure-monitor-opentelemetry itself when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY
 // is true; AzureFunctionsJobHost__telemetryMode overrides host.json (OpenTelemetry mode: Flex Consumption, preview).
+// Sampling: without OTEL_TRACES_SAMPLER the distro (1.8.x, _utils/configurations.py `_default_sampling_ratio`)
+// falls back to its rate-limited sampler at 5 traces per second, which drops dependency spans of a busy sweep and
+// the records tied to them. microsoft.fixed_percentage with 1.0 keeps every trace; the volume is small (one
+// reconcile per gateway per event or sweep).
 var openTelemetrySettings = enableOpenTelemetry ? {
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   AzureFunctionsJobHost__telemetryMode: 'OpenTelemetry'
+  OTEL_TRACES_SAMPLER: 'microsoft.fixed_percentage'
+  OTEL_TRACES_SAMPLER_ARG: '1.0'
 } : {}
 
 var armEndpointSettings = empty(armEndpoint) ? {} : { ARM_ENDPOINT: armEndpoint }

@@ -55,8 +55,8 @@ param softDeleteRetentionInDays int = 90
 
 // Key Vault Secrets Officer: get/list/set secret versions and tags (the token vault: a new version per rotation).
 // Key Vault Secrets User: read secret contents only (the configuration vault).
-var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
-var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
+var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7' // built-in role Key Vault Secrets Officer (Azure built-in roles)
+var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6' // built-in role Key Vault Secrets User (Azure built-in roles)
 var appRoleId = (appAccess == 'write') ? keyVaultSecretsOfficerRoleId : keyVaultSecretsUserRoleId
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {

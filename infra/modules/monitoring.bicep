@@ -21,7 +21,7 @@ param retentionInDays int = 30
 param publisherPrincipalId string
 
 // Monitoring Metrics Publisher: the only role Entra-authenticated telemetry ingestion needs.
-var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb'
+var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb' // built-in role Monitoring Metrics Publisher (Azure built-in roles)
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   name: logAnalyticsName
@@ -38,6 +38,13 @@ resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   }
 }
 
+// CustomMetricsOptedInType WithDimensions is "Enable alerting on custom metric dimensions" (Portal: Usage and
+// estimated costs > Custom metrics > With dimensions). Without it only a dimensionless pre-aggregate of each custom
+// metric reaches the metrics store (Microsoft docs, "Metrics in Application Insights"), so the token-expiry metric
+// alert cannot split by gatewayId. ARM accepts the property but it is missing from the REST spec and the Bicep
+// types (Azure/bicep#6595, where the Application Insights team lists its values WithDimensions, NoDimensions,
+// NoMeasurements, Off; bicep-types-az#2048), hence the BCP037 suppression; the AI-Gateway samples of Microsoft set
+// it the same way. (Kept out of the object body: checkov's Bicep parser, pycep 0.5.1, rejects some comments there.)
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' = {
   name: applicationInsightsName
   location: location
@@ -48,6 +55,8 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' = {
     WorkspaceResourceId: logAnalytics.id
     DisableLocalAuth: true
     IngestionMode: 'LogAnalytics'
+    #disable-next-line BCP037 // reason: undocumented but ARM-accepted property, see the comment above the resource.
+    CustomMetricsOptedInType: 'WithDimensions'
   }
 }
 

@@ -13,7 +13,7 @@ param tags object = {}
 param senderPrincipalId string
 
 // EventGrid Data Sender: publish events, nothing else.
-var eventGridDataSenderRoleId = 'd5a91429-5739-47e2-a06b-3470a27159e7'
+var eventGridDataSenderRoleId = 'd5a91429-5739-47e2-a06b-3470a27159e7' // built-in role EventGrid Data Sender (Azure built-in roles)
 
 resource topic 'Microsoft.EventGrid/topics@2022-06-15' = {
   name: name

@@ -42,8 +42,8 @@ param userPrincipalType string = 'User'
 // timer trigger and host locks) and for the deployment package (Microsoft's Flex quickstarts grant the same). It is a
 // superset of what the app needs on the lease and dead-letter containers; those get their own container-scoped
 // grants below so that each need is stated, and so narrowing the host grant later cannot silently break them.
-var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // built-in role Storage Blob Data Owner (Azure built-in roles)
+var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // built-in role Storage Blob Data Contributor (Azure built-in roles)
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name

@@ -12,6 +12,8 @@ Nothing here keeps or returns a token: targets carry fingerprints and expiries.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +22,13 @@ from typing import Any
 from rotation.core.consumption import SecretUse, consumers, helm_fix, is_helm_managed
 from rotation.core.errors import InvalidInput
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
-from rotation.core.token import DEFAULT_FORMAT, PREFIX, parse_stored
+from rotation.core.token import DEFAULT_FORMAT, PREFIX, GatewayToken, parse_stored
 
 RAW_FORMAT = "{token}"
 APP_USER = "apim-token-rotator"  # the kubeconfig identity's user name (infra/k8s/rolebinding-kubeconfig.yaml)
 PRINCIPAL_PLACEHOLDER = "${PRINCIPAL}"
 ROLE_LABELS = {"app.kubernetes.io/name": "apim-token-rotator"}
+ALL_NAMESPACES = ""  # ClusterScan.not_scanned key: the whole context could not be scanned
 
 
 def parse_service_id(text: str) -> str:
@@ -57,6 +60,7 @@ class ClusterScan:
     entry: Mapping[str, Any]
     secrets: Sequence[ScannedSecret]
     workloads: Mapping[str, Sequence[tuple[Workload, tuple[SecretUse, ...]]]]  # namespace → workloads
+    not_scanned: Mapping[str, str] = field(default_factory=dict)  # namespace → why (e.g. list forbidden)
 
     @property
     def auth(self) -> str:
@@ -94,6 +98,25 @@ class Proposal:
                 "warnings": self.warnings}
 
 
+MIN_SIGNATURE_BYTES = 32  # an HMAC: SHA-256 gives 32 bytes, the SHA-512 of APIM's documented SAS tokens 64
+
+
+def plausible_signature(token: GatewayToken) -> bool:
+    """Whether the token's signature could be an HMAC: base64 (standard or URL-safe) of at least 32
+    bytes. A value of a token's shape whose "signature" is a word (a template's placeholder, a note) is
+    not a credential a gateway reads; proposing it would make the rotator overwrite that Secret."""
+    signature = token.value.rsplit("&", 1)[1]
+    padded = signature + "=" * (-len(signature) % 4)
+    for alphabet in (None, b"-_"):
+        try:
+            raw = base64.b64decode(padded, altchars=alphabet, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) >= MIN_SIGNATURE_BYTES:
+            return True
+    return False
+
+
 def _format_of(value: str) -> str:
     return DEFAULT_FORMAT if value.strip().startswith(PREFIX) else RAW_FORMAT
 
@@ -120,6 +143,12 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
                     continue
                 about = {**_where(scan.name, secret, key), "gateway": token.gateway,
                          "fingerprint": token.fingerprint, "expiresAt": token.expires_at.isoformat()}
+                if not plausible_signature(token):
+                    unmatched.append({"kind": "token-like-value", **about, "detail":
+                                      f"has the shape of a token of {token.gateway!r} but its signature is not "
+                                      f"base64 of an HMAC (at least {MIN_SIGNATURE_BYTES} bytes): not proposed; "
+                                      "register it by hand if a gateway really reads it"})
+                    continue
                 refs = by_name.get(token.gateway.lower(), [])
                 if not refs:
                     unmatched.append({"kind": "token-of-unknown-gateway", **about, "detail":
@@ -145,6 +174,14 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
                 if target.helm:
                     warnings.append({"kind": "helm-managed", **_where(scan.name, secret, key),
                                      "detail": helm_fix(secret.name)})
+    for scan in scans:
+        for namespace, why in sorted(scan.not_scanned.items()):
+            if namespace == ALL_NAMESPACES:
+                unmatched.append({"kind": "context-not-scanned", "cluster": scan.name,
+                                  "detail": f"{why}: targets in it, if any, are missing from this proposal"})
+                continue
+            unmatched.append({"kind": "namespace-not-scanned", "cluster": scan.name, "namespace": namespace,
+                              "detail": f"{why}: targets in it, if any, are missing from this proposal"})
     with_target = {t.gateway for t in found}
     for ref in gateways:
         if ref not in with_target:

@@ -105,6 +105,11 @@ class HeldLease(Protocol):
         """Resets the lease's clock. Raises UpstreamError when the lease was lost (expired and taken)."""
         ...
 
+    def check(self) -> None:
+        """Raises UpstreamError unless this holder can still count on the lease: renews first when the
+        last confirmed renewal is older than half the duration (a pause the holder did not see)."""
+        ...
+
     def release(self) -> None:
         """Best effort: must not raise (an unreleased lease expires)."""
         ...

@@ -21,6 +21,16 @@ def sync_state(secret_value: str | None, fingerprint: str | None, fmt: str) -> S
     return SyncState.STALE
 
 
+def foreign_token(secret_value: str | None, gateway: str) -> str | None:
+    """Why a target is a mismatch when its Secret holds a token of another gateway (None if not): a
+    rotation would overwrite that gateway's token. The token names its gateway in clear."""
+    held = parse_stored(secret_value)
+    if held is None or held.gateway.lower() == gateway.lower():
+        return None
+    return (f"the Secret key holds a token of gateway {held.gateway} (fingerprint {held.fingerprint}), not "
+            f"{gateway}: is this target registered to the wrong gateway? A rotation would overwrite it")
+
+
 @dataclass(frozen=True, slots=True)
 class TargetStatus:
     cluster: str
@@ -32,6 +42,7 @@ class TargetStatus:
     rollouts: tuple[RolloutState, ...] = ()
     error: str | None = None
     consumption: Consumption | None = None  # do the registered workloads read this Secret key?
+    restart_pending: str | None = None  # a writer's restart onto this token is not done (its fingerprint)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -42,6 +53,7 @@ class TargetStatus:
                          for r in self.rollouts],
             "error": self.error,
             "consumption": self.consumption.to_dict() if self.consumption else None,
+            "restartPending": self.restart_pending,
         }
 
 
@@ -62,10 +74,12 @@ class GatewayStatus:
 
     @property
     def healthy(self) -> bool:
-        """Every target in sync with rolled-out workloads, and no key roll pending (a pending roll
-        leaves the key it retires valid: the compromise is not contained yet)."""
+        """Every target in sync with rolled-out workloads that were restarted onto it, Key Vault's token
+        unexpired (`error` says so otherwise), and no key roll pending (a pending roll leaves the key it
+        retires valid: the compromise is not contained yet)."""
         return self.error is None and self.key_roll_pending is None and all(
-            t.state is SyncState.IN_SYNC and all(r.ready for r in t.rollouts) for t in self.targets
+            t.state is SyncState.IN_SYNC and t.restart_pending is None and all(r.ready for r in t.rollouts)
+            for t in self.targets
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -27,8 +27,9 @@ from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 from devstack import azurite
 from devstack.fakes import Fakes, start
+from rotation.adapters.credential import build_credential
 from rotation.adapters.lease import BlobLease
-from rotation.core.errors import SettingsError, UpstreamError
+from rotation.core.errors import InvalidInput, SettingsError, UpstreamError
 from tests.adapters.conftest import _FOREIGN_ENV
 from tests.e2e.azurite_fixture import empty, start_azurite
 
@@ -86,6 +87,7 @@ def test_acquire_creates_the_blob_holds_it_and_release_frees_it(store: Leases) -
     with pytest.raises(UpstreamError, match="another reconcile of this gateway holds it"):
         lease.acquire("contoso-apim/gw-1", duration=15, wait=0.3)
     other = lease.acquire("contoso-apim/gw-2", duration=15, wait=0.3)  # per gateway
+    lease.acquire("contoso-apim/gw-0", duration=15, wait=0).release()  # wait=0: one attempt, no waiting
     held.renew()
     held.release()
     again = lease.acquire("contoso-apim/gw-1", duration=15, wait=0.3)
@@ -137,4 +139,42 @@ def test_a_holder_that_stops_renewing_loses_the_lease_when_it_expires(store: Lea
     assert 13 <= waited <= 20
     with pytest.raises(UpstreamError, match="was lost or could not be renewed: 409"):
         stale.renew()
+    taker.check()  # acquired moments ago: still ours
     taker.release()
+    # Free again, but leased by another since: the stale holder's check (what every write calls after a
+    # pause longer than half the duration) still fails, so it cannot write as the gateway's writer.
+    with pytest.raises(UpstreamError, match="was lost or could not be renewed: 409"):
+        stale.check()
+
+
+def test_a_stalled_identity_endpoint_ends_the_acquire_within_its_wait(store: Leases) -> None:
+    """The blob client asks the app's identity for a storage token outside the per-call timeouts
+    (azure-core `BearerTokenCredentialPolicy.on_request` calls `get_token` before sending; azure-identity
+    gives a managed-identity request no overall timeout): the lease must scope that request to the
+    caller's wait with `token_deadline`, as the ARM and Key Vault adapters do (DESIGN §10 "Deadline
+    covers token acquisition"). A reconcile with 1 s left must not sit 20 s in the identity request."""
+    store.fakes.identity.add_fault({"method": "GET", "path": "/msi/.*", "delaySeconds": 8, "status": 500,
+                                    "times": 1})
+    try:
+        lease = BlobLease(store.url, build_credential(retry_total=0), poll_seconds=0.05)  # a cold token cache
+        started = time.monotonic()
+        with pytest.raises(UpstreamError, match="could not get a token"):
+            lease.acquire("contoso-apim/gw-stall", duration=15, wait=1)
+        assert time.monotonic() - started < 2.5
+    finally:
+        store.fakes.identity.clear_faults()
+    assert "contoso-apim/gw-stall" not in [b.name for b in store.container.list_blobs()]
+
+
+@pytest.mark.parametrize("name", ["", "a/", "a.", "../other-container/x", "a\\b", "a" * 1025,
+                                  "/".join(["s"] * 255), "a\x00b"])
+def test_a_name_outside_the_blob_naming_rules_is_refused_before_any_call(store: Leases, name: str) -> None:
+    """Blob names (learn.microsoft.com/rest/api/storageservices/naming-and-referencing-containers--blobs
+    --and-metadata): 1 to 1,024 characters, at most 254 path segments, avoid names ending with a dot or
+    a slash, no control characters; this adapter also refuses `..` segments and backslashes, so a
+    name can never address another container or blob than the gateway's own."""
+    calls = len(store.fakes.identity.requests())
+    with pytest.raises(InvalidInput, match="lease name"):
+        store.lease().acquire(name, duration=15, wait=0.5)
+    assert len(store.fakes.identity.requests()) == calls
+    assert list(store.container.list_blobs()) == []

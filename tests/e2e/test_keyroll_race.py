@@ -57,7 +57,8 @@ def leases(stack: devstack.Stack) -> Iterator[str]:
             os.environ["IDENTITY_ENDPOINT"] = overlay.endpoint
         url = server.container_url("gateway-leases")
         container = ContainerClient.from_container_url(url, credential=ManagedIdentityCredential())
-        container.create_container()
+        if not container.exists():  # another module using this fixture ran first (same Azurite data dir)
+            container.create_container()
         container.close()
         os.environ["LEASE_CONTAINER_URL"] = url
         yield url

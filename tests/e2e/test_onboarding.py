@@ -281,3 +281,84 @@ def test_a_token_no_key_reproduces_is_not_adopted(world: World) -> None:
         code, text, _ = run("rotate", "apim-devstack/gw-east")
         assert "rotated" in text and "newer    east/apim/gw-east-token" in text
         assert world.vault()[name]["value"] != forged and "origin" not in world.vault()[name]["tags"]
+
+
+PARTIAL_OPERATOR = "discover-partial"
+
+
+def _partial_operator_kubeconfig(world: World, path: Path) -> Path:
+    """A real identity that may list Secrets and workloads in namespace `gateways` of `west` only: a
+    ServiceAccount with a namespaced Role, its token from the TokenRequest API (kube-apiserver 1.20,
+    --service-account-issuer set by devstack/kube.py). Nothing about the app's own RBAC changes."""
+    from kubernetes import client
+
+    cluster = world.stack.cluster("west")
+    meta = {"name": PARTIAL_OPERATOR, "namespace": "gateways"}
+    kube.apply(cluster, [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]},
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["list"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": PARTIAL_OPERATOR},
+         "subjects": [{"kind": "ServiceAccount", "name": PARTIAL_OPERATOR, "namespace": "gateways"}]},
+    ])
+    api = world.stack.admin("west")
+    try:
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=["https://kubernetes.default.svc"], expiration_seconds=600))
+        answer: Any = client.CoreV1Api(api).create_namespaced_service_account_token(
+            PARTIAL_OPERATOR, "gateways", request)
+        token = str(answer.status.token)
+    finally:
+        api.close()
+    path.write_text(kube.kubeconfig_text(cluster, token, user=PARTIAL_OPERATOR))
+    return path
+
+
+def test_a_namespace_the_operator_cannot_list_is_reported_not_fatal(world: World, tmp_path: Path) -> None:
+    """403 on one namespace (Kubernetes RBAC is per namespace: an operator often has a few) must not
+    lose what the other namespaces show: the scan goes on, the proposal has their targets, and the
+    namespace it could not read is reported (exit 1: the proposal needs a human's review)."""
+    kubeconfig = _partial_operator_kubeconfig(world, tmp_path / "partial-kubeconfig")
+    out_file = tmp_path / "registry.json"
+    code, text, err = run("discover", "--service", devstack.SERVICE_ID, "--kubeconfig", str(kubeconfig),
+                          "--context", "west", "--namespace", "default", "--namespace", "gateways", "--json",
+                          "--out", str(out_file))
+    no_token_in(text + err, world)
+    assert code == 1, err
+    doc = json.loads(text)
+    found = {(g["id"].rsplit("/", 1)[1], t["namespace"], t["secret"]) for g in doc["registry"]["gateways"]
+             for t in g["targets"]}
+    assert found == {("gw-shared", "gateways", "gw-shared-token"), ("gw-west", "gateways", "gw-west-token")}
+    skipped = [u for u in doc["unmatched"] if u["kind"] == "namespace-not-scanned"]
+    assert [(u["cluster"], u["namespace"]) for u in skipped] == [("west", "default")]
+    assert "forbidden to list secrets in namespace default" in skipped[0]["detail"]
+    assert load_registry(out_file.read_text(), aks_servers=DEVSTACK_AKS).gateways
+    # the human-readable form says it too
+    code, text, _ = run("discover", "--service", devstack.SERVICE_ID, "--kubeconfig", str(kubeconfig),
+                        "--context", "west", "--namespace", "default", "--namespace", "gateways")
+    assert code == 1 and "namespace-not-scanned" in text and "west/default" in text
+
+
+def test_a_context_the_operator_cannot_scan_is_reported_and_the_others_proposed(world: World,
+                                                                                 tmp_path: Path) -> None:
+    """Several contexts at once (the issue's interface): one whose identity may not list across the
+    cluster must not lose what the others show. Here `east` is the admin context and `west` the
+    partial operator (list in one namespace only, so an all-namespaces scan is forbidden there)."""
+    import yaml
+
+    partial = yaml.safe_load(_partial_operator_kubeconfig(world, tmp_path / "partial").read_text())
+    admin = yaml.safe_load((world.stack.dir / "kubeconfig").read_text())
+    merged = {**admin, "contexts": [c for c in admin["contexts"] if c["name"] == "east"] + partial["contexts"],
+              "users": admin["users"] + partial["users"], "clusters": admin["clusters"]}
+    path = tmp_path / "mixed-kubeconfig"
+    path.write_text(yaml.safe_dump(merged))
+    code, text, err = run("discover", "--service", devstack.SERVICE_ID, "--kubeconfig", str(path),
+                          "--context", "east", "--context", "west", "--aks", "east", "--json")
+    no_token_in(text + err, world)
+    assert code == 1, err
+    doc = json.loads(text)
+    assert [c["name"] for c in doc["registry"]["clusters"]] == ["east"]
+    skipped = [u for u in doc["unmatched"] if u["kind"] == "context-not-scanned"]
+    assert [u["cluster"] for u in skipped] == ["west"] and "forbidden" in skipped[0]["detail"]

@@ -140,6 +140,9 @@ def test_system_topic_is_on_the_apim_service() -> None:
 
 
 def test_event_filter_has_exactly_the_two_gateway_token_types() -> None:
+    """The exact type strings of Microsoft's "Azure API Management as an Event Grid source" (both preview) and of
+    the SDKs' SystemEventNames (azure-sdk-for-python azure-eventgrid `ApiManagementGatewayTokenNearExpiryEventName`,
+    `ApiManagementGatewayTokenExpiredEventName`): a misspelt type filters every event out, silently."""
     types = event_subscription()["properties"]["filter"]["includedEventTypes"]
     assert sorted(types) == sorted(GATEWAY_TOKEN_EVENTS)
     assert len(types) == 2
@@ -168,6 +171,10 @@ def test_retry_policy_is_present_and_within_event_grid_limits() -> None:
 
 
 def test_dead_letters_go_to_blob_storage_with_their_own_identity() -> None:
+    """Microsoft.EventGrid 2022-06-15 (azure-rest-api-specs eventgrid/.../2022-06-15/EventGrid.json):
+    DeadLetterWithResourceIdentity = {identity: EventSubscriptionIdentity {type, userAssignedIdentity},
+    deadLetterDestination: StorageBlobDeadLetterDestination {resourceId, blobContainerName}}; the user-assigned
+    identity must also be attached to the (system) topic, or Event Grid cannot act as it."""
     dead_letter = event_subscription()["properties"]["deadLetterWithResourceIdentity"]
     assert dead_letter["identity"] == {"type": "UserAssigned", "userAssignedIdentity": "deadLetterIdentityId"}
     destination = dead_letter["deadLetterDestination"]
@@ -255,6 +262,9 @@ def test_open_telemetry_settings_follow_the_parameter() -> None:
     assert otel["operator"]["operands"]["true_value"] == {
         "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
         "AzureFunctionsJobHost__telemetryMode": "OpenTelemetry",
+        # the distro's sampler: tests/infra/test_platform.py::test_traces_are_not_rate_limited_by_the_distro
+        "OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage",
+        "OTEL_TRACES_SAMPLER_ARG": "1.0",
     }
     assert otel["operator"]["operands"]["false_value"] == {}
     assert parse(MAIN)["parameters"]["enableOpenTelemetry"]["default"] is True

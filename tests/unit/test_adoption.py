@@ -5,6 +5,7 @@ gateway's keys (same gateway and expiry, same key → same HMAC signature)."""
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -89,3 +90,42 @@ def test_dry_run_and_forced_rotations_do_not_adopt(world: World) -> None:
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5, force=True)
     stored = world.store.get(world.gw1.key_vault_secret)
     assert report.rotated and stored is not None and stored.origin is None
+
+
+def test_a_non_deterministic_generate_token_proves_nothing_and_the_reconcile_mints(world: World) -> None:
+    """Adoption rests on ARM returning the same token for the same gateway, key and expiry (an HMAC,
+    as Microsoft documents APIM's SAS tokens; not documented for gateway tokens). If generateToken
+    were not deterministic (a nonce, a timestamp inside the signature), no candidate would ever be
+    reproduced: nothing is adopted, the reconcile mints exactly as without adoption, and the targets'
+    later-expiring token is kept (`newer`) — safe, only the first-week `newer` state comes back."""
+    import secrets as random
+
+    real = world.issuer.generate_token
+
+    def salted(gateway: object, key_type: KeyType, expiry: object, timeout: float | None = None) -> str:
+        name, stamp, _ = real(gateway, key_type, expiry, timeout).split("&")  # type: ignore[arg-type]
+        return f"{name}&{stamp}&{base64.b64encode(random.token_bytes(64)).decode()}"
+
+    world.issuer.generate_token = salted  # type: ignore[method-assign]
+    held = portal_token(world, 30)
+    put(world, 0, f"GatewayKey {held.value}")
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert report.rotated and stored is not None and stored.origin is None and stored.token.value != held.value
+    assert world.issuer.generated == 3  # two reproduction attempts (primary, secondary), then the mint
+    assert report.targets[0].outcome is Outcome.NEWER and world.held(world.gw1)[0] == f"GatewayKey {held.value}"
+
+
+def test_no_adoption_while_a_key_roll_is_pending(world: World) -> None:
+    """A key roll lives in Key Vault's tags (keyRollFrom): with no Key Vault token there is no roll,
+    and the roll's own reconcile (key_type / roll_from given) never adopts, even if Key Vault is empty."""
+    from rotation.service import _Deadline
+
+    put(world, 0, f"GatewayKey {portal_token(world, 30).value}")
+    deadline = _Deadline(5)
+    report = world.rotator.reconcile_held(world.gw1, reason="key roll", deadline=deadline, started=0.0,
+                                          key_type=KeyType.SECONDARY, roll_from=KeyType.PRIMARY)
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert report.rotated and stored is not None and stored.origin is None
+    assert stored.key_type is KeyType.SECONDARY and stored.roll_from is KeyType.PRIMARY
+    assert world.issuer.generated == 1  # minted with the key rolled to; nothing reproduced

@@ -158,3 +158,107 @@ def test_a_settings_error_is_still_one_failed_outcome_per_request(records: list[
     assert reconciles[1]["gatewayId"] == "apim1/gateways/gw1"
     (sweep,) = [f for f in fields if f["event"] == "rotation.sweep"]
     assert (sweep["outcome"], sweep["errorClass"]) == ("failed", "SettingsError")
+
+
+def _runtime() -> Any:
+    return pytest.importorskip("azure_functions_runtime", reason="the worker library (make venv installs it)")
+
+
+def _attribution() -> tuple[str | None, str | None]:
+    """(classic rule, proxy rule) for a record logged on this thread now.
+
+    Classic worker: Azure/azure-functions-python-worker azure_functions_worker/dispatcher.py
+    `get_current_invocation_id` reads the thread-local `_invocation_id_local`; the proxy worker reads
+    azure-functions-runtime's `invocation_id_cv` first, then that thread-local.
+    """
+    from azure_functions_runtime import invocation_id_cv
+    from azure_functions_runtime.bindings.context import _invocation_id_local
+
+    classic = getattr(_invocation_id_local, "invocation_id", None)
+    return classic, invocation_id_cv.get() or classic
+
+
+def test_a_straggler_past_its_invocation_is_not_attributed_to_the_next_one() -> None:
+    """Invocations run as azure-functions-runtime 1.3.0 runs a sync handler (utils/executor.py
+    `run_sync_func` on the worker's one sync thread: it sets the thread-local and `invocation_id_cv`,
+    and clears both when the handler returns). Invocation A's fan-out task outlives A (a deadline
+    passed) on a long-lived pool (the outcome publisher's); invocation B then reuses the worker thread
+    and the pool's thread. The straggler's late records stay A's; B's records, on B's thread and on
+    the reused pool thread, are B's; no thread keeps an id once its task is done."""
+    runtime = _runtime()
+    from azure_functions_runtime.bindings.context import Context as RuntimeContext
+    from azure_functions_runtime.bindings.context import _invocation_id_local
+    from azure_functions_runtime.utils.executor import run_sync_func
+
+    shared = telemetry.Executor(1, thread_name_prefix="long-lived")  # like outcomes.py's publisher pool
+    worker = ThreadPoolExecutor(1, thread_name_prefix="worker-sync")  # the worker's sync thread pool
+    release = threading.Event()
+    seen: dict[str, tuple[str | None, str | None]] = {}
+
+    def context(invocation_id: str) -> Any:
+        return RuntimeContext("fn", "/app", invocation_id, _invocation_id_local, None, None)
+
+    def straggler() -> None:
+        release.wait(10)  # logs only after invocation A has returned
+        seen["A late, pool thread"] = _attribution()
+
+    def handler_a(ctx: Any) -> None:
+        with telemetry.invocation(ctx):
+            shared.submit(straggler)  # not waited for: the deadline passed
+            seen["A, worker thread"] = _attribution()
+
+    def handler_b(ctx: Any) -> Any:
+        with telemetry.invocation(ctx):
+            seen["B, worker thread"] = _attribution()
+            return shared.submit(lambda: seen.__setitem__("B, pool thread", _attribution()))
+
+    try:
+        worker.submit(run_sync_func, "inv-A", context("inv-A"), handler_a, {"ctx": context("inv-A")}).result()
+        assert worker.submit(_attribution).result() == (None, None)  # run_sync_func cleared A
+        b_task = worker.submit(run_sync_func, "inv-B", context("inv-B"), handler_b,
+                               {"ctx": context("inv-B")}).result()
+        release.set()
+        b_task.result(timeout=10)
+        after = shared.submit(_attribution).result()
+    finally:
+        release.set()
+        shared.shutdown()
+        worker.shutdown()
+    assert runtime is not None
+    assert seen == {"A, worker thread": ("inv-A", "inv-A"), "A late, pool thread": ("inv-A", "inv-A"),
+                    "B, worker thread": ("inv-B", "inv-B"), "B, pool thread": ("inv-B", "inv-B")}
+    assert after == (None, None)
+
+
+def test_nested_pools_and_a_hand_started_thread_under_the_runtime() -> None:
+    """sweep → reconcile → fan-out (three Executors deep) and the lease-renewal thread
+    (`telemetry.attributed`), inside a handler run by azure-functions-runtime's `run_sync_func`: every
+    level is attributed to the invocation under both workers' rules."""
+    _runtime()
+    from azure_functions_runtime.bindings.context import Context as RuntimeContext
+    from azure_functions_runtime.bindings.context import _invocation_id_local
+    from azure_functions_runtime.utils.executor import run_sync_func
+
+    ctx = RuntimeContext("sweep", "/app", "inv-S", _invocation_id_local, None, None)
+    seen: list[tuple[str, tuple[str | None, str | None]]] = []
+
+    def fan_out() -> None:
+        with telemetry.Executor(2, thread_name_prefix="target") as pool:
+            list(pool.map(lambda _: seen.append(("target", _attribution())), range(2)))
+
+    def reconcile() -> None:
+        renew = threading.Thread(target=telemetry.attributed(lambda: seen.append(("lease", _attribution()))))
+        renew.start()
+        renew.join()
+        with telemetry.Executor(1, thread_name_prefix="reconcile") as pool:
+            pool.submit(fan_out).result()
+
+    def handler(context: Any) -> None:
+        with telemetry.invocation(context), telemetry.Executor(2, thread_name_prefix="sweep") as pool:
+            for future in [pool.submit(reconcile) for _ in range(2)]:
+                future.result()
+
+    with ThreadPoolExecutor(1) as worker:
+        worker.submit(run_sync_func, "inv-S", ctx, handler, {"context": ctx}).result()
+    assert sorted({kind for kind, _ in seen}) == ["lease", "target"] and len(seen) == 6
+    assert {who for _, who in seen} == {("inv-S", "inv-S")}
