@@ -1,0 +1,50 @@
+"""A target whose Secret key holds a valid token of ANOTHER gateway is a registry mistake, not drift.
+
+Overwriting it would cut off the gateway that really reads that Secret (its pods would start with a
+token signed for a different gateway), and the rotation would still be reported `updated`. So the
+reconcile writes nothing there and reports the target failed with a message that names both gateways
+and the fix; `status` already calls it `mismatch`. A value that is no token at all (empty, placeholder)
+is still written: that is the onboarding case.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from rotation.core.model import Outcome
+from tests.memory import sign
+from tests.service.conftest import World
+
+DAY = timedelta(days=1)
+
+
+def _foreign(world: World) -> str:
+    return sign("gw-other", (world.now + 20 * DAY).replace(second=0, microsecond=0), b"other-key")
+
+
+def test_a_target_holding_another_gateways_token_is_not_overwritten(world: World) -> None:
+    foreign = f"GatewayKey {_foreign(world)}"
+    world.east.secrets[("apim", "gw1-token")].data["config.service.auth.key"] = foreign
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    east, west = report.targets
+    assert east.outcome is Outcome.FAILED and west.outcome is Outcome.UPDATED
+    assert east.error is not None and "gw-other" in east.error and "gw-1" in east.error
+    assert "registry" in east.error
+    assert world.east.value("apim", "gw1-token", "config.service.auth.key") == foreign
+    assert world.east.restarts.get(("apim", "deployment/gw1"), []) == []
+    assert not report.ok
+
+
+def test_a_forced_rotation_does_not_overwrite_it_either(world: World) -> None:
+    world.seed_token(world.gw1, 20 * DAY)
+    foreign = _foreign(world)
+    world.west.secrets[("gateways", "gw1-token")].data["value"] = foreign
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5, force=True)
+    assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.FAILED]
+    assert world.west.value("gateways", "gw1-token", "value") == foreign
+
+
+def test_a_placeholder_that_is_no_token_is_still_written(world: World) -> None:
+    world.east.secrets[("apim", "gw1-token")].data["config.service.auth.key"] = "GatewayKey <paste token>"
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.UPDATED]
