@@ -511,6 +511,12 @@ class Rotator:
                 if source is None:
                     return done(Outcome.PLANNED, [str(w) for w in target.restart])
                 action = target_action(state.value, source.desired, target.format, doomed)
+                if action is TargetAction.FOREIGN:
+                    other = parse_stored(state.value)
+                    return done(Outcome.FAILED, error=(
+                        f"key {target.key!r} holds a token of gateway {other.gateway if other else '?'!r}, not "
+                        f"{config.ref.gateway!r}: the registry names the wrong Secret or key (nothing written; fix "
+                        "the registry, or empty the key if this Secret really belongs to this gateway)"))
                 if action is TargetAction.NEWER:
                     newer = parse_stored(state.value)
                     if newer is not None:

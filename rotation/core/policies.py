@@ -54,6 +54,7 @@ class TargetAction(StrEnum):
     IN_SYNC = "in_sync"
     NEWER = "newer"
     WRITE = "write"
+    FOREIGN = "foreign"  # a token of another gateway: the registry names the wrong Secret or key
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +69,13 @@ class Desired:
 def target_action(secret_value: str | None, desired: Desired, fmt: str,
                   doomed: frozenset[str] = frozenset()) -> TargetAction:
     """In sync only when the exact formatted token is there; never replace a later-expiring token,
-    unless it is `doomed`: signed by the key a key roll is about to regenerate (fingerprints)."""
+    unless it is `doomed`: signed by the key a key roll is about to regenerate (fingerprints); never
+    replace another gateway's token: the gateway that really reads this Secret would be cut off."""
     current = parse_stored(secret_value)
-    if current is None or current.gateway.lower() != desired.gateway.lower():
+    if current is None:
         return TargetAction.WRITE
+    if current.gateway.lower() != desired.gateway.lower():
+        return TargetAction.FOREIGN
     if current.fingerprint == desired.fingerprint:
         return TargetAction.IN_SYNC if secret_value == current.formatted(fmt) else TargetAction.WRITE
     if current.expires_at > desired.expires_at and current.fingerprint not in doomed:

@@ -90,7 +90,10 @@ def test_target_actions() -> None:
     _, newer = _desired(NOW + timedelta(days=30))
     assert target_action(f"GatewayKey {newer}", desired, fmt) is TargetAction.NEWER   # never downgrade
     _, other_gateway = _desired(NOW + timedelta(days=30), gateway="other")
-    assert target_action(f"GatewayKey {other_gateway}", desired, fmt) is TargetAction.WRITE
+    # Another gateway's token: the registry is wrong, never overwrite (tests/service/test_foreign_tokens.py)
+    assert target_action(f"GatewayKey {other_gateway}", desired, fmt) is TargetAction.FOREIGN
+    _, other_expired = _desired(NOW - timedelta(days=1), gateway="other")
+    assert target_action(other_expired, desired, fmt) is TargetAction.FOREIGN
 
 
 def test_same_expiry_different_token_converges_to_key_vault() -> None:
