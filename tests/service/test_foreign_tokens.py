@@ -48,3 +48,19 @@ def test_a_placeholder_that_is_no_token_is_still_written(world: World) -> None:
     world.east.secrets[("apim", "gw1-token")].data["config.service.auth.key"] = "GatewayKey <paste token>"
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
     assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.UPDATED]
+
+
+def test_the_sweeps_fast_path_never_pushes_another_gateways_token_from_key_vault(world: World) -> None:
+    """The sweep trusts its own listing's tags (one listing for the whole fleet: benchmarks/sweep.py) and
+    reads a token's value only for a target that needs it. Tags in agreement with a value of another
+    gateway (someone with Secrets Officer on the token vault wrote both) cost a read, never a write."""
+    from rotation.core.model import KeyType, TokenRecord
+    from rotation.core.token import GatewayToken
+
+    foreign = GatewayToken.parse(_foreign(world))
+    world.store.put(world.gw1.key_vault_secret, TokenRecord(foreign, KeyType.PRIMARY, world.gw1.ref.id))
+    before = world.held(world.gw1)
+    sweep = world.rotator.sweep(deadline_seconds=5)
+    gw1 = next(r for r in sweep.reports if r.gateway_id == world.gw1.ref.id)
+    assert not gw1.ok and "another gateway" in (gw1.error or "") + "".join(t.error or "" for t in gw1.targets)
+    assert world.held(world.gw1) == before
