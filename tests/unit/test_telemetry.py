@@ -262,3 +262,27 @@ def test_nested_pools_and_a_hand_started_thread_under_the_runtime() -> None:
         worker.submit(run_sync_func, "inv-S", ctx, handler, {"context": ctx}).result()
     assert sorted({kind for kind, _ in seen}) == ["lease", "target"] and len(seen) == 6
     assert {who for _, who in seen} == {("inv-S", "inv-S")}
+
+
+def test_the_identity_token_thread_is_attributed() -> None:
+    """BoundedCredential asks the identity endpoint on a thread of its own (so the deadline can abandon
+    it); azure-identity logs there (its warnings on a failed request), so that thread must carry the
+    invocation like every pool thread (Microsoft's Python guide on thread_local_storage)."""
+    from azure.core.credentials import AccessToken
+
+    from rotation.adapters.credential import BoundedCredential, token_deadline
+
+    ctx = Context("inv-id")
+    out: list[tuple[str | None, str | None, str]] = []
+
+    class Inner:
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            out.append(seen(ctx))
+            return AccessToken("t", 0)
+
+    with telemetry.invocation(ctx):
+        RUNTIME_CV.set("inv-id")
+        with token_deadline(5.0):
+            BoundedCredential(Inner()).get_token("https://management.azure.com/.default")
+    assert [o[:2] for o in out] == [("inv-id", "inv-id")]
+    assert out[0][2] == "identity-token"
