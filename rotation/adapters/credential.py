@@ -141,7 +141,10 @@ class BoundedCredential:
             raise UpstreamError(f"{what}: the deadline has passed")
         call = _Call(request)
         # A daemon thread: an abandoned request must not hold the worker process at exit either.
-        threading.Thread(target=call.run, name="identity-token", daemon=True).start()
+        # Bound to the invocation like every pool thread (azure-identity logs its failures there).
+        from rotation.telemetry import attributed
+
+        threading.Thread(target=attributed(call.run), name="identity-token", daemon=True).start()
         if not call.done.wait(limit):
             raise UpstreamError(f"{what}: no answer within {limit:.1f}s (the deadline)")
         if call.error is not None:
