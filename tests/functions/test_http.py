@@ -115,6 +115,18 @@ def test_roll_keys_route(app_world: World) -> None:
     assert status == 400
 
 
+def test_roll_keys_http_wait_leaves_room_in_the_230_second_http_limit(app_world: World) -> None:
+    """Microsoft Learn, "Azure Functions hosting options" / function app timeout duration: "Regardless of
+    the function app timeout setting, 230 seconds is the maximum amount of time that an HTTP triggered
+    function can take to respond to a request" (Azure Load Balancer's idle timeout). Phase 1 has the
+    deadline (20 s), phase 2 re-reads everything and regenerates: the rollout wait must leave room, or
+    the caller loses the answer of a roll that goes on. The CLI has no such limit."""
+    url = "http://localhost/api/gateways/contoso-apim/gw-1/roll-keys"
+    status, body = http("roll_keys", "POST", url, ROUTE, {"fromKey": "primary", "waitSeconds": 151})
+    assert status == 400 and "between 0 and 150" in body["error"] and "230" in body["error"]
+    assert app_world.store.writes == 0 and app_world.issuer.regenerated == []
+
+
 def test_health(app_world: World) -> None:
     status, body = http("health", "GET", "http://localhost/api/health")
     assert status == 200 and body["status"] == "ok" and (body["gateways"], body["clusters"]) == (2, 2)
