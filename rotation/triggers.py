@@ -267,6 +267,12 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.function_name("roll_keys")
+# An HTTP-triggered function must answer within 230 s whatever functionTimeout says (Azure Load
+# Balancer's idle timeout; Microsoft Learn, function app timeout duration): phase 1 (the deadline) and
+# phase 2 (re-read, regenerate) need room beside the rollout wait.
+HTTP_ROLLOUT_WAIT_MAX = 150
+
+
 # Regenerating keys invalidates every token of a key: the host's master (admin) key only, not any
 # function key.
 @bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
@@ -278,8 +284,10 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
 
     body = _body(req, {"fromKey": str, "dryRun": bool, "waitSeconds": int, "confirmRestarted": bool})
     wait_seconds = body.get("waitSeconds", 60)
-    if not 0 <= wait_seconds <= 180:
-        raise InvalidInput("field 'waitSeconds' must be between 0 and 180")
+    if not 0 <= wait_seconds <= HTTP_ROLLOUT_WAIT_MAX:
+        raise InvalidInput(f"field 'waitSeconds' must be between 0 and {HTTP_ROLLOUT_WAIT_MAX}: an HTTP-triggered "
+                           "function must answer within 230 s (Azure Load Balancer); wait longer with the CLI, "
+                           "or call again to resume")
     config = _gateway_from_route(req)
     if body.get("fromKey") not in ("primary", "secondary"):
         raise InvalidInput("field 'fromKey' is required: the key to roll away from and regenerate, "
