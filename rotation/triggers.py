@@ -266,7 +266,6 @@ def get_gateway(req: func.HttpRequest) -> func.HttpResponse:
     return _json(200, status.to_dict())
 
 
-@bp.function_name("roll_keys")
 # An HTTP-triggered function must answer within 230 s whatever functionTimeout says (Azure Load
 # Balancer's idle timeout; Microsoft Learn, function app timeout duration): phase 1 (the deadline) and
 # phase 2 (re-read, regenerate) need room beside the rollout wait.
@@ -275,6 +274,7 @@ HTTP_ROLLOUT_WAIT_MAX = 150
 
 # Regenerating keys invalidates every token of a key: the host's master (admin) key only, not any
 # function key.
+@bp.function_name("roll_keys")
 @bp.route(route="gateways/{service}/{gateway}/roll-keys", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 @_guard
 def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
