@@ -174,6 +174,12 @@ var registryText = loadTextContent('registry.json')
 var manageRegistry = !empty(loadJsonContent('registry.json'))
 // Same for the AKS clusters (a variable, not the parameter's default: the file functions belong in variables).
 var clusters = !empty(aksClusters) ? aksClusters : loadJsonContent('aks-clusters.json')
+// `<cluster id>/namespaces/<ns>` for every listed namespace, the scopes aks-access.bicep assigns the AKS role at, as
+// one space-separated string (no resource group, cluster or namespace name can hold a space): the postdeploy hook
+// fails if the app identity holds that role at any other scope (an assignment that landed wider, see aks-access.bicep).
+// Built from the configuration, not from aks-access's outputs, so it is known on every pass (assignCustomRoles or not).
+var aksClusterIds = [for c in clusters: '${subscription().id}/resourceGroups/${c.resourceGroup}/providers/Microsoft.ContainerService/managedClusters/${c.name}']
+var aksNamespaceScopes = [for (c, i) in clusters: empty(c.namespaces) ? '' : '${aksClusterIds[i]}/namespaces/${join(c.namespaces, ' ${aksClusterIds[i]}/namespaces/')}']
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -470,6 +476,12 @@ output DEADLETTER_BLOB_URL string = '${storage.outputs.blobEndpoint}${storage.ou
 
 @description('Container of the per-gateway leases (LEASE_CONTAINER_URL).')
 output LEASE_CONTAINER_URL string = '${storage.outputs.blobEndpoint}${storage.outputs.leaseContainerName}'
+
+@description('Resource id of the custom AKS rotator role definition; empty when infra/aks-clusters.json lists no cluster (the postdeploy hook reads it).')
+output AKS_ROTATOR_ROLE_ID string = !empty(clusters) ? aksRole.outputs.roleDefinitionId : ''
+
+@description('The namespace scopes (<cluster id>/namespaces/<ns>) the AKS rotator role is assigned at, space-separated; empty with no AKS cluster. The postdeploy hook fails if the app identity holds that role anywhere else.')
+output AKS_NAMESPACE_SCOPES string = join(aksNamespaceScopes, ' ')
 
 @description('Whether this deployment created the Event Grid subscription (the postdeploy hook reads it).')
 output EVENT_SUBSCRIPTION_DEPLOYED bool = deployEventSubscription
