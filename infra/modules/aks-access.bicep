@@ -20,8 +20,9 @@ resource cluster 'Microsoft.ContainerService/managedClusters@2024-05-01' existin
 // authorization" assigns roles at `<cluster id>/namespaces/<name>`. ARM has no `managedClusters/namespaces` resource
 // type (the managed-namespace resource is `managedClusters/managedNamespaces`), so this existing reference is never
 // read: it only lets Bicep build that scope id for the role assignments (no property of it is used, so no GET).
-// The same pattern as Microsoft's AKS baseline (mspnp/aks-baseline cluster-stamp.bicep). After the second
-// provision, docs/deploy.md shows how to check that each assignment landed on the namespace scope.
+// The same pattern as Microsoft's AKS baseline (mspnp/aks-baseline cluster-stamp.bicep), whose assignments have
+// been reported to land on the resource group (mspnp/aks-baseline#408, Azure/bicep#6701): the azd postdeploy hook
+// lists every assignment of this role to the identity and fails on any scope but these (docs/deploy.md, AKS).
 #disable-next-line BCP081 // reason: no ARM type for this scope segment; it is only used to build the scope id.
 resource namespaceScopes 'Microsoft.ContainerService/managedClusters/namespaces@2025-03-01' existing = [for ns in namespaces: {
   parent: cluster

@@ -302,3 +302,19 @@ def test_main_exposes_the_expected_scopes_as_the_module_builds_them() -> None:
     module = (MODULES / "aks-access.bicep").read_text(encoding="utf-8")
     assert "output scopes array = [for ns in namespaces: '${cluster.id}/namespaces/${ns}']" in module
     assert "resource cluster 'Microsoft.ContainerService/managedClusters@" in module
+
+
+def test_deploy_doc_shows_the_check_and_the_fix_the_hook_prints() -> None:
+    doc = (INFRA.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    walk = doc[doc.index("## The first `azd up` on an empty subscription"):doc.index("## Deploy with plain az")]
+    sh = HOOK.read_text(encoding="utf-8")
+    for needle in ("AKS role scope check", "at a scope other than a cluster namespace:", "  found:    ",
+                   "  expected: ", "az role assignment delete --ids", "azd hooks run postdeploy", QUERY,
+                   "mspnp/aks-baseline#408", "exits 1"):
+        assert needle in walk, needle
+    assert "--assignee-principal-type ServicePrincipal --scope <cluster id>/namespaces/" in walk
+    aks = doc[doc.index("### AKS, `auth: aks`"):doc.index("### Any cluster, `auth: kubeconfig`")]
+    # Microsoft's documented form of a namespace-scoped assignment, and the manual check for the plain-az path.
+    assert '--scope "$AKS_ID/namespaces/apim"' in aks and "manage-azure-rbac" in aks
+    assert "az role assignment list --assignee" in aks and "AKS_NAMESPACE_SCOPES" in aks
+    assert "mspnp/aks-baseline#408" in sh and "Azure/bicep#6701" in sh
