@@ -40,9 +40,9 @@ def test_key_vault_is_written_before_any_cluster(world: World) -> None:
         order.append("keyvault")
         return original_put(*a, **k)  # type: ignore[arg-type]
 
-    def write(*a: object, **k: object) -> None:
+    def write(*a: object, **k: object) -> str:
         order.append("cluster")
-        original_write(*a, **k)  # type: ignore[arg-type]
+        return original_write(*a, **k)  # type: ignore[arg-type]
 
     world.store.put = put  # type: ignore[method-assign]
     world.east.write_secret_key = write  # type: ignore[method-assign]
