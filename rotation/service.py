@@ -533,14 +533,17 @@ class Rotator:
                     marker = source.desired.fingerprint if target.restart else None
                     guard()
                     try:
-                        client.write_secret_key(target.namespace, target.secret, target.key, value,
-                                                state.resource_version, timeout=deadline.check("writing the Secret"),
-                                                annotations={RESTART_PENDING: marker} if marker else None)
+                        version = client.write_secret_key(
+                            target.namespace, target.secret, target.key, value, state.resource_version,
+                            timeout=deadline.check("writing the Secret"),
+                            annotations={RESTART_PENDING: marker} if marker else None)
                     except Conflict:
                         if attempt == 2:
                             raise
                         continue  # someone else wrote meanwhile: re-read and decide again
-                restarted = self._restart(client, target, deadline, marker, guard)
+                else:
+                    version = state.resource_version  # restarting for a marker found as read
+                restarted = self._restart(client, target, deadline, marker, guard, version)
                 return done(Outcome.UPDATED if action is TargetAction.WRITE else Outcome.IN_SYNC, restarted)
             raise Conflict("unreachable")  # pragma: no cover - the loop always returns or raises
         except RotationError as exc:
@@ -583,7 +586,7 @@ class Rotator:
         return done(Outcome.IN_SYNC, restarted)
 
     def _restart(self, client: ClusterClient, target: Target, deadline: _Deadline, marker: str | None,
-                 guard: Guard = _unguarded) -> list[str]:
+                 guard: Guard = _unguarded, version: str | None = None) -> list[str]:
         if not target.restart:
             return []
         at = self.clock()
@@ -593,13 +596,25 @@ class Rotator:
             client.restart(target.namespace, workload, at, timeout=deadline.check(f"restarting {workload}"))
             restarted.append(str(workload))
         if marker:
-            self._clear_marker(client, target, marker, deadline)
+            self._clear_marker(client, target, marker, deadline, version)
         return restarted
 
-    def _clear_marker(self, client: ClusterClient, target: Target, marker: str, deadline: _Deadline) -> None:
+    def _clear_marker(self, client: ClusterClient, target: Target, marker: str, deadline: _Deadline,
+                      version: str | None = None) -> None:
         """Removes the restart-pending marker only if it is still the one this writer set or saw (a
         later writer's marker names its own token, whose restart it owes), with a resourceVersion
-        precondition so a write landing in between is never unmarked."""
+        precondition so a write landing in between is never unmarked.
+
+        `version` is the Secret's resourceVersion when this writer set or saw `marker` (the write's
+        answer): if the Secret is still at it, the marker is this writer's, so no read is needed."""
+        if version:
+            try:
+                client.annotate_secret(target.namespace, target.secret, {RESTART_PENDING: None},
+                                       timeout=deadline.check("clearing the restart marker"),
+                                       resource_version=version)
+                return
+            except Conflict:
+                pass  # written since: read whose marker it is now
         for attempt in (1, 2):
             state = client.read_secret(target.namespace, target.secret, target.key,
                                        timeout=deadline.check("reading the Secret"))

@@ -185,7 +185,7 @@ class MemoryCluster:
 
     def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
                          timeout: float | None = None,
-                         annotations: Mapping[str, str | None] | None = None) -> None:
+                         annotations: Mapping[str, str | None] | None = None) -> str:
         self.calls.append(("write", f"{namespace}/{name}"))
         self.faults.hit("write")
         with self.lock:
@@ -199,6 +199,7 @@ class MemoryCluster:
                 raise Conflict(f"cluster {self.name}: Secret {namespace}/{name} changed meanwhile")
             secret.data[key] = value
             self._annotate(secret, annotations or {})
+            return str(secret.resource_version)
 
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
                         timeout: float | None = None, resource_version: str | None = None) -> None:

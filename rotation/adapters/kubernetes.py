@@ -189,7 +189,7 @@ class KubernetesClusterClient:
 
     def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
                          timeout: float | None = None,
-                         annotations: Mapping[str, str | None] | None = None) -> None:
+                         annotations: Mapping[str, str | None] | None = None) -> str:
         from kubernetes import client
 
         if not resource_version:
@@ -200,9 +200,16 @@ class KubernetesClusterClient:
             metadata["annotations"] = dict(annotations)  # None deletes a key in a strategic merge patch
         body = {"metadata": metadata, "stringData": {key: value}}
         with self._errors("patch", f"secrets {namespace}/{name}", timeout, value) as t:
-            _discard(client.CoreV1Api(self._api).patch_namespaced_secret(
+            response = client.CoreV1Api(self._api).patch_namespaced_secret(
                 name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
-                _preload_content=False))
+                _preload_content=False)
+            # The new resourceVersion lets the restart marker be cleared without reading the Secret
+            # again; an answer that is not JSON only costs that read ("").
+            try:
+                answer = _json(response)
+            except UpstreamError:
+                return ""
+        return str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
                         timeout: float | None = None, resource_version: str | None = None) -> None:

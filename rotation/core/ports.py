@@ -66,9 +66,10 @@ class ClusterClient(Protocol):
 
     def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
                          timeout: float | None = None, annotations: Mapping[str, str | None] | None = None,
-                         ) -> None:
+                         ) -> str:
         """Patches one key (and optionally annotations; None removes one) with a resourceVersion
-        precondition; raises Conflict on 409."""
+        precondition; raises Conflict on 409. Returns the Secret's new resourceVersion ("" if the
+        answer did not say)."""
         ...
 
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],

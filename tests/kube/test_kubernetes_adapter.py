@@ -73,11 +73,13 @@ def test_read_then_patch_one_key_with_precondition(kube_stack: KubeStack, cluste
     assert before.value.startswith("GatewayKey gw&")
 
     new = token_value(f"read-patch-{auth}")
-    c.write_secret_key(NS, SECRET, KEY, new, before.resource_version, timeout=5)
+    written = c.write_secret_key(NS, SECRET, KEY, new, before.resource_version, timeout=5)
 
     after = c.read_secret(NS, SECRET, KEY, timeout=5)
     assert after.value == new
     assert after.resource_version != before.resource_version
+    # The PATCH's answer names the new resourceVersion (the restart marker is cleared with it, no GET).
+    assert written == after.resource_version
     # only the one key changed
     assert c.read_secret(NS, SECRET, "unrelated").value == "keep-me"
     assert c.read_secret(NS, SECRET, "absent-key").value is None

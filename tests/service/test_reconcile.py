@@ -40,9 +40,9 @@ def test_key_vault_is_written_before_any_cluster(world: World) -> None:
         order.append("keyvault")
         return original_put(*a, **k)  # type: ignore[arg-type]
 
-    def write(*a: object, **k: object) -> None:
+    def write(*a: object, **k: object) -> str:
         order.append("cluster")
-        original_write(*a, **k)  # type: ignore[arg-type]
+        return original_write(*a, **k)  # type: ignore[arg-type]
 
     world.store.put = put  # type: ignore[method-assign]
     world.east.write_secret_key = write  # type: ignore[method-assign]
@@ -284,3 +284,30 @@ def test_kept_token_reports_the_key_that_signed_it(world: World) -> None:
     world.seed_token(world.gw1, 20 * DAY, key=KeyType.SECONDARY)
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
     assert not report.rotated and report.key_type is KeyType.SECONDARY
+
+
+def test_an_updated_target_costs_four_kubernetes_calls(world: World) -> None:
+    """Read, write (with the restart marker), restart, clear the marker: the marker is cleared with the
+    resourceVersion the write answered (nothing changed since, so the marker is still this writer's),
+    not after another read. The 100-target fan-out benchmark is bound by these calls (README)."""
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert report.ok
+    assert world.east.calls == [("read", "apim/gw1-token"), ("write", "apim/gw1-token"),
+                                ("restart", "apim/deployment/gw1"), ("annotate", "apim/gw1-token")]
+    assert RESTART_PENDING not in world.east.secrets[("apim", "gw1-token")].annotations
+
+
+def test_a_write_landing_after_ours_keeps_its_marker(world: World) -> None:
+    """If another writer changed the Secret between our write and the clear, the precondition fails and
+    the marker is re-read: a marker naming another token is left for its writer."""
+    original = world.east.restart
+
+    def restart_then_someone_writes(*a: object, **k: object) -> None:
+        original(*a, **k)  # type: ignore[arg-type]
+        secret = world.east.secrets[("apim", "gw1-token")]
+        secret.annotations[RESTART_PENDING] = "someone-elses-fingerprint"
+        secret.resource_version += 1
+
+    world.east.restart = restart_then_someone_writes  # type: ignore[method-assign]
+    world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert world.east.secrets[("apim", "gw1-token")].annotations[RESTART_PENDING] == "someone-elses-fingerprint"
