@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from devstack import azurite
 from devstack.fakes import Fakes, start
 from rotation.core.model import GatewayRef
 
@@ -55,3 +57,25 @@ def control(fakes_server_url: str, ca: str, method: str, path: str, body: Any = 
     response = requests.request(method, fakes_server_url + path, json=body, verify=ca, timeout=10)
     response.raise_for_status()
     return response.json() if response.content else None
+
+
+@contextmanager
+def storage_stack(directory: Path) -> Iterator[tuple[Fakes, azurite.Azurite]]:
+    """The identity fake handing out Azurite-shaped storage tokens, and Azurite with the same CA, with
+    the app's environment pointing at them (what the blob-backed adapters authenticate through)."""
+    from tests.e2e.azurite_fixture import start_azurite
+
+    with pytest.MonkeyPatch.context() as mp:
+        fakes = start(directory, {"identity": {"tokens": {azurite.STORAGE_RESOURCE: azurite.storage_token()}}})
+        try:
+            for name in _FOREIGN_ENV:
+                mp.delenv(name, raising=False)
+            for name, value in fakes.env().items():
+                mp.setenv(name, value)
+            server = start_azurite(directory, fakes.ca)
+            try:
+                yield fakes, server
+            finally:
+                server.stop()
+        finally:
+            fakes.stop()

@@ -23,12 +23,12 @@ from azure.identity import ManagedIdentityCredential
 from azure.storage.blob import ContainerClient
 
 from devstack import azurite
-from devstack.fakes import Fakes, start
+from devstack.fakes import Fakes
 from rotation.adapters.deadletter import DeadLetterSource, parse_blob, parse_item, redact_url
 from rotation.core.errors import AccessDenied, InvalidEvent, InvalidInput, NotFound, SettingsError, UpstreamError
 from rotation.core.events import EventKind, parse_event
-from tests.adapters.conftest import _FOREIGN_ENV
-from tests.e2e.azurite_fixture import empty, start_azurite
+from tests.adapters.conftest import storage_stack
+from tests.e2e.azurite_fixture import empty
 
 SERVICE = ("/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-apim/providers/"
            "Microsoft.ApiManagement/service/contoso-apim")
@@ -154,24 +154,11 @@ class Storage:
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
     """Identity fake handing out the Azurite-shaped JWT for storage + Azurite with the same CA."""
-    directory = tmp_path_factory.mktemp("deadletter")
-    with pytest.MonkeyPatch.context() as mp:
-        fakes = start(directory, {"identity": {"tokens": {azurite.STORAGE_RESOURCE: azurite.storage_token()}}})
-        try:
-            for name in _FOREIGN_ENV:
-                mp.delenv(name, raising=False)
-            for name, value in fakes.env().items():
-                mp.setenv(name, value)
-            server = start_azurite(directory, fakes.ca)
-            try:
-                s = Storage(fakes, server)
-                s.container.create_container()
-                yield s
-                s.container.close()  # no idle keep-alive connection for Azurite to wait out on SIGTERM
-            finally:
-                server.stop()
-        finally:
-            fakes.stop()
+    with storage_stack(tmp_path_factory.mktemp("deadletter")) as (fakes, server):
+        s = Storage(fakes, server)
+        s.container.create_container()
+        yield s
+        s.container.close()  # no idle keep-alive connection for Azurite to wait out on SIGTERM
 
 
 @pytest.fixture

@@ -26,12 +26,12 @@ from azure.identity import ManagedIdentityCredential
 from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 from devstack import azurite
-from devstack.fakes import Fakes, start
+from devstack.fakes import Fakes
 from rotation.adapters.credential import build_credential
 from rotation.adapters.lease import BlobLease
 from rotation.core.errors import InvalidInput, SettingsError, UpstreamError
-from tests.adapters.conftest import _FOREIGN_ENV
-from tests.e2e.azurite_fixture import empty, start_azurite
+from tests.adapters.conftest import storage_stack
+from tests.e2e.azurite_fixture import empty
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,24 +50,11 @@ class Leases:
 
 @pytest.fixture(scope="module")
 def leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leases]:
-    directory = tmp_path_factory.mktemp("leases")
-    with pytest.MonkeyPatch.context() as mp:
-        fakes = start(directory, {"identity": {"tokens": {azurite.STORAGE_RESOURCE: azurite.storage_token()}}})
-        try:
-            for name in _FOREIGN_ENV:
-                mp.delenv(name, raising=False)
-            for name, value in fakes.env().items():
-                mp.setenv(name, value)
-            server = start_azurite(directory, fakes.ca)
-            try:
-                s = Leases(fakes, server)
-                s.container.create_container()
-                yield s
-                s.container.close()
-            finally:
-                server.stop()
-        finally:
-            fakes.stop()
+    with storage_stack(tmp_path_factory.mktemp("leases")) as (fakes, server):
+        s = Leases(fakes, server)
+        s.container.create_container()
+        yield s
+        s.container.close()
 
 
 @pytest.fixture
