@@ -210,6 +210,8 @@ class TokenRecord:
     roll_from: KeyType | None = None  # set while a two-phase key roll away from this key is pending
     created_at: datetime | None = None  # when Key Vault stored this version (its `created` attribute)
     origin: str | None = None  # set when the token was adopted from a target instead of generated
+    generation: int | None = None  # the lease's fencing generation of the writer (rotation.core.fencing)
+    based_on: str | None = None  # the Key Vault version the writer read as the latest before writing
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +226,8 @@ class TokenInfo:
     roll_from: KeyType | None = None
     created_at: datetime | None = None  # the version's `created` (listings of versions only)
     origin: str | None = None
+    generation: int | None = None  # the writer's fencing generation (untagged: written before fencing)
+    version: str | None = None  # the version id (listings of versions only)
 
 
 @dataclass(frozen=True, slots=True)

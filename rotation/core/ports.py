@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from rotation.core.fencing import FenceHead
 from rotation.core.model import (
     Cluster,
     GatewayRef,
@@ -100,7 +101,33 @@ class OutcomePublisher(Protocol):
 
 
 class HeldLease(Protocol):
-    """A lease this process holds; it expires on its own if the holder dies."""
+    """A lease this process holds; it expires on its own if the holder dies.
+
+    It also fences Key Vault writes (rotation.core.fencing): `generation` is this acquisition's
+    fencing generation, strictly greater than every earlier holder's; `head` the Key Vault version the
+    previous holders recorded as authoritative; `commit` records a new head only while the lease is
+    held, so a holder that lost it can write Key Vault but can never make that write count.
+    """
+
+    @property
+    def generation(self) -> int:
+        """This acquisition's fencing generation (advanced with the lease when it was acquired)."""
+        ...
+
+    @property
+    def head(self) -> FenceHead | None:
+        """The gateway's authoritative Key Vault version as last committed (None: never committed)."""
+        ...
+
+    def commit(self, head: FenceHead, timeout: float | None = None) -> None:
+        """Records `head` as the gateway's authoritative version, conditioned on holding the lease.
+        Raises UpstreamError when the lease was lost (then the write it names stays a fork)."""
+        ...
+
+    def remaining(self) -> float:
+        """Seconds the lease is still guaranteed to be this holder's (from its last confirmed renewal,
+        less a safety margin); a write's timeout is capped at it."""
+        ...
 
     def renew(self) -> None:
         """Resets the lease's clock. Raises UpstreamError when the lease was lost (expired and taken)."""
@@ -122,6 +149,11 @@ class Lease(Protocol):
     @property
     def shared(self) -> bool:
         """False for the in-process fallback, which serialises only this process."""
+        ...
+
+    def heads(self, names: Sequence[str], timeout: float | None = None) -> Mapping[str, FenceHead]:
+        """The committed heads of these leases (absent: never committed), read without taking them:
+        status and the sweep compare them with Key Vault's latest versions."""
         ...
 
     def acquire(self, name: str, *, duration: float, wait: float) -> HeldLease:
