@@ -196,7 +196,7 @@ class KeyVaultTokenStore:
                 raise
             raise translated from None
         found.sort(key=lambda p: p.created_on.timestamp() if p.created_on else 0.0)
-        return [_earliest(tags.info_from(secret_name, p.tags, p.expires_on, p.created_on), p.expires_on)
+        return [_earliest(tags.info_from(secret_name, p.tags, p.expires_on, p.created_on, p.version), p.expires_on)
                 for p in found]
 
     def read_text(self, secret_name: str, timeout: float | None = None) -> str:
