@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobLeaseClient
 
@@ -47,14 +48,6 @@ from tests.adapters.test_lease import Leases
 from tests.e2e.azurite_fixture import empty
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-# Reproduces the missing fence: the lease has no generation, head, commit, remaining or heads yet.
-NOT_YET = pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError),
-                            reason="the lease keeps no fencing generation or head")
-NOT_YET_IN_A_CHILD = pytest.mark.xfail(strict=True, raises=AssertionError, reason="a child process fails likewise")
-NOT_YET_REFUSED = pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                                    reason="metadata is not read, so a malformed generation is not refused")
 
 
 def head(n: int, generation: int) -> FenceHead:
@@ -90,17 +83,17 @@ def test_azurite_enforces_the_lease_and_if_match_on_set_blob_metadata(store: Lea
     lease.acquire(lease_duration=15)
     assert blob.get_blob_properties().etag == before == lease.etag  # leasing does not change the ETag
     refused = []
-    for kwargs in ({}, {"lease": "11111111-1111-4111-8111-111111111111"}):
+    for kwargs in ({}, {"lease": "11111111-1111-4111-8111-111111111111"},
+                   {"lease": lease, "etag": '"0x1"', "match_condition": MatchConditions.IfNotModified}):
         with pytest.raises(HttpResponseError) as info:
             blob.set_blob_metadata({"x": "1"}, **kwargs)
-        refused.append((info.value.status_code, info.value.error_code))
-    assert refused == [(412, "LeaseIdMissing"), (412, "LeaseIdMismatchWithBlobOperation")]
+        refused.append((info.value.status_code, getattr(info.value, "error_code", None)))
+    assert refused == [(412, "LeaseIdMissing"), (412, "LeaseIdMismatchWithBlobOperation"), (412, "ConditionNotMet")]
     blob.set_blob_metadata({"x": "1"}, lease=lease)
     lease.release()
     assert blob.get_blob_properties().metadata == {"x": "1"}
 
 
-@NOT_YET
 def test_generations_strictly_increase_across_holders(store: Leases) -> None:
     """Each acquisition advances the generation with a lease-conditioned write, whoever held it before
     and whether or not that holder committed anything."""
@@ -118,7 +111,6 @@ def test_generations_strictly_increase_across_holders(store: Leases) -> None:
     other.release()
 
 
-@NOT_YET_IN_A_CHILD
 def test_generations_strictly_increase_across_processes(store: Leases) -> None:
     """Three processes, three turns each, racing for one never-created blob: every acquisition gets the
     next generation, in the order the leases were held."""
@@ -144,7 +136,6 @@ def test_generations_strictly_increase_across_processes(store: Leases) -> None:
     assert [generation for _, generation in sorted(turns)] == list(range(1, 10))
 
 
-@NOT_YET
 def test_a_commit_is_what_heads_and_the_next_holder_see(store: Leases) -> None:
     lease = store.lease()
     first = lease.acquire("contoso-apim/gw-1", duration=15, wait=1)
@@ -166,7 +157,6 @@ def test_a_commit_is_what_heads_and_the_next_holder_see(store: Leases) -> None:
     assert lease.heads([], timeout=5) == {}
 
 
-@NOT_YET
 def test_a_holder_whose_lease_ran_out_cannot_commit(store: Leases) -> None:
     """The late commit: a holder paused past its 15 s lease. If another took the lease meanwhile, the
     paused holder's commit fails (Write using (A) while (B) holds it) and the head stays the other's;
@@ -202,13 +192,11 @@ def test_a_holder_whose_lease_ran_out_cannot_commit(store: Leases) -> None:
     lapsed.release()
 
 
-@NOT_YET
 def test_heads_of_a_missing_container_is_a_settings_error(store: Leases) -> None:
     with pytest.raises(SettingsError, match="the container does not exist"):
         store.lease(store.azurite.container_url("no-such-container")).heads(["s/g"], timeout=5)
 
 
-@NOT_YET
 def test_heads_ends_within_its_timeout_when_the_identity_endpoint_stalls(store: Leases) -> None:
     """As acquire: the storage token request is scoped to the caller's time (`token_deadline`)."""
     store.fakes.identity.add_fault({"method": "GET", "path": "/msi/.*", "delaySeconds": 8, "status": 500,
@@ -223,7 +211,6 @@ def test_heads_ends_within_its_timeout_when_the_identity_endpoint_stalls(store: 
         store.fakes.identity.clear_faults()
 
 
-@NOT_YET
 def test_release_is_bounded_by_its_timeout(store: Leases) -> None:
     """A handler releases at the end of its deadline: with no time left it makes no call at all (the
     lease expires on its own), and never raises."""
@@ -239,7 +226,6 @@ def test_release_is_bounded_by_its_timeout(store: Leases) -> None:
     assert props.lease.state == "available"
 
 
-@NOT_YET_REFUSED
 def test_malformed_fencing_metadata_is_refused_not_restarted(store: Leases) -> None:
     """A generation that does not parse must not restart the count at 1 (every later version would
     look older than the ones already written): acquire fails, naming the blob, and leaves it free."""
