@@ -166,7 +166,7 @@ def test_a_holder_whose_lease_ran_out_cannot_commit(store: Leases) -> None:
     lease = store.lease()
     paused = lease.acquire("contoso-apim/gw-1", duration=15, wait=1)
     lapsed = lease.acquire("contoso-apim/gw-2", duration=15, wait=1)
-    assert 12 <= paused.remaining() <= 13
+    assert 11 <= paused.remaining() <= 13  # 15 s less the 2 s margin, less the second acquisition
     time.sleep(1)
     assert paused.remaining() <= 12
     time.sleep(15)
@@ -174,7 +174,7 @@ def test_a_holder_whose_lease_ran_out_cannot_commit(store: Leases) -> None:
     with pytest.raises(UpstreamError, match=r"lease contoso-apim/gw-2 in .* was lost.*412"):
         lapsed.commit(head(1, lapsed.generation), timeout=5)
     lapsed.renew()
-    assert lapsed.remaining() > 12
+    assert lapsed.remaining() > 11
     lapsed.commit(head(1, lapsed.generation), timeout=5)
 
     with pytest.raises(UpstreamError, match="was lost"):
