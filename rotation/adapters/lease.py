@@ -136,7 +136,7 @@ def fence_metadata(generation: int, head: FenceHead | None) -> dict[str, str]:
 
 
 def _count(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isdigit() and len(value) <= 18 else None
+    return int(value) if value is not None and value.isascii() and value.isdigit() and len(value) <= 18 else None
 
 
 def parse_fence(metadata: Mapping[str, str] | None, what: str) -> tuple[int, FenceHead | None]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from rotation.adapters.lease import LocalLease
-from rotation.core.errors import UpstreamError
+from rotation.adapters.lease import LocalLease, fence_metadata, parse_fence
+from rotation.core.errors import InvalidInput, UpstreamError
 from rotation.core.fencing import FenceHead
 
 
@@ -85,3 +85,20 @@ def test_release_takes_a_timeout_and_returns_at_once() -> None:
     held.release(timeout=0)
     assert time.monotonic() - started < 0.1
     assert leases.acquire("s/g", duration=15, wait=0).generation == 2
+
+
+def test_the_blob_metadata_round_trips_and_a_partial_or_odd_head_is_refused() -> None:
+    """Metadata names are case-insensitive ("Naming and Referencing Containers, Blobs, and Metadata"),
+    values travel as HTTP headers (ASCII)."""
+    assert parse_fence(None, "l") == (0, None)
+    assert parse_fence(fence_metadata(7, head(1, 6)), "l") == (7, head(1, 6))
+    shouted = {k.upper(): v for k, v in fence_metadata(7, None).items()}
+    assert parse_fence(shouted, "l") == (7, None)
+    for bad in ({"fencinggeneration": "-1"}, {"fencinggeneration": "\u00b2"},
+                {"fencinggeneration": "3", "headversion": "abc"},
+                {**fence_metadata(3, head(1, 2)), "headgeneration": "two"}):
+        with pytest.raises(UpstreamError, match="malformed fencing metadata"):
+            parse_fence(bad, "l")
+    for odd in ("", " v", "v\n", "é"):
+        with pytest.raises(InvalidInput):
+            fence_metadata(1, FenceHead(odd, "fp", 1))
