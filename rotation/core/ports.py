@@ -138,8 +138,9 @@ class HeldLease(Protocol):
         last confirmed renewal is older than half the duration (a pause the holder did not see)."""
         ...
 
-    def release(self) -> None:
-        """Best effort: must not raise (an unreleased lease expires)."""
+    def release(self, timeout: float | None = None) -> None:
+        """Best effort, within `timeout` seconds (the caller's time left; no call at all when none is
+        left): must not raise (an unreleased lease expires)."""
         ...
 
 

@@ -12,6 +12,7 @@ a clock the test moves.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from rotation import bootstrap, replay
 from rotation.adapters.deadletter import DeadLetter, DeadLetteredEvent
 from rotation.adapters.lease import LocalLease
 from rotation.core.errors import UpstreamError
+from rotation.core.fencing import FenceHead
 from rotation.core.model import GatewayRef, KeyType, Outcome, SyncState
 from rotation.core.status import KeyRollPhase
 from rotation.service import RESTART_PENDING, Heal, Rotator
@@ -312,18 +314,31 @@ class RenewalsFail:
     def shared(self) -> bool:
         return True
 
+    def heads(self, names: Sequence[str], timeout: float | None = None) -> Mapping[str, FenceHead]:
+        return self.inner.heads(names, timeout)
+
     def acquire(self, name: str, *, duration: float, wait: float) -> Any:
         held = self.inner.acquire(name, duration=duration, wait=wait)
 
         class Held:
+            generation = held.generation
+            head = held.head
+
             def renew(self) -> None:
                 raise UpstreamError(f"lease {name} was lost or could not be renewed: 503 ServerBusy")
 
             def check(self) -> None:
                 held.check()
 
-            def release(self) -> None:
-                held.release()
+            def commit(self, head: FenceHead, timeout: float | None = None) -> None:
+                held.commit(head, timeout)
+                self.head = head
+
+            def remaining(self) -> float:
+                return held.remaining()
+
+            def release(self, timeout: float | None = None) -> None:
+                held.release(timeout)
 
         return Held()
 
@@ -350,6 +365,9 @@ def test_the_write_guard_costs_no_lease_call_when_nothing_paused(world: World) -
         def shared(self) -> bool:
             return True
 
+        def heads(self, names: Sequence[str], timeout: float | None = None) -> Mapping[str, FenceHead]:
+            return self.inner.heads(names, timeout)
+
         def acquire(self, name: str, *, duration: float, wait: float) -> Any:
             calls.append("acquire")
             held = self.inner.acquire(name, duration=duration, wait=wait)
@@ -359,9 +377,9 @@ def test_the_write_guard_costs_no_lease_call_when_nothing_paused(world: World) -
                 calls.append("renew")
                 real_renew()
 
-            def release() -> None:
+            def release(timeout: float | None = None) -> None:
                 calls.append("release")
-                real_release()
+                real_release(timeout)
 
             held.renew, held.release = renew, release  # type: ignore[method-assign]
             return held
