@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from rotation.core.errors import IgnoredEvent, InvalidEvent, InvalidInput, RotationError, SettingsError
 from rotation.core.events import GatewayTokenEvent, parse_event
 from rotation.core.model import GatewayConfig, RotationReport
-from rotation.service import Heal
+from rotation.core.restarts import Heal
 
 if TYPE_CHECKING:
     from rotation.adapters.deadletter import DeadLetter, DeadLetteredEvent, DeadLetterSource

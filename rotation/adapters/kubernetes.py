@@ -63,7 +63,7 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 # Refresh the Entra token this long before it expires (AKS rejects an expired token with 401).
 REFRESH_MARGIN_SECONDS = 300
-# Connections kept per cluster: the service's MAX_FANOUT (targets of one reconcile run in parallel).
+# Connections kept per cluster: rotation.app.fanout's MAX_FANOUT (targets of one reconcile run in parallel).
 CONNECTION_POOL_SIZE = 128
 
 _PLURAL = {

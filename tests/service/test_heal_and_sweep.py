@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from rotation.core.model import Outcome
-from rotation.service import Heal
+from rotation.core.restarts import Heal
 from tests.service.conftest import World
 
 DAY = timedelta(days=1)
