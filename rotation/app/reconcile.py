@@ -74,6 +74,7 @@ class Reconcile:
             renewal = renew(self.deps, scope, known=request.known, force=request.force, dry_run=request.dry_run,
                             key_type=request.key_type, roll_from=request.roll_from)
             plan: TargetPlan | None = self._plan(scope, renewal)
+            heal = plan.heal if plan else None  # the event's heal, unless its instance already runs the token
             source, rotated, first = renewal.source, renewal.rotated, True
             synced: tuple[Synced, ...] = ()
             while plan is not None:  # at most twice: the second pass follows a promotion
@@ -93,7 +94,7 @@ class Reconcile:
                 fingerprint=source.desired.fingerprint if source else None, reason=request.reason,
                 duration_ms=int((time.monotonic() - self.started) * 1000),
                 targets=tuple(s.report for s in synced), dry_run=request.dry_run,
-                instance=request.heal.instance if request.heal else None)
+                instance=heal.instance if heal else None)
             record(self.deps.publisher, self.config, report, deadline=self.deadline)
             return report
 

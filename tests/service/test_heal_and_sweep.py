@@ -62,6 +62,17 @@ def test_an_event_about_the_current_token_heals_nothing(world: World) -> None:
     assert world.east.restarts == {}
 
 
+def test_a_heal_dropped_as_current_names_no_instance_in_the_report(world: World) -> None:
+    """The report (and so the rotation.reconcile record) names an event's instance only when the
+    reconcile healed for it: an instance that already runs Key Vault's token is not reported."""
+    token = world.seed_token(world.gw1, 20 * DAY)
+    current = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,
+                                      heal=Heal(instance="pod-1", instance_expires_at=token.expires_at))
+    stale = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,
+                                    heal=Heal(instance="pod-2", instance_expires_at=token.expires_at - DAY))
+    assert current.instance is None and stale.instance == "pod-2"
+
+
 def test_the_sweep_leaves_gateways_it_cannot_reach_within_its_budget_for_the_next_run(world: World) -> None:
     world.seed_token(world.gw1, 20 * DAY)
     world.seed_token(world.gw2, 20 * DAY)
