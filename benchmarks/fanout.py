@@ -101,7 +101,7 @@ def _env(stack: devstack.Stack, proxy: _ProxyProcess) -> dict[str, str]:
 
 
 def run(stack: devstack.Stack) -> dict[str, Any]:
-    import rotation.service as service
+    import rotation.app.fanout as fanout
     from rotation import bootstrap
     from rotation.core.model import KeyType, Outcome, TokenRecord
     from rotation.core.token import GatewayToken
@@ -174,12 +174,12 @@ def run(stack: devstack.Stack) -> dict[str, Any]:
         critical = arm + kv + patch + restart
 
         # Sequential: the same reconcile with one fan-out thread.
-        saved = service.MAX_FANOUT
-        service.MAX_FANOUT = 1
+        saved = fanout.MAX_FANOUT
+        fanout.MAX_FANOUT = 1
         try:
             sequential, _ = reconcile()
         finally:
-            service.MAX_FANOUT = saved
+            fanout.MAX_FANOUT = saved
         bootstrap.reset()
 
     # The same warm reconcile with no injected latency: what the 2-core machine's CPU (app, two

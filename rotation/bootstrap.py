@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rotation.service import Rotator
+from rotation.app.rotator import Rotator
 from rotation.settings import Settings
 
 if TYPE_CHECKING:

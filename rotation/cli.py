@@ -154,7 +154,7 @@ def cmd_adopt(args: argparse.Namespace, out: TextIO) -> int:
     """Key Vault's first version from the newest token the targets run, then bring the rest to it."""
     import time
 
-    from rotation.adoption import choose
+    from rotation.app.adoption import choose
     from rotation.bootstrap import utcnow
 
     config = _gateway(args.gateway)
@@ -174,7 +174,7 @@ def cmd_adopt(args: argparse.Namespace, out: TextIO) -> int:
             raise UpstreamError(f"deadline passed before {what}")
         return left
 
-    adopted, considered = choose(rotator, config, utcnow(), check)
+    adopted, considered = choose(rotator.deps, config, utcnow(), check)
     for c in considered:
         mark = "chosen" if adopted is not None and c is adopted.candidate else "not verified"
         print(f"  candidate {c.token.fingerprint} expires {c.token.expires_at:%Y-%m-%d %H:%M} UTC held by "

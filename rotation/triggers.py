@@ -74,7 +74,7 @@ def handle_event(payload: Mapping[str, Any]) -> None:
     """Reconcile the gateway an event names. Raises only when a retry can help."""
     from rotation import bootstrap
     from rotation.core.events import parse_event
-    from rotation.service import Heal
+    from rotation.core.restarts import Heal
 
     try:
         event = parse_event(payload)
@@ -307,7 +307,7 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="health", methods=["GET"])
 def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.HttpResponse:
     from rotation import bootstrap, telemetry
-    from rotation.service import LOCAL_LEASE_WARNING
+    from rotation.app.status import LOCAL_LEASE_WARNING
 
     with telemetry.invocation(context):
         try:

@@ -52,6 +52,7 @@ from rotation.core.model import (
     Workload,
     WorkloadKind,
 )
+from rotation.core.rollout import rollout_status
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -63,7 +64,7 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 # Refresh the Entra token this long before it expires (AKS rejects an expired token with 401).
 REFRESH_MARGIN_SECONDS = 300
-# Connections kept per cluster: the service's MAX_FANOUT (targets of one reconcile run in parallel).
+# Connections kept per cluster: rotation.app.fanout's MAX_FANOUT (targets of one reconcile run in parallel).
 CONNECTION_POOL_SIZE = 128
 
 _PLURAL = {
@@ -258,7 +259,7 @@ class KubernetesClusterClient:
                 WorkloadKind.DAEMONSET: apps.read_namespaced_daemon_set}[workload.kind]
         with self._errors("get", what, timeout) as t:
             obj = _json(read(workload.name, namespace, _request_timeout=t, _preload_content=False))
-        ready, detail = _rollout_status(workload.kind, obj)
+        ready, detail = rollout_status(workload.kind, obj)
         template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
         restarted = (template.get("annotations") or {}).get(RESTARTED_AT)
         # The same GET tells which Secrets the pod template reads (the consumption check, issue 14).
@@ -368,61 +369,6 @@ def _json(response: Any) -> dict[str, Any]:
     except ValueError:
         raise UpstreamError("the API server answered with a body that is not JSON") from None
     return doc if isinstance(doc, dict) else {}
-
-
-def _rollout_status(kind: WorkloadKind, obj: Mapping[str, Any]) -> tuple[bool, str]:
-    """kubectl rollout status semantics, from the object's spec, metadata and status (API JSON)."""
-
-    def n(value: object) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status")
-    if not isinstance(status, dict) or n(status.get("observedGeneration")) < n(meta.get("generation")):
-        return False, "waiting for the new spec to be observed"
-
-    if kind is WorkloadKind.DAEMONSET:
-        desired = n(status.get("desiredNumberScheduled"))
-        updated = n(status.get("updatedNumberScheduled"))
-        available = n(status.get("numberAvailable"))
-        if updated < desired:
-            return False, f"{updated}/{desired} updated"
-        if available < desired:
-            return False, f"{available}/{desired} available"
-        return True, f"rolled out ({available}/{desired} available)"
-
-    desired = n(spec.get("replicas")) if spec.get("replicas") is not None else 1
-    updated = n(status.get("updatedReplicas"))
-    ready = n(status.get("readyReplicas"))
-    total = n(status.get("replicas"))
-    if kind is WorkloadKind.DEPLOYMENT:
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-                return False, "progress deadline exceeded"
-        available = n(status.get("availableReplicas"))
-        if updated < desired:
-            return False, f"{updated}/{desired} updated"
-        if total > updated:
-            old = total - updated
-            return False, f"{old} old replica{'s' if old != 1 else ''} pending termination"
-        if ready < desired:
-            return False, f"{ready}/{desired} ready"
-        if available < desired:
-            return False, f"{available}/{desired} available"
-        return True, f"rolled out ({available}/{desired} available)"
-
-    # StatefulSet
-    strategy = spec.get("updateStrategy") or {}
-    if strategy.get("type") == "OnDelete":
-        return False, "updateStrategy OnDelete: pods change only when deleted"
-    partition = n((strategy.get("rollingUpdate") or {}).get("partition"))
-    if updated < desired - partition:
-        return False, f"{updated}/{desired - partition} updated"
-    if ready < desired:
-        return False, f"{ready}/{desired} ready"
-    update_revision = status.get("updateRevision")
-    if partition == 0 and update_revision and status.get("currentRevision") != update_revision:
-        return False, f"{updated}/{desired} updated (rolling update in progress)"
-    return True, f"rolled out ({ready}/{desired} ready)"
 
 
 class KubernetesClusters:

@@ -22,11 +22,12 @@ import pytest
 from rotation import bootstrap, replay
 from rotation.adapters.deadletter import DeadLetter, DeadLetteredEvent
 from rotation.adapters.lease import LocalLease
+from rotation.app.rotator import Rotator
 from rotation.core.errors import UpstreamError
 from rotation.core.fencing import FenceHead
 from rotation.core.model import GatewayRef, KeyType, Outcome, SyncState
+from rotation.core.restarts import RESTART_PENDING, Heal
 from rotation.core.status import KeyRollPhase
-from rotation.service import RESTART_PENDING, Heal, Rotator
 from rotation.settings import Settings
 from tests.samples import SERVICE_ID, gateway_id
 from tests.service.conftest import World
@@ -280,9 +281,9 @@ def test_every_spelling_of_a_gateway_takes_the_same_lease_blob() -> None:
     spell a gateway differently; all resolve to the registry's entry and so to one blob. The registry
     refuses a second spelling of a registered gateway (in another resource group too: APIM service
     names are global DNS names) and an id with a trailing slash."""
+    from rotation.app.holding import lease_name
     from rotation.core.errors import RegistryError
     from rotation.core.registry import load_registry
-    from rotation.service import lease_name
     from tests.samples import gateway as sample_gateway
     from tests.samples import registry, target
 

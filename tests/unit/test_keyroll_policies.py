@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rotation.adapters.lease import LocalLease, lease_duration
+from rotation.core.convergence import token_stored_at
 from rotation.core.errors import SettingsError, UpstreamError
+from rotation.core.keyroll import KeyRollRefused, blockers, check_direction
 from rotation.core.model import KeyType, TokenInfo, TokenRecord
-from rotation.core.policies import HealAction, heal_action, instance_is_stale, key_type_for, token_stored_at
+from rotation.core.renewal import key_type_for
+from rotation.core.restarts import HealAction, heal_action, instance_is_stale
 from rotation.core.token import GatewayToken
-from rotation.keyroll import KeyRollRefused, blockers, check_direction
 from rotation.settings import Settings
 from tests.samples import gateway, registry
 
