@@ -7,7 +7,6 @@ error from the function that needs it rather than as an app that fails to index.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rotation.service import Rotator
-from rotation.settings import Settings
+from rotation.settings import Settings, process_env
 
 if TYPE_CHECKING:
     from rotation.adapters.keyvault import KeyVaultTokenStore
@@ -116,7 +115,7 @@ def container() -> Container:
     global _current
     with _current_lock:
         if _current is None:
-            _current = Container(os.environ)
+            _current = Container(process_env())
         return _current
 
 
@@ -124,7 +123,7 @@ def reset(env: Mapping[str, str] | None = None) -> Container:
     """Drop cached clients (tests, or after settings changed); optionally pin an environment."""
     global _current
     with _current_lock:
-        _current = Container(env if env is not None else os.environ)
+        _current = Container(env if env is not None else process_env())
         return _current
 
 

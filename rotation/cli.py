@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from rotation.core.model import (
     check_service_name,
 )
 from rotation.printing import print_report
+from rotation.settings import load_into_environment
 
 EXAMPLES = """\
 examples:
@@ -56,14 +56,14 @@ def _load_settings_file(path: str) -> None:
     values = data.get("Values", data) if isinstance(data, dict) else None
     if not isinstance(values, dict):
         raise UsageError(f"--settings {path}: expected a JSON object of settings")
-    os.environ.update({str(k): str(v) for k, v in values.items() if v is not None and v != ""})
+    load_into_environment(values)
 
 
 def _operator_cloud() -> Any:
-    from rotation.cloud import operator_cloud
+    from rotation.settings import operator_cloud
 
     try:
-        return operator_cloud(os.environ)
+        return operator_cloud()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -18,12 +18,11 @@ import argparse
 import base64
 import binascii
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from rotation.cloud import OperatorCloud, operator_cloud
+from rotation.cloud import OperatorCloud
 from rotation.core.consumption import SecretUse, secret_uses, template_of
 from rotation.core.discovery import (
     ALL_NAMESPACES,
@@ -36,6 +35,7 @@ from rotation.core.discovery import (
 )
 from rotation.core.errors import AccessDenied, InvalidInput, PermanentError, RotationError, UpstreamError
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
+from rotation.settings import operator_cloud
 
 # Secret types that never hold a gateway token and can be large (Helm keeps whole releases in them).
 SKIPPED_TYPES = frozenset({"helm.sh/release.v1", "kubernetes.io/service-account-token",
@@ -89,10 +89,9 @@ def list_gateways(service_ids: Sequence[str], credential: Any, endpoint: str, sc
 
 
 def kubeconfig_path(given: str | None) -> str:
-    if given:
-        return given
-    env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    return env or str(Path.home() / ".kube" / "config")
+    from rotation.settings import OperatorLogin
+
+    return given or OperatorLogin.from_env().kubeconfig
 
 
 def _load_kubeconfig(path: str) -> dict[str, Any]:
@@ -262,16 +261,16 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
     if unknown_aks:
         raise InvalidInput(f"--aks {unknown_aks[0]} is not one of the scanned contexts ({', '.join(chosen)})")
     entries = {c: context_entry(doc, c, aks=c in aks, base=Path(kubeconfig).resolve().parent) for c in chosen}
-    where = where or operator_cloud(os.environ)
+    where = where or operator_cloud()
     if where.arm_endpoint_problem is not None:
         raise InvalidInput(where.arm_endpoint_problem)
     if credential is None:
         from rotation.adapters.credential import build_credential
-        from rotation.settings import hosted_in_azure
+        from rotation.settings import OperatorLogin
 
         # The operator's own login (az, azd, environment); managed identity only on an Azure host.
-        credential = build_credential(os.environ.get("AZURE_CLIENT_ID") or None,
-                                      developer=hosted_in_azure(os.environ) is None,
+        login = OperatorLogin.from_env()
+        credential = build_credential(login.client_id, developer=not login.in_azure,
                                       authority=where.cloud.authority_host)
     gateways = list_gateways(services, credential, where.arm_endpoint, where.cloud.arm_scope)
     scans = []
@@ -340,7 +339,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     kubeconfig = kubeconfig_path(args.kubeconfig)
     try:
-        where = operator_cloud(os.environ)
+        where = operator_cloud()
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     proposal, gateways = discover(args.service, kubeconfig=kubeconfig, contexts=args.context or [],

@@ -114,8 +114,8 @@ def test_an_invalid_sweep_schedule_falls_back_to_the_default_and_health_says_so(
 
 
 # What indexing may load beyond azure.functions: the blueprint and what its decorators need at import.
-INDEXING_MODULES = {"function_app", "rotation", "rotation.triggers", "rotation.core", "rotation.core.errors",
-                    "rotation.core.schedule"}
+INDEXING_MODULES = {"function_app", "rotation", "rotation.triggers", "rotation.settings", "rotation.core",
+                    "rotation.core.errors", "rotation.core.schedule"}
 
 
 def test_indexing_loads_only_the_blueprint_beyond_azure_functions() -> None:
