@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rotation.core.consumption import Consumption, ConsumptionState
 from rotation.core.errors import PermanentError, RotationError, SettingsError, UpstreamError
@@ -26,6 +26,10 @@ from rotation.core.model import (
 )
 from rotation.printing import print_report
 from rotation.settings import load_into_environment
+
+if TYPE_CHECKING:
+    from rotation.bootstrap import Container
+    from rotation.cloud import OperatorCloud
 
 EXAMPLES = """\
 examples:
@@ -59,7 +63,7 @@ def _load_settings_file(path: str) -> None:
     load_into_environment(values)
 
 
-def _operator_cloud() -> Any:
+def _operator_cloud() -> OperatorCloud:
     from rotation.settings import operator_cloud
 
     try:
@@ -68,7 +72,7 @@ def _operator_cloud() -> Any:
         raise UsageError(str(exc)) from None
 
 
-def _container() -> Any:
+def _container() -> Container:
     from rotation import bootstrap
 
     box = bootstrap.container()
@@ -87,7 +91,7 @@ def _gateway(text: str) -> GatewayConfig:
             raise UsageError(f"gateway must be SERVICE/GATEWAY or a full ARM id, got {text[:80]!r}")
         check_service_name(service)
         check_gateway_name(gateway)
-    return box.rotator.gateway(service, gateway)  # type: ignore[no-any-return]
+    return box.rotator.gateway(service, gateway)
 
 
 _print_report = print_report  # the name replay and older callers used
@@ -259,7 +263,7 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
     where = _operator_cloud()  # aks servers: the configured cloud's (loopback only for the devstack)
     registry = load_registry(text, aks_servers=where.cloud.aks_rule(allow_loopback=where.local_emulators))
     targets = sum(len(g.targets) for g in registry.gateways)
-    summary: dict[str, Any] = {"valid": True, "clusters": len(registry.clusters),
+    summary: dict[str, object] = {"valid": True, "clusters": len(registry.clusters),
                                "gateways": len(registry.gateways), "targets": targets}
     results = None
     if getattr(args, "live", False):

@@ -252,7 +252,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if not proposal.unmatched else 1
 
 
-def add_parser(sub: Any, epilog: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
     c = sub.add_parser(
         "discover", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
         help="propose a registry from the gateways in APIM and the Secrets already in the clusters",
