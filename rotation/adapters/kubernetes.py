@@ -261,7 +261,7 @@ class KubernetesClusterClient:
         ready, detail = _rollout_status(workload.kind, obj)
         template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
         restarted = (template.get("annotations") or {}).get(RESTARTED_AT)
-        # The same GET tells which Secrets the pod template reads (the consumption check, issue 14).
+        # The same GET tells which Secrets the pod template reads (the consumption check).
         return RolloutState(workload=workload, ready=ready, detail=detail, restarted_at=_parse_rfc3339(restarted),
                             uses=secret_uses(template_of(obj)))
 

@@ -70,7 +70,7 @@ def test_generated_token_verifies_with_the_requested_key(fakes: Fakes, gateway: 
     assert fakes.arm.verify(gateway.id, secondary)["keyType"] == "secondary"
     assert len(generate_calls(fakes)) == 2
     # The app asked the managed-identity endpoint for the cloud's ARM audience, not for the endpoint it
-    # talks to (an ARM_ENDPOINT override must not choose the audience: issue 12).
+    # talks to (an ARM_ENDPOINT override must not choose the audience).
     resources = {r["resource"] for r in fakes.identity.requests() if r["headerOk"]}
     assert "https://management.azure.com" in resources and fakes.arm.url not in resources
 
