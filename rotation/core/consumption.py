@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from rotation.core.podspec import SecretUse, UseKind, secret_uses, template_of
+from rotation.core.podspec import SecretUse, UseKind
 
 if TYPE_CHECKING:
     from rotation.core.model import Target, Workload
@@ -31,6 +31,63 @@ __all__ = ["HELM_LABEL", "HELM_VALUE", "Consumption", "ConsumptionState", "Secre
 
 HELM_LABEL = "app.kubernetes.io/managed-by"
 HELM_VALUE = "Helm"
+
+
+def _list(value: object) -> list[Mapping[str, Any]]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _volume_secrets(volume: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """(secret, key or None) pairs a volume exposes."""
+    found: list[tuple[str, str | None]] = []
+    sources: list[tuple[Mapping[str, Any], str]] = []
+    secret = volume.get("secret")
+    if isinstance(secret, Mapping):
+        sources.append((secret, "secretName"))
+    projected = volume.get("projected")
+    if isinstance(projected, Mapping):
+        sources.extend((s["secret"], "name") for s in _list(projected.get("sources"))
+                       if isinstance(s.get("secret"), Mapping))
+    for source, name_field in sources:
+        name = source.get(name_field)
+        if not isinstance(name, str):
+            continue
+        items = _list(source.get("items"))
+        if items:
+            found.extend((name, str(i["key"])) for i in items if isinstance(i.get("key"), str))
+        else:
+            found.append((name, None))
+    return found
+
+
+def secret_uses(template: Mapping[str, Any] | None) -> tuple[SecretUse, ...]:
+    """Every Secret read by the containers of a pod template (`spec.template` of a workload, API JSON)."""
+    spec = (template or {}).get("spec")
+    if not isinstance(spec, Mapping):
+        return ()
+    volumes = {str(v.get("name")): _volume_secrets(v) for v in _list(spec.get("volumes"))}
+    uses: list[SecretUse] = []
+    for container in _list(spec.get("initContainers")) + _list(spec.get("containers")):
+        cname = str(container.get("name") or "?")
+        for env in _list(container.get("env")):
+            source = env.get("valueFrom")
+            ref = source.get("secretKeyRef") if isinstance(source, Mapping) else None
+            if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and isinstance(ref.get("key"), str):
+                uses.append(SecretUse(cname, UseKind.ENV, ref["name"], ref["key"]))
+        for env_from in _list(container.get("envFrom")):
+            ref = env_from.get("secretRef")
+            if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+                uses.append(SecretUse(cname, UseKind.ENV_FROM, ref["name"]))
+        for mount in _list(container.get("volumeMounts")):
+            for secret, key in volumes.get(str(mount.get("name")), []):
+                uses.append(SecretUse(cname, UseKind.VOLUME, secret, key))
+    return tuple(dict.fromkeys(uses))
+
+
+def template_of(workload_json: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    spec = workload_json.get("spec")
+    template = spec.get("template") if isinstance(spec, Mapping) else None
+    return template if isinstance(template, Mapping) else None
 
 
 def is_helm_managed(labels: Mapping[str, str] | None) -> bool:
