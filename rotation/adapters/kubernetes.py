@@ -262,7 +262,7 @@ class KubernetesClusterClient:
         ready, detail = rollout_status(workload.kind, obj)
         template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
         restarted = (template.get("annotations") or {}).get(RESTARTED_AT)
-        # The same GET tells which Secrets the pod template reads (the consumption check, issue 14).
+        # The same GET tells which Secrets the pod template reads (the consumption check).
         return RolloutState(workload=workload, ready=ready, detail=detail, restarted_at=_parse_rfc3339(restarted),
                             uses=secret_uses(template_of(obj)))
 
@@ -270,71 +270,77 @@ class KubernetesClusterClient:
         with contextlib.suppress(Exception):
             self._api.close()
 
-    # --- errors ---------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
     def _errors(self, verb: str, what: str, timeout: float | None,
-                secret: str | None = None) -> Iterator[float | None]:
-        """Yields the request timeout; translates whatever the call raises."""
-        import urllib3
-        from kubernetes.client.exceptions import ApiException
+                secret: str | None = None) -> contextlib.AbstractContextManager[float | None]:
+        return api_errors(f"cluster {self.name}", verb, what, timeout, secret)
 
-        if timeout is not None and timeout <= 0:
-            raise UpstreamError(f"cluster {self.name}: no time left to {verb} {what}")
-        try:
-            with token_deadline(timeout):  # the AKS token refresh happens inside the call
-                yield timeout
-        except RotationError:
-            raise
-        except ApiException as exc:
-            raise self._api_error(exc, verb, what, secret) from None
-        except urllib3.exceptions.NewConnectionError as exc:
-            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
-                                f"{_short_reason(exc)}") from None
-        except urllib3.exceptions.TimeoutError:
-            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what} timed out"
-                                + (f" after {timeout:g}s" if timeout is not None else "")) from None
-        except urllib3.exceptions.MaxRetryError as exc:
-            reason = exc.reason
-            if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
-                detail = _short_reason(reason)
-            elif isinstance(reason, urllib3.exceptions.TimeoutError):
-                detail = "timed out" + (f" after {timeout:g}s" if timeout is not None else "")
-            elif isinstance(reason, urllib3.exceptions.SSLError):
-                detail = f"TLS error: {reason}"
-            else:
-                detail = _short_reason(reason)
-            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: {detail}") from None
-        except (urllib3.exceptions.HTTPError, ssl.SSLError, OSError) as exc:
-            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
-                                f"{type(exc).__name__}") from None
-        except (TypeError, ValueError) as exc:
-            # Client-side validation (pydantic) of arguments; its text may include the request body.
-            raise PermanentError(f"cluster {self.name}: invalid request to {verb} {what} "
-                                 f"({type(exc).__name__})") from None
 
-    def _api_error(self, exc: Any, verb: str, what: str, secret: str | None) -> RotationError:
-        status = int(exc.status or 0)
-        message = _scrub(_status_message(exc.body), secret)
-        suffix = f": {message}" if message else ""
-        if status == 0:  # the client's wrapping of an SSL error
-            reason = _scrub(str(exc.reason or ""), secret).splitlines()
-            return UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
-                                 f"{' '.join(reason)[:300] or 'TLS error'}")
-        if status == 404:
-            return NotFound(f"cluster {self.name}: {what} not found")
-        if status == 401:
-            return AccessDenied(f"cluster {self.name}: unauthorized to {verb} {what} "
-                                "(credentials rejected)")
-        if status == 403:
-            return AccessDenied(f"cluster {self.name}: forbidden to {verb} {what}")
-        if status == 409:
-            return Conflict(f"cluster {self.name}: conflict on {verb} {what}{suffix}")
-        if status in (400, 422):
-            return PermanentError(f"cluster {self.name}: {verb} {what} rejected ({status}){suffix}")
-        if status == 429 or status >= 500:
-            return UpstreamError(f"cluster {self.name}: {verb} {what} failed ({status}){suffix}")
-        return PermanentError(f"cluster {self.name}: {verb} {what} failed ({status}){suffix}")
+# --- errors: the one translation of the kubernetes client's exceptions ------------------------------
+
+
+@contextlib.contextmanager
+def api_errors(where: str, verb: str, what: str, timeout: float | None,
+               secret: str | None = None) -> Iterator[float | None]:
+    """Yields the request timeout; translates whatever the call raises into `rotation.core.errors`.
+
+    `where` names the cluster in each message ("cluster east", or "context east" for the operator's
+    kubeconfig); `secret` is a value being written, scrubbed from any server message.
+    """
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    if timeout is not None and timeout <= 0:
+        raise UpstreamError(f"{where}: no time left to {verb} {what}")
+    try:
+        with token_deadline(timeout):  # the AKS token refresh happens inside the call
+            yield timeout
+    except RotationError:
+        raise
+    except ApiException as exc:
+        raise _api_error(where, exc, verb, what, secret) from None
+    except urllib3.exceptions.NewConnectionError as exc:
+        raise UpstreamError(f"{where} unreachable: {verb} {what}: {_short_reason(exc)}") from None
+    except urllib3.exceptions.TimeoutError:
+        raise UpstreamError(f"{where} unreachable: {verb} {what} timed out"
+                            + (f" after {timeout:g}s" if timeout is not None else "")) from None
+    except urllib3.exceptions.MaxRetryError as exc:
+        reason = exc.reason
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
+            detail = _short_reason(reason)
+        elif isinstance(reason, urllib3.exceptions.TimeoutError):
+            detail = "timed out" + (f" after {timeout:g}s" if timeout is not None else "")
+        elif isinstance(reason, urllib3.exceptions.SSLError):
+            detail = f"TLS error: {reason}"
+        else:
+            detail = _short_reason(reason)
+        raise UpstreamError(f"{where} unreachable: {verb} {what}: {detail}") from None
+    except (urllib3.exceptions.HTTPError, ssl.SSLError, OSError) as exc:
+        raise UpstreamError(f"{where} unreachable: {verb} {what}: {type(exc).__name__}") from None
+    except (TypeError, ValueError) as exc:
+        # Client-side validation (pydantic) of arguments; its text may include the request body.
+        raise PermanentError(f"{where}: invalid request to {verb} {what} ({type(exc).__name__})") from None
+
+
+def _api_error(where: str, exc: Any, verb: str, what: str, secret: str | None) -> RotationError:
+    status = int(exc.status or 0)
+    message = _scrub(_status_message(exc.body), secret)
+    suffix = f": {message}" if message else ""
+    if status == 0:  # the client's wrapping of an SSL error
+        reason = _scrub(str(exc.reason or ""), secret).splitlines()
+        return UpstreamError(f"{where} unreachable: {verb} {what}: {' '.join(reason)[:300] or 'TLS error'}")
+    if status == 404:
+        return NotFound(f"{where}: {what} not found")
+    if status == 401:
+        return AccessDenied(f"{where}: unauthorized to {verb} {what} (credentials rejected)")
+    if status == 403:
+        return AccessDenied(f"{where}: forbidden to {verb} {what}")
+    if status == 409:
+        return Conflict(f"{where}: conflict on {verb} {what}{suffix}")
+    if status in (400, 422):
+        return PermanentError(f"{where}: {verb} {what} rejected ({status}){suffix}")
+    if status == 429 or status >= 500:
+        return UpstreamError(f"{where}: {verb} {what} failed ({status}){suffix}")
+    return PermanentError(f"{where}: {verb} {what} failed ({status}){suffix}")
 
 
 def _short_reason(reason: object) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from rotation.adapters.credential import token_deadline
 from rotation.core.model import RotationReport
-from rotation.telemetry import Executor
+from rotation.runtime.attribution import Executor
 
 log = logging.getLogger("rotation.outcomes")
 

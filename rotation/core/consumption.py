@@ -21,34 +21,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # model imports SecretUse from here
+from rotation.core.podspec import SecretUse, UseKind
+
+if TYPE_CHECKING:
     from rotation.core.model import Target, Workload
+
+__all__ = ["HELM_LABEL", "HELM_VALUE", "Consumption", "ConsumptionState", "SecretUse", "UseKind", "check",
+           "consumers", "helm_fix", "is_helm_managed", "secret_uses", "template_of"]
 
 HELM_LABEL = "app.kubernetes.io/managed-by"
 HELM_VALUE = "Helm"
-
-
-class UseKind(StrEnum):
-    ENV = "env"
-    ENV_FROM = "envFrom"
-    VOLUME = "volume"
-
-
-@dataclass(frozen=True, slots=True)
-class SecretUse:
-    """One way a container reads a Secret; `key` None means every key of it."""
-
-    container: str
-    kind: UseKind
-    secret: str
-    key: str | None = None
-
-    def reads(self, secret: str, key: str) -> bool:
-        return self.secret == secret and (self.key is None or self.key == key)
-
-    def __str__(self) -> str:
-        what = f"key {self.key!r}" if self.key is not None else "every key"
-        return f"container {self.container} reads {what} of Secret {self.secret} ({self.kind.value})"
 
 
 def _list(value: object) -> list[Mapping[str, Any]]:

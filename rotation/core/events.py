@@ -1,7 +1,7 @@
 """Parsing APIM gateway-token events from either Event Grid schema.
 
 The docs and the SDK specs disagree on field names and the events are in preview, so the parser
-accepts every spelling seen (DESIGN §3) and reduces them to one `GatewayTokenEvent`. It validates
+accepts every spelling seen (tests/data/events) and reduces them to one `GatewayTokenEvent`. It validates
 names before anything else sees them: an event is input from outside.
 """
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from rotation.core.consumption import SecretUse
 from rotation.core.errors import InvalidGatewayId, InvalidInput
+from rotation.core.podspec import SecretUse
 from rotation.core.token import DEFAULT_FORMAT, GatewayToken
 
 DEFAULT_SECRET_KEY = "config.service.auth.key"  # noqa: S105 - a key name, not a secret

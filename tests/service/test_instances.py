@@ -1,4 +1,4 @@
-"""Review of issue 11, thinking in instances: several Rotators (Flex Consumption instances and the
+"""Thinking in instances: several Rotators (Flex Consumption instances and the
 operator's CLI) over the same Key Vault, clusters and lease store, and holders that pause or die.
 
 A "pause" is what a stop-the-world GC, a frozen VM or a slow rollout wait does to a lease holder: its

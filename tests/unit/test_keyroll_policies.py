@@ -1,5 +1,5 @@
-"""Pure decisions of issue 11: carried key rolls, heal restarts, phase-2 blockers, the in-process lease,
-and the LEASE_CONTAINER_URL setting."""
+"""Pure decisions around key rolls and leases: carried key rolls, heal restarts, phase-2 blockers, the in-process
+lease, and the LEASE_CONTAINER_URL setting."""
 
 from __future__ import annotations
 
