@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from rotation.core.model import KeyType
-from rotation.core.policies import TargetAction
+from rotation.core.convergence import TargetAction
 from rotation.core.token import GatewayToken, parse_stored
 
 MAX_LIFETIME = timedelta(days=30)

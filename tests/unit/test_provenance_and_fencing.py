@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from rotation.core.fencing import Chain, FenceHead, chain_state, off_chain
 from rotation.core.model import KeyType, TokenInfo
-from rotation.core.policies import TargetAction
+from rotation.core.convergence import TargetAction
 from rotation.core.provenance import Evidence, Provenance, classify, target_action, worth_proving
 from rotation.core.token import GatewayToken
 from tests.memory import sign
