@@ -69,7 +69,6 @@ def aks_cluster(name: str, port: int) -> Cluster:
     return Cluster(name, AksAuth(server=f"https://127.0.0.1:{port}", ca_data=ca))
 
 
-@pytest.mark.xfail(strict=True, reason="a retried connect gets the whole timeout again")
 def test_a_call_to_a_cluster_that_never_answers_the_connect_ends_within_its_timeout() -> None:
     """urllib3 (urllib3/connectionpool.py `urlopen`) gives every retry a fresh copy of the request's
     `Timeout(total=…)` (`Timeout.clone`), and the kubernetes client (kubernetes/client/rest.py)
@@ -88,7 +87,6 @@ def test_a_call_to_a_cluster_that_never_answers_the_connect_ends_within_its_time
         clusters.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the kubeconfig read has no deadline and runs under the build lock")
 def test_kubeconfig_read_is_bounded_by_each_callers_deadline_and_holds_no_lock() -> None:
     """A stalled Key Vault read of a kubeconfig used to run inside `client()` under a per-cluster lock
     with no timeout: every target of that cluster waited for it. Now each caller waits for it no longer
@@ -128,7 +126,6 @@ def test_kubeconfig_read_is_bounded_by_each_callers_deadline_and_holds_no_lock()
         clusters.close()
 
 
-@pytest.mark.xfail(strict=True, reason="each cluster asks the identity for its own token")
 def test_one_aks_token_serves_every_cluster() -> None:
     """Every `aks` cluster authenticates with the same Entra ID token (scope of the AKS server
     application): a fleet of clusters asks the identity endpoint once, not once per cluster."""
