@@ -343,10 +343,10 @@ def test_untrusted_server_certificate_is_upstream_error(kube_stack: KubeStack) -
 def test_bad_ca_data_and_kubeconfig_are_permanent(kube_stack: KubeStack) -> None:
     clusters = KubernetesClusters(StaticCredential("t"), lambda name: ":\n  - [not yaml")
     with pytest.raises(PermanentError, match="kubeconfig secret 'kc' is not valid YAML"):
-        clusters.client(Cluster("east", KubeconfigAuth("kc")))
+        clusters.client(Cluster("east", KubeconfigAuth("kc"))).read_secret(NS, SECRET, KEY, timeout=10)
     clusters = KubernetesClusters(StaticCredential("t"), lambda name: "apiVersion: v1\nkind: Config\n")
     with pytest.raises(PermanentError, match="kubeconfig secret 'kc': clusters is required"):
-        clusters.client(Cluster("east", KubeconfigAuth("kc")))
+        clusters.client(Cluster("east", KubeconfigAuth("kc"))).read_secret(NS, SECRET, KEY, timeout=10)
     with pytest.raises(PermanentError, match="caData is not a base64 PEM"):
         clusters.client(kube_stack.aks_cluster(ca_pem=b"garbage"))
 
