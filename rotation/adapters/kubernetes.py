@@ -194,6 +194,11 @@ class _AksTokens:
         except RotationError as exc:
             raise type(exc)(f"cluster {cluster}: {exc}") from None
 
+    def latest(self) -> str | None:
+        """The token fetched last, even if due for renewal: the one `get` just returned to the call
+        about to be made (within the margin it is still valid)."""
+        return self._cache.peek()
+
     def _fetch(self) -> tuple[str, float]:
         try:
             access = self._credential.get_token(AKS_SCOPE)
@@ -220,7 +225,7 @@ class _BearerHook:
         self._tokens = tokens
 
     def __call__(self, configuration: Any) -> None:
-        configuration.api_key["BearerToken"] = self._tokens.get(self._cluster, None)
+        configuration.api_key["BearerToken"] = self._tokens.latest() or self._tokens.get(self._cluster, None)
         configuration.api_key_prefix["BearerToken"] = "Bearer"
 
 
