@@ -101,11 +101,12 @@ def _env(stack: devstack.Stack, proxy: _ProxyProcess) -> dict[str, str]:
 
 
 def run(stack: devstack.Stack) -> dict[str, Any]:
-    import rotation.service as service
+    from benchmarks._app import service_module
     from rotation import bootstrap
     from rotation.core.model import KeyType, Outcome, TokenRecord
     from rotation.core.token import GatewayToken
 
+    service = service_module()
     setup(stack)
     server = urlsplit(stack.cluster("east").server)
     assert server.hostname is not None
