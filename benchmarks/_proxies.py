@@ -20,10 +20,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import IO
 
 from devstack.proxy import Proxy, parse_hostport
+
+
+class Proxies:
+    """The benchmark's side: the proxies' URLs and their commands."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        self._in: IO[str] = proc.stdin
+        self._out: IO[str] = proc.stdout
+        self.urls: list[str] = json.loads(self._out.readline())
+
+    def send(self, command: str) -> dict[str, int]:
+        self._in.write(command + "\n")
+        self._in.flush()
+        return dict(json.loads(self._out.readline()))
+
+    def set_latency(self, seconds: float) -> None:
+        self.send(f"latency {seconds}")
+
+    def reset(self) -> None:
+        self.send("reset")
+
+    def stats(self) -> dict[str, int]:
+        return self.send("stats")
+
+    def cut(self) -> None:
+        self.send("cut")
+
+
+@contextmanager
+def running(upstreams: Sequence[tuple[str, int]], count: int, latency: float) -> Iterator[Proxies]:
+    argv = [sys.executable, "-m", "benchmarks._proxies", "--count", str(count), "--latency", str(latency)]
+    for host, port in upstreams:
+        argv += ["--upstream", f"{host}:{port}"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield Proxies(proc)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:

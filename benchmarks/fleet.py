@@ -30,9 +30,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks._proxies import Proxies, running
 from benchmarks._stack import Control, apply_by_namespace, parallel, workload
 from devstack import stack as devstack
 
@@ -115,34 +116,16 @@ def run(stack: devstack.Stack) -> dict[str, Any]:
 # --- the worker process ---------------------------------------------------------------------------
 
 
-class _Proxies:
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        self._in: IO[str] = proc.stdin
-        self._out: IO[str] = proc.stdout
-        self.urls: list[str] = json.loads(self._out.readline())
-
-    def send(self, command: str) -> dict[str, int]:
-        self._in.write(command + "\n")
-        self._in.flush()
-        return dict(json.loads(self._out.readline()))
-
-
 @contextmanager
-def _proxies(stack: devstack.Stack) -> Iterator[_Proxies]:
+def _proxies(stack: devstack.Stack) -> Iterator[Proxies]:
     upstreams = []
     for name in APISERVERS:
         server = urlsplit(stack.cluster(name).server)
-        upstreams += ["--upstream", f"{server.hostname}:{server.port}"]
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks._proxies", *upstreams, "--count", str(CLUSTERS),
-                             "--latency", str(LATENCY)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        yield _Proxies(proc)
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
+        assert server.hostname is not None
+        assert server.port is not None
+        upstreams.append((server.hostname, server.port))
+    with running(upstreams, CLUSTERS, LATENCY) as proxies:
+        yield proxies
 
 
 def _env(stack: devstack.Stack, urls: list[str]) -> dict[str, str]:
@@ -183,11 +166,11 @@ def worker(stack_dir: str) -> dict[str, Any]:
         def reconcile(force: bool) -> dict[str, Any]:
             box = bootstrap.container()
             config = box.rotator.gateway("apim-devstack", GATEWAY)
-            proxies.send("reset")
+            proxies.reset()
             wall, cpu = time.perf_counter(), time.process_time()
             report = box.rotator.reconcile(config, reason="benchmark", force=force, deadline_seconds=DEADLINE)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            stats = proxies.send("stats")
+            stats = proxies.stats()
             outcomes = Counter(t.outcome.value for t in report.targets)
             return {"wall_s": round(wall, 2), "cpu_ms_per_target": round(cpu * 1000 / TARGETS, 2),
                     "outcomes": dict(outcomes), "flights_per_target": round(stats["flights"] / TARGETS, 2),
@@ -206,8 +189,8 @@ def worker(stack_dir: str) -> dict[str, Any]:
         warm = min(warm_runs, key=lambda r: r["wall_s"])
 
         # Past the deadline: 1 s per round trip, a fresh app, redelivered until every target is done.
-        proxies.send(f"latency {SLOW_LATENCY}")
-        proxies.send("cut")
+        proxies.set_latency(SLOW_LATENCY)
+        proxies.cut()
         reset_targets()
         bootstrap.reset(env)
         deliveries = []
