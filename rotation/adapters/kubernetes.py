@@ -315,10 +315,19 @@ def _conditional_ops(key: str, value: str, expected: str | None, annotations: Ma
     return ops
 
 
-def _failed_test(message: str) -> bool:
-    """A 422 of the apiserver's JSON Patch handler whose `test` op failed (evanphx/json-patch's
-    "testing value … failed"), as opposed to a path that does not exist ("… missing path …")."""
-    return "testing value" in message
+def _status_causes(body: object) -> str:
+    """The `details.causes[].message` of a Kubernetes `Status` response body, joined."""
+    if not isinstance(body, str | bytes) or not body:
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    details = doc.get("details") if isinstance(doc, dict) else None
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if not isinstance(causes, list):
+        return ""
+    return " ".join(str(c.get("message") or "") for c in causes if isinstance(c, dict))
 
 
 class KubernetesClusterClient:
@@ -364,35 +373,39 @@ class KubernetesClusterClient:
                             annotations: Mapping[str, str | None] | None = None) -> str:
         """One JSON Patch (RFC 6902): `test` that the key holds `expected` (null: absent), then `add` the
         new value, so a writer that expects what is there needs no read first. The apiserver applies the
-        operations atomically to the object it stores (its patch handler retries on a storage conflict),
-        and answers 422 when an operation fails: a failed `test` becomes Conflict.
+        operations atomically to the object it stores (its patch handler retries on a storage conflict)
+        and answers 422 when an operation fails.
 
-        Only when a map the patch assumes is missing (a Secret without `data` or without annotations)
-        is the Secret read, to build the exact patch; the value test still guards the write.
+        A 422 says which operation failed only on newer apiservers (kube-apiserver 1.20 answers a bare
+        "Invalid"), and it is also the answer when a map the patch adds to is missing (a Secret without
+        `data` or without annotations). So a 422 costs one read: a value other than `expected` is a
+        Conflict; otherwise the exact patch for the Secret as read is sent, guarded by its
+        resourceVersion as well, and a 422 to that is a Conflict too (it changed meanwhile).
         """
         what = f"secrets {namespace}/{name}"
         wanted = dict(annotations or {})
+        end = None if timeout is None else time.monotonic() + timeout
         ops = _conditional_ops(key, value, expected, wanted, None)
         try:
             return self._patch_secret(what, namespace, name, ops, timeout, value, expected)
-        except _MissingPath:
+        except _PatchRejected:
             pass
-        end = None if timeout is None else time.monotonic() + timeout
-        raw = self._call("get", what, timeout, lambda c, t: _json(
+        conflict = Conflict(f"cluster {self.name}: conflict on patch {what}: the key does not hold the expected "
+                            "value")
+        raw = self._call("get", what, None if end is None else end - time.monotonic(), lambda c, t: _json(
             c.core.read_namespaced_secret(name, namespace, _request_timeout=t, _preload_content=False)))
         if _secret_state(raw, key).value != expected:
-            raise Conflict(f"cluster {self.name}: conflict on patch {what}: key {key!r} does not hold the "
-                           "expected value")
-        data = raw.get("data")
-        found = (raw.get("metadata") or {}).get("annotations")
-        present = (isinstance(data, dict),
-                   isinstance(found, dict), frozenset(found or {}))
-        ops = _conditional_ops(key, value, expected, wanted, present)
+            raise conflict
+        meta = raw.get("metadata") or {}
+        found = meta.get("annotations")
+        present = (isinstance(raw.get("data"), dict), isinstance(found, dict), frozenset(found or {}))
+        ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": str(meta.get("resourceVersion") or "")},
+               *_conditional_ops(key, value, expected, wanted, present)]
         try:
             return self._patch_secret(what, namespace, name, ops,
                                       None if end is None else end - time.monotonic(), value, expected)
-        except _MissingPath:  # changed shape again meanwhile
-            raise Conflict(f"cluster {self.name}: conflict on patch {what}: the Secret changed meanwhile") from None
+        except _PatchRejected:
+            raise conflict from None
 
     def _patch_secret(self, what: str, namespace: str, name: str, ops: list[dict[str, Any]],
                       timeout: float | None, value: str, expected: str | None) -> str:
@@ -548,12 +561,12 @@ class KubernetesClusterClient:
         suffix = f": {message}" if message else ""
         if json_patch and status == 422:
             # staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go (applyJSPatch): an operation
-            # that fails to apply is answered 422 with the json-patch library's message.
-            if _failed_test(message):
+            # that fails to apply is answered 422; newer apiservers name the failed operation in
+            # details.causes ("testing value … failed": evanphx/json-patch's ErrTestFailed).
+            if "testing value" in _status_causes(exc.body):
                 return Conflict(f"cluster {self.name}: conflict on {verb} {what}: the key does not hold "
                                 "the expected value")
-            if "missing path" in message:
-                raise _MissingPath(message)
+            raise _PatchRejected
         if status == 0:  # the client's wrapping of an SSL error
             reason = _scrub(str(exc.reason or ""), *hidden).splitlines()
             return UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
@@ -574,8 +587,8 @@ class KubernetesClusterClient:
         return PermanentError(f"cluster {self.name}: {verb} {what} failed ({status}){suffix}")
 
 
-class _MissingPath(Exception):
-    """A JSON Patch named a map the Secret does not have (no `data`, no annotations)."""
+class _PatchRejected(Exception):
+    """A JSON Patch the apiserver answered with 422: a failed `test`, or a map the patch assumed."""
 
 
 def _secret_state(secret: Mapping[str, Any], key: str) -> SecretState:

@@ -85,7 +85,9 @@ def test_a_value_other_than_the_expected_one_is_a_conflict_and_stays(kube_stack:
                                                                      auth: str) -> None:
     """A failed `test` operation: evanphx/json-patch returns ErrTestFailed ("testing value … failed"),
     which the apiserver's patch handler answers with 422 Unprocessable Entity
-    (patch.go applyJSPatch: `errors.NewGenericServerResponse(http.StatusUnprocessableEntity, …)`).
+    (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go, applyJSPatch:
+    `errors.NewGenericServerResponse(http.StatusUnprocessableEntity, …)`; kube-apiserver 1.20, run
+    here, gives only reason `Invalid`, so the adapter reads once to tell it from a missing map).
     The adapter raises Conflict; nothing is written and neither value appears in the error."""
     c = app(kube_stack, clusters, auth)
     before = stored(kube_stack, auth)
