@@ -131,8 +131,9 @@ class _Cached(Generic[V]):
     the starting caller's context, so `token_deadline` bounds the identity requests it makes.
     """
 
-    def __init__(self, name: str, build: Callable[[], tuple[V, float]]) -> None:
+    def __init__(self, name: str, build: Callable[[], tuple[V, float]], late: str = "") -> None:
         self._name = name
+        self._late = late or f"{name}: not ready within the time left"
         self._build = build  # returns the value and how many seconds it may be used
         self._lock = threading.Lock()
         self._value: V | None = None
@@ -152,8 +153,7 @@ class _Cached(Generic[V]):
         try:
             return flight.result(timeout=None if timeout is None else max(timeout, 0.0))
         except FutureTimeout:
-            raise UpstreamError(f"{self._name}: not ready within the time left"
-                                + (f" ({timeout:.1f}s)" if timeout is not None else "")) from None
+            raise UpstreamError(self._late + (f" ({timeout:.1f}s)" if timeout is not None else "")) from None
 
     def peek(self) -> V | None:
         """The value if one was built (expired or not), without building one."""
@@ -186,7 +186,8 @@ class _AksTokens:
 
     def __init__(self, credential: TokenCredential) -> None:
         self._credential = credential
-        self._cache: _Cached[str] = _Cached("Entra ID token for AKS", self._fetch)
+        self._cache: _Cached[str] = _Cached("Entra ID token for AKS", self._fetch,
+                                            late=f"could not get a token for {AKS_SCOPE} within the time left")
 
     def get(self, cluster: str, timeout: float | None) -> str:
         try:
