@@ -107,7 +107,8 @@ def run(stack: devstack.Stack) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"fleet worker failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    sys.stderr.write(proc.stderr)
+    # The worker's progress lines (its app's per-target records go to stderr too: left out).
+    sys.stderr.writelines(line for line in proc.stderr.splitlines(keepends=True) if line.startswith("fleet:"))
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     result["seed_s"] = round(seeded, 1)
     return result
