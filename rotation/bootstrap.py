@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+KUBECONFIG_READ_SECONDS = 20.0
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -98,7 +101,10 @@ class Container:
                 registry=s.registry,
                 issuer=ArmTokenIssuer(self.credential, s.arm_endpoint, scope=s.cloud.arm_scope),
                 store=self.store,
-                clusters=KubernetesClusters(self.credential, self.config_store.read_text),
+                # Callers wait for a kubeconfig read only within their own deadline; the read itself
+                # ends within KUBECONFIG_READ_SECONDS (it completes for the next caller if one gave up).
+                clusters=KubernetesClusters(self.credential, lambda name: self.config_store.read_text(
+                    name, timeout=KUBECONFIG_READ_SECONDS)),
                 clock=utcnow,
                 token_lifetime=s.token_lifetime,
                 renew_before=s.renew_before,

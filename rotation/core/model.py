@@ -13,6 +13,10 @@ from rotation.core.podspec import SecretUse
 from rotation.core.token import DEFAULT_FORMAT, GatewayToken
 
 DEFAULT_SECRET_KEY = "config.service.auth.key"  # noqa: S105 - a key name, not a secret
+# Pod-template annotation naming the token a workload was restarted for: its fingerprint (12 hex
+# characters of SHA-256, `rotation.core.token.fingerprint`), never the token. Changing it rolls the pods.
+TOKEN_FINGERPRINT_ANNOTATION = "apim-token-rotator/token-fingerprint"  # noqa: S105 - an annotation name
+FINGERPRINT_PATTERN = re.compile(r"^[0-9a-f]{12}$")
 
 # Names that reach URLs, Key Vault secret names and Kubernetes objects. Deliberately stricter than
 # ARM: a name that could traverse a path or smuggle an encoded separator never gets that far.
@@ -247,6 +251,9 @@ class RolloutState:
     detail: str
     restarted_at: datetime | None = None  # the pod template's kubectl.kubernetes.io/restartedAt
     uses: tuple[SecretUse, ...] | None = None  # the Secrets its pod template reads (None: not read)
+    # The pod template's TOKEN_FINGERPRINT annotation: which token the workload was last restarted for
+    # (None: never restarted by this product, or the annotation is not a fingerprint).
+    token_fingerprint: str | None = None
 
 
 # --- what happened --------------------------------------------------------------------------------

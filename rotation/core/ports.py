@@ -73,18 +73,29 @@ class ClusterClient(Protocol):
         answer did not say)."""
         ...
 
+    def write_secret_key_if(self, namespace: str, name: str, key: str, value: str, expected: str | None,
+                            timeout: float | None = None,
+                            annotations: Mapping[str, str | None] | None = None) -> str:
+        """Sets one key only if it still holds `expected` (None: only if the key is absent), without
+        reading the Secret first; raises Conflict when it does not (nothing written). `annotations`
+        as for `write_secret_key`. Returns the Secret's new resourceVersion ("" if not said)."""
+        ...
+
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
                         timeout: float | None = None, resource_version: str | None = None) -> None:
         """Sets (or with None removes) annotations on the Secret, without touching its data; with a
         `resource_version`, only if the Secret is still at it (raises Conflict otherwise)."""
         ...
 
-    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None) -> None:
-        """Sets `kubectl.kubernetes.io/restartedAt` on the pod template."""
+    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None,
+                fingerprint: str | None = None) -> None:
+        """Sets `kubectl.kubernetes.io/restartedAt` on the pod template and, with a `fingerprint`
+        (12 hex characters, never a token), TOKEN_FINGERPRINT_ANNOTATION, in one write."""
         ...
 
     def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
-        """kubectl rollout status semantics, plus the pod template's last `restartedAt`."""
+        """kubectl rollout status semantics, plus the pod template's last `restartedAt` and token
+        fingerprint."""
         ...
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from rotation.core.model import KeyType
 from rotation.core.convergence import TargetAction
+from rotation.core.model import KeyType
 from rotation.core.token import GatewayToken, parse_stored
 
 MAX_LIFETIME = timedelta(days=30)
