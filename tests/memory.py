@@ -108,14 +108,17 @@ class MemoryStore:
     lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
-    def get(self, secret_name: str, timeout: float | None = None) -> TokenRecord | None:
+    def get(self, secret_name: str, timeout: float | None = None, version: str | None = None) -> TokenRecord | None:
         self.calls.append(("get", secret_name))
         self.faults.hit("get")
         with self.lock:
             versions = self.secrets.get(secret_name.lower())
             if not versions:
                 return None
-            latest = versions[-1]
+            found = [v for v in versions if version is None or v.version == version]
+            if not found:
+                return None
+            latest = found[-1]
         return record_from(latest.value, latest.tags, latest.version, latest.created)
 
     def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:
@@ -137,7 +140,7 @@ class MemoryStore:
         self.calls.append(("versions", secret_name))
         self.faults.hit("versions")
         with self.lock:
-            return [info_from(secret_name, v.tags, v.expires_on, v.created)
+            return [info_from(secret_name, v.tags, v.expires_on, v.created, v.version)
                     for v in self.secrets.get(secret_name.lower(), [])]
 
     def read_text(self, secret_name: str) -> str:

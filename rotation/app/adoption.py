@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from rotation.app.context import Deps, Scope
+from rotation.app.vault import fenced_put
 from rotation.core.adoption import Candidate, candidates, key_order, origin
-from rotation.core.errors import RotationError
+from rotation.core.errors import RotationError, UpstreamError
 from rotation.core.model import GatewayConfig, KeyType, Target, TokenRecord
 from rotation.core.token import GatewayToken
 from rotation.telemetry import Executor, emit
@@ -77,17 +78,25 @@ def held_tokens(deps: Deps, config: GatewayConfig, check: Callable[[str], float]
 
 def signing_key(deps: Deps, config: GatewayConfig, token: GatewayToken,
                 check: Callable[[str], float]) -> KeyType | None:
-    """The key whose ARM-generated token of the same expiry is this token, if any."""
+    """The key whose ARM-generated token of the same expiry is this token, if any. A transient ARM
+    error is retried once and never stops the other key from being tried: one 503 must not turn a
+    running token into a needless mint (and a restart of every pod)."""
     for key_type in key_order(config.key_type):
-        try:
-            again = deps.issuer.generate_token(config.ref, key_type, token.expires_at,
-                                                  timeout=check("generateToken (adoption check)"))
-        except RotationError as exc:
-            log.info("%s: adoption could not reproduce token %s with the %s key: %s", config.ref,
-                     token.fingerprint, key_type.value, exc)
-            return None  # an expiry ARM refuses, or ARM failing: nothing is proven
-        if again == token.value:
-            return key_type
+        for attempt in (1, 2):
+            try:
+                again = deps.issuer.generate_token(config.ref, key_type, token.expires_at,
+                                                   timeout=check("generateToken (adoption check)"))
+            except UpstreamError as exc:
+                log.info("%s: adoption could not reproduce token %s with the %s key (attempt %d): %s", config.ref,
+                         token.fingerprint, key_type.value, attempt, exc)
+                continue
+            except RotationError as exc:  # refused (an expiry ARM will not sign): this key proves nothing
+                log.info("%s: adoption could not reproduce token %s with the %s key: %s", config.ref,
+                         token.fingerprint, key_type.value, exc)
+                break
+            if again == token.value:
+                return key_type
+            break
     return None
 
 
@@ -113,7 +122,8 @@ def adopt(deps: Deps, scope: Scope, now: datetime) -> Adopted | None:
     adopted, _ = choose(deps, config, now, scope.writing)
     if adopted is None:
         return None
-    deps.store.put(config.key_vault_secret, adopted.record, timeout=scope.writing("writing Key Vault"))
+    version = fenced_put(deps, scope, adopted.record, based_on=None)
+    adopted = replace(adopted, record=replace(adopted.record, version=version))
     token = adopted.token
     emit("rotation.token", {"gatewayId": config.ref.id, "fingerprint": token.fingerprint,
                             "expiresAt": token.expires_at.isoformat(), "keyType": adopted.key_type.value,

@@ -29,11 +29,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
 
-from rotation.app.context import Deps, deadline
+from rotation.app.consumed import Signer, other_reads
+from rotation.app.context import Deps, Scope, deadline
 from rotation.app.holding import Holding, exclusive
 from rotation.app.reconcile import Reconcile, Request
+from rotation.app.vault import fenced_put
+from rotation.core.consumption import check as check_consumption
 from rotation.core.deadline import Deadline
 from rotation.core.errors import RotationError, UpstreamError
 from rotation.core.keyroll import Blocker, TargetSeen, blockers, check_direction
@@ -70,8 +72,9 @@ class KeyRoll:
             # Phase 1: a token of the other key everywhere, and the pods of in-sync targets restarted if
             # they started before it was stored (a renewal during the roll may not have restarted them).
             request = Request(reason, dry_run=dry_run, key_type=to_key, roll_from=from_key,
-                              heal=Heal(cooldown=timedelta(0), unrestartable_fails=False))
-            rotation = Reconcile(self.deps, config, request, budget, started, guard=holding.check).run()
+                              heal=Heal(unrestartable_fails=False))
+            rotation = Reconcile(self.deps, config, request, budget, started, guard=holding.check,
+                                 fence=holding).run()
 
             def result(phase: KeyRollPhase, pending: Sequence[object] = (), regenerated: bool = False,
                        ) -> KeyRollReport:
@@ -91,7 +94,7 @@ class KeyRoll:
                                  deadline(rollout_wait_seconds), poll_seconds, holding)
             if found:
                 return result(KeyRollPhase.PENDING, found)
-            self.regenerate(config, from_key, deadline_seconds, holding)
+            self.regenerate(config, from_key, budget, holding)
             return result(KeyRollPhase.COMPLETED, regenerated=True)
 
     def confirm(self, config: GatewayConfig, from_key: KeyType, confirm_restarted: bool, timeout: float,
@@ -116,14 +119,15 @@ class KeyRoll:
                          f"{from_key.value} again")]
         return []
 
-    def regenerate(self, config: GatewayConfig, from_key: KeyType, timeout: float, holding: Holding) -> None:
-        """Regenerates the retired key, then clears the roll's tag (a new version of the same token)."""
-        self.deps.issuer.regenerate_key(config.ref, from_key, timeout=timeout)
-        latest = self.deps.store.get(config.key_vault_secret, timeout=timeout)
+    def regenerate(self, config: GatewayConfig, from_key: KeyType, budget: Deadline, holding: Holding) -> None:
+        """Regenerates the retired key, then clears the roll's tag (a new version of the same token,
+        fenced like every Key Vault write)."""
+        scope = Scope(config, budget, holding.check, holding)
+        self.deps.issuer.regenerate_key(config.ref, from_key, timeout=scope.writing("regenerating the key"))
+        latest = self.deps.store.get(config.key_vault_secret, timeout=budget.check("reading Key Vault"))
         if latest is not None and latest.roll_from is from_key:
-            holding.check()  # lost now: the tag stays; the next run regenerates again (harmless) and clears it
-            self.deps.store.put(config.key_vault_secret,
-                                replace(latest, roll_from=None, version=None, created_at=None), timeout=timeout)
+            # Lost now: the tag stays; the next run regenerates again (harmless) and clears it.
+            fenced_put(self.deps, scope, replace(latest, roll_from=None), based_on=latest.version)
 
     def inspect(self, config: GatewayConfig, from_key: KeyType, confirm_restarted: bool,
                 timeout: float) -> list[Blocker]:
@@ -136,11 +140,14 @@ class KeyRoll:
                 client = deps.clusters.client(deps.registry.clusters[target.cluster])
                 secret = client.read_secret(target.namespace, target.secret, target.key, timeout=timeout)
                 rollouts = tuple(client.rollout(target.namespace, w, timeout=timeout) for w in target.restart)
-                seen.append(TargetSeen(target, secret, rollouts))
+                consumption = check_consumption(target, {r.workload: r.uses for r in rollouts}, secret.labels)
+                seen.append(TargetSeen(target, secret, rollouts, consumption=consumption))
             except RotationError as exc:
                 seen.append(TargetSeen(target, None, error=str(exc)))
         # Listed after the targets were read, so it names every token a target could hold by now.
         versions = deps.store.versions(config.key_vault_secret, timeout=timeout) if latest is not None else ()
+        signer = Signer(deps, config, versions, from_key, timeout)
+        seen = [replace(s, reads=other_reads(deps, s, signer, timeout)) if s.secret is not None else s for s in seen]
         return blockers(latest, from_key, versions, seen, confirm_restarted)
 
 

@@ -96,4 +96,4 @@ class Rotator:
                ) -> list[GatewayStatus]:
         """See `rotation.app.status.status`."""
         chosen = list(self.registry.gateways if configs is None else configs)
-        return status(self.deps, chosen, timeout=timeout, lease_shared=self.lease_shared)
+        return status(self.deps, chosen, timeout=timeout, lease=self.lease)

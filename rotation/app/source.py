@@ -1,16 +1,15 @@
-"""The token targets should hold, with its value and its storage time fetched only when needed."""
+"""The token targets should hold, with its value fetched only when a target needs it."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from rotation.app.context import Deps, Scope
-from rotation.core.convergence import Desired, token_stored_at
-from rotation.core.errors import NotFound, UnusableSecret
-from rotation.core.model import GatewayConfig
+from rotation.app.vault import check_owned
+from rotation.core.convergence import Desired
+from rotation.core.errors import NotFound, UpstreamError
 from rotation.core.token import GatewayToken
 
 
@@ -22,11 +21,10 @@ class TokenSource:
     load: Callable[[], GatewayToken]
     _token: GatewayToken | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    stored_at: Callable[[], datetime | None] = lambda: None
 
     @classmethod
-    def holding(cls, token: GatewayToken, stored_at: Callable[[], datetime | None] = lambda: None) -> TokenSource:
-        return cls(Desired.of(token), lambda: token, token, stored_at=stored_at)
+    def holding(cls, token: GatewayToken) -> TokenSource:
+        return cls(Desired.of(token), lambda: token, token)
 
     def token(self) -> GatewayToken:
         with self._lock:
@@ -35,39 +33,20 @@ class TokenSource:
             return self._token
 
 
-def check_gateway(config: GatewayConfig, token: GatewayToken) -> None:
-    """Key Vault's value is input too: a token of another gateway (pasted into the wrong secret) is never
-    pushed to this gateway's targets; a forced rotation overwrites it."""
-    if token.gateway.lower() != config.ref.gateway.lower():
-        raise UnusableSecret(f"Key Vault secret {config.key_vault_secret!r} holds a token of another gateway "
-                             f"(fingerprint {token.fingerprint}), not of {config.ref.gateway} "
-                             "(rotate with force to overwrite it)")
-
-
-def loader(deps: Deps, scope: Scope) -> Callable[[], GatewayToken]:
-    """Reads Key Vault's token when a target first needs its value (the sweep's fast path)."""
+def loader(deps: Deps, scope: Scope, fingerprint: str, version: str | None) -> Callable[[], GatewayToken]:
+    """Reads the decided token when a target first needs its value (the sweep's fast path): the committed
+    version itself when the lease names it, and only ever the token whose fingerprint was decided on —
+    a different latest (written since the listing) is not pushed, the next reconcile decides again."""
     def load() -> GatewayToken:
         config = scope.config
-        record = deps.store.get(config.key_vault_secret, timeout=scope.check("reading Key Vault"))
+        record = deps.store.get(config.key_vault_secret, timeout=scope.check("reading Key Vault"), version=version)
         if record is None:
             raise NotFound(f"Key Vault secret {config.key_vault_secret} disappeared")
-        check_gateway(config, record.token)
+        check_owned(config, record)
+        if record.token.fingerprint != fingerprint:
+            raise UpstreamError(f"Key Vault's token of {config.ref} changed since the sweep listed it "
+                                f"({fingerprint} -> {record.token.fingerprint}): not pushed; the next reconcile "
+                                "decides again")
         return record.token
-
-    return load
-
-
-def stored_at(deps: Deps, scope: Scope, fingerprint: str) -> Callable[[], datetime | None]:
-    """When Key Vault first stored the token, looked up only if a heal needs it (one listing)."""
-    lock = threading.Lock()
-    box: list[datetime | None] = []
-
-    def load() -> datetime | None:
-        with lock:
-            if not box:
-                versions = deps.store.versions(scope.config.key_vault_secret,
-                                               timeout=scope.check("listing Key Vault versions"))
-                box.append(token_stored_at(versions, fingerprint))
-            return box[0]
 
     return load

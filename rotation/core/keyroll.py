@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
-from rotation.core.convergence import token_stored_at
+from rotation.core.consumption import Consumption, ConsumptionState
 from rotation.core.errors import InvalidInput
 from rotation.core.model import KeyType, RolloutState, SecretState, Target, TokenInfo, TokenRecord
-from rotation.core.restarts import CLOCK_SKEW, RESTART_PENDING
 from rotation.core.status import sync_state
 from rotation.core.token import parse_stored
 
@@ -46,11 +44,24 @@ class Blocker:
 
 
 @dataclass(frozen=True, slots=True)
+class Read:
+    """Another Secret key a registered workload reads (besides the registered one), as inspected:
+    `signed_by` the key that signed the token it holds (None: no token of that key), or `error` when
+    it could not be checked (not readable with the app's rights, every key of a Secret...)."""
+
+    where: str
+    signed_by: KeyType | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TargetSeen:
     target: Target
     secret: SecretState | None
     rollouts: tuple[RolloutState, ...] = ()
     error: str | None = None
+    reads: tuple[Read, ...] = ()
+    consumption: Consumption | None = None
 
 
 def blockers(latest: TokenRecord | None, from_key: KeyType, versions: Sequence[TokenInfo],
@@ -64,7 +75,6 @@ def blockers(latest: TokenRecord | None, from_key: KeyType, versions: Sequence[T
         return [Blocker("Key Vault", f"its latest version is a {latest.key_type.value} token {tag}, not this "
                                      f"roll's {from_key.other.value} token: run roll-keys --from {from_key.value} "
                                      "again")]
-    stored_at = token_stored_at(versions, latest.token.fingerprint)
     # Tokens of this roll (signed by the surviving key): a target holding one converges by itself
     # when another writer just stored a later one, so the next look decides.
     this_roll = {v.fingerprint for v in versions if v.key_type is from_key.other and v.roll_from is from_key}
@@ -76,7 +86,30 @@ def blockers(latest: TokenRecord | None, from_key: KeyType, versions: Sequence[T
             continue
         if not s.target.restart and not confirm_restarted:
             out.append(_unconfirmable(s.target))
-        out.extend(_rollout_blockers(s, stored_at))
+        out.extend(_consumption_blockers(s, from_key, confirm_restarted))
+        out.extend(_rollout_blockers(s, latest.token.fingerprint))
+    return out
+
+
+def _consumption_blockers(s: TargetSeen, from_key: KeyType, confirm_restarted: bool) -> list[Blocker]:
+    """A workload that reads a token of the retiring key elsewhere (another key of the Secret, another
+    Secret) dies when it is regenerated, whatever the registered key holds: that blocks, always. What
+    could not be checked (the pod template unread, a workload reading another key, a Secret the app may
+    not read) blocks unless the operator confirmed the pods run the new token."""
+    out = [Blocker(r.where, f"a registered workload reads a token signed by the {from_key.value} key there: "
+                            "regenerating it would cut that workload off; point it at the registered key "
+                            "(or register that key), then run roll-keys again")
+           for r in s.reads if r.signed_by is from_key]
+    if confirm_restarted:
+        return out
+    out.extend(Blocker(r.where, f"not checked ({r.error}): make sure it holds no {from_key.value}-key token, "
+                                "then run roll-keys again with --confirm-restarted")
+               for r in s.reads if r.error is not None)
+    c = s.consumption
+    if c is not None and c.state in (ConsumptionState.MISMATCH, ConsumptionState.UNCHECKED) and s.target.restart:
+        out.append(Blocker(str(s.target), f"consumption {c.state.value} ({c.fix}): the pods may run a "
+                                          f"{from_key.value}-key token from elsewhere; fix the registry or run "
+                                          "roll-keys again with --confirm-restarted"))
     return out
 
 
@@ -94,9 +127,6 @@ def _secret_blocker(s: TargetSeen, latest: TokenRecord, from_key: KeyType,
                                    f"{latest.token.fingerprint}: run roll-keys again", waits=True)
         return Blocker(str(t), f"holds {what}, not Key Vault's {latest.token.fingerprint} (it may be "
                                f"signed by the {from_key.value} key): run roll-keys again")
-    if s.secret.annotations.get(RESTART_PENDING):
-        return Blocker(str(t), "its workloads' restart onto the new token is not done (restart-pending "
-                               "marker): run roll-keys again")
     return None
 
 
@@ -107,13 +137,14 @@ def _unconfirmable(t: Target) -> Blocker:
                            "(HTTP confirmRestarted=true); or add `restart` to the registry")
 
 
-def _rollout_blockers(s: TargetSeen, stored_at: datetime | None) -> list[Blocker]:
+def _rollout_blockers(s: TargetSeen, fingerprint: str) -> list[Blocker]:
+    """Each workload restarted for the roll's token (its fingerprint annotation, not a clock) and rolled out."""
     out: list[Blocker] = []
     for r in s.rollouts:
         where = f"{s.target.cluster}/{s.target.namespace}/{r.workload}"
-        if r.restarted_at is None or (stored_at is not None and r.restarted_at < stored_at - CLOCK_SKEW):
-            out.append(Blocker(where, "last restarted before the new token was stored: run roll-keys again "
-                                      "(it restarts it)"))
+        if r.token_fingerprint != fingerprint:
+            out.append(Blocker(where, f"not restarted for the new token {fingerprint} (its pod template names "
+                                      f"{r.token_fingerprint or 'none'}): run roll-keys again (it restarts it)"))
         elif not r.ready:
             out.append(Blocker(where, f"rollout not finished ({r.detail})", waits=True))
     return out

@@ -41,8 +41,8 @@ class TokenIssuer(Protocol):
 class TokenStore(Protocol):
     """Key Vault: the source of truth for each gateway's current token."""
 
-    def get(self, secret_name: str, timeout: float | None = None) -> TokenRecord | None:
-        """The latest version, or None when the secret does not exist."""
+    def get(self, secret_name: str, timeout: float | None = None, version: str | None = None) -> TokenRecord | None:
+        """The latest version (or the given one), or None when the secret (or that version) does not exist."""
         ...
 
     def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:

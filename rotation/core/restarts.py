@@ -1,8 +1,16 @@
-"""When a target's workloads must restart to load its token, and how that is remembered.
+"""When a target's workloads must restart to load its token, decided on one clock: none.
 
-Pods read the token at start: a Secret in sync says nothing about what they run. A write leaves the
-restart-pending marker on the Secret until its workloads restarted; an event for a gateway whose Key
-Vault and Secrets are current means one instance still runs an older token (a heal).
+Pods read the token at start, so a Secret in sync says nothing about what they run. Every restart
+this product makes records, on the workload's pod template, the fingerprint of the token it restarted
+the workload for (`TOKEN_FINGERPRINT_ANNOTATION`; changing it rolls the pods as `restartedAt` does).
+Whether a workload still owes a restart is then a comparison of two fingerprints, never of the
+restarting machine's clock with Key Vault's: a writer whose clock is minutes off restarts nothing
+extra and misses nothing. A workload with no annotation (restarted by hand, or before this product
+recorded fingerprints) is restarted once, which records it.
+
+An event for a gateway whose Key Vault and Secrets are current means one of its instances runs an
+older token (its pods were not restarted): a *heal*. APIM sends one event per instance; the first
+restarts the workloads (recording the fingerprint) and the duplicates find them current.
 """
 
 from __future__ import annotations
@@ -11,43 +19,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-# Set on a Secret between its token write and the end of its workloads' restart, so a restart that
-# failed (or a process that died) is redone by the next reconcile even though the token is in sync.
-RESTART_PENDING = "apim-token-rotator/restart-pending"
-# An event restarts a workload at most once per this interval (APIM sends one event per instance).
-HEAL_COOLDOWN = timedelta(minutes=10)
-# Clock difference tolerated between Key Vault's `created` and the restartedAt this app writes.
-CLOCK_SKEW = timedelta(seconds=60)
-
 
 @dataclass(frozen=True, slots=True)
 class Heal:
-    """Restart the workloads of in-sync targets whose pods still run an older token.
-
-    An event for a gateway whose Key Vault and Secrets are current means one of its instances runs
-    an old token (its pods were not restarted); a key roll needs the same before regenerating.
-    """
+    """Restart the workloads of in-sync targets whose pods still run an older token."""
 
     instance: str | None = None                 # the gateway instance (pod) an event named
     instance_expires_at: datetime | None = None  # its token's expiry, from the event
-    cooldown: timedelta = HEAL_COOLDOWN
     unrestartable_fails: bool = True  # a target without `restart` list fails (the event is retried)
 
 
-class HealAction(StrEnum):
-    RESTART = "restart"    # its pods started before the token was stored: restart them
-    CURRENT = "current"    # restarted since the token was stored: its pods run it (or are rolling to it)
-    COOLDOWN = "cooldown"  # restarted too recently to restart again (per-instance duplicate events)
+class RestartAction(StrEnum):
+    RESTART = "restart"  # restarted for another token (or never by this product): restart it
+    CURRENT = "current"  # restarted for this token: its pods run it, or are rolling to it
 
 
-def heal_action(restarted_at: datetime | None, stored_at: datetime | None, now: datetime,
-                cooldown: timedelta) -> HealAction:
-    """Whether a workload of an in-sync target must be restarted so its pods load the stored token."""
-    if restarted_at is not None and stored_at is not None and restarted_at >= stored_at - CLOCK_SKEW:
-        return HealAction.CURRENT
-    if restarted_at is not None and now - restarted_at < cooldown:
-        return HealAction.COOLDOWN
-    return HealAction.RESTART
+def restart_action(workload_fingerprint: str | None, token_fingerprint: str) -> RestartAction:
+    """Whether a workload of a target holding the token `token_fingerprint` must be restarted."""
+    return RestartAction.CURRENT if workload_fingerprint == token_fingerprint else RestartAction.RESTART
 
 
 def instance_is_stale(instance_expires_at: datetime | None, stored_expires_at: datetime) -> bool:
