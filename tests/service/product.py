@@ -1,0 +1,57 @@
+"""The product's entry points as the service-tier tests of token provenance, fenced writes, key-roll
+consumption and restart fingerprints drive them: imported here once, so moving them is one line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rotation.adapters.lease import LocalLease
+from rotation.core.model import Registry
+from rotation.service import Heal, Rotator
+from tests import leakcheck
+from tests.service.conftest import World
+
+__all__ = ["Heal", "LocalLease", "Monotonic", "Rotator", "assert_no_token", "forged", "instance"]
+
+
+@dataclass
+class Monotonic:
+    """A lease holder's monotonic clock; `pause` is time the process did not see pass."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def pause(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def instance(world: World, lease: LocalLease | None = None, clock: Callable[[], datetime] | None = None,
+             registry: Registry | None = None, **kwargs: Any) -> Rotator:
+    """Another function instance (or the CLI): its own Rotator over the same Key Vault and clusters."""
+    return Rotator(registry=registry or world.registry, issuer=world.issuer, store=world.store,
+                   clusters=world.rotator.clusters, clock=clock or (lambda: world.now), lease=lease,
+                   publisher=world.publisher, **kwargs)
+
+
+def forged(gateway: str, stamp: str = "209912312359") -> str:
+    """A token-shaped value nobody signed: the gateway's name, an expiry, random base64."""
+    import base64
+    import secrets
+
+    value = f"{gateway}&{stamp}&{base64.b64encode(secrets.token_bytes(64)).decode()}"
+    leakcheck.register(value)
+    return value
+
+
+def assert_no_token(report: Any, *values: str) -> None:
+    """A report (or anything with to_dict) names tokens by fingerprint only, never by value."""
+    text = json.dumps(report.to_dict() if hasattr(report, "to_dict") else report, default=str)
+    for value in values:
+        raw = value.removeprefix("GatewayKey ")
+        assert raw not in text and raw.split("&")[-1] not in text
