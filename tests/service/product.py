@@ -32,9 +32,10 @@ class Monotonic:
         self.now += seconds
 
 
-def instance(world: World, lease: LocalLease | None = None, clock: Callable[[], datetime] | None = None,
+def instance(world: World, lease: Any = None, clock: Callable[[], datetime] | None = None,
              registry: Registry | None = None, **kwargs: Any) -> Rotator:
-    """Another function instance (or the CLI): its own Rotator over the same Key Vault and clusters."""
+    """Another function instance (or the CLI): its own Rotator over the same Key Vault and clusters.
+    `lease`: a LocalLease (or a wrapper of one) shared by the instances; None: one of its own."""
     return Rotator(registry=registry or world.registry, issuer=world.issuer, store=world.store,
                    clusters=world.rotator.clusters, clock=clock or (lambda: world.now), lease=lease,
                    publisher=world.publisher, **kwargs)

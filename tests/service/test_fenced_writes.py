@@ -158,8 +158,8 @@ def test_the_sweep_writes_exactly_the_token_it_decided_on(world: World) -> None:
     ten = world.seed_token(world.gw1, 10 * DAY)
     world.seed_token(world.gw2, 20 * DAY)
     twelve = world.seed_token(world.gw1, 12 * DAY, everywhere=False)
-    for t in world.gw1.targets:  # the targets still hold the 10-day token
-        world.cluster(t.cluster).secrets[(t.namespace, t.secret)].data[t.key] = ten.formatted(t.format)
+    for each in world.gw1.targets:  # the targets still hold the 10-day token
+        world.cluster(each.cluster).secrets[(each.namespace, each.secret)].data[each.key] = ten.formatted(each.format)
     eight = GatewayToken.parse(world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY,
                                                            (world.now + timedelta(days=8)).replace(second=0)))
     real_list = world.store.list
@@ -184,14 +184,15 @@ class SlowRelease:
     """The shared lease, whose release takes `seconds` (a blob call answering slowly)."""
 
     def __init__(self, inner: LocalLease, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
+        self.inner: Any = inner  # typed loosely: the fencing methods are being added to LocalLease
+        self.seconds = seconds
 
     @property
     def shared(self) -> bool:
-        return self.inner.shared
+        return bool(self.inner.shared)
 
     def heads(self, names: Sequence[str], timeout: float | None = None) -> Any:
-        return self.inner.heads(names, timeout)  # type: ignore[attr-defined]
+        return self.inner.heads(names, timeout)
 
     def acquire(self, name: str, *, duration: float, wait: float) -> SlowHeld:
         return SlowHeld(self.inner.acquire(name, duration=duration, wait=wait), self.seconds)
@@ -232,7 +233,7 @@ def test_releasing_the_lease_does_not_hold_the_reconcile_past_its_deadline(world
     include releasing the lease (an unreleased lease expires by itself, so nothing is lost by not
     waiting), whatever the storage account does."""
     world.seed_token(world.gw1, 3 * DAY)
-    rotator = instance(world, SlowRelease(LocalLease(), seconds=3.0))  # type: ignore[arg-type]
+    rotator = instance(world, SlowRelease(LocalLease(), seconds=3.0))
     started = time.monotonic()
     report = rotator.reconcile(world.gw1, reason="event", deadline_seconds=1)
     took = time.monotonic() - started
