@@ -210,6 +210,21 @@ def test_status_calls_the_other_services_token_a_mismatch_naming_it(world: World
     assert_no_token(status, theirs.value)
 
 
+def test_a_target_holding_another_registered_gateways_verified_token_is_never_overwritten(world: World) -> None:
+    """Case 3's other half, within one service: gw-2's own token (its Key Vault version) in a gw-1 target
+    is a registry mistake, not drift: failed, naming both, nothing written. (Holds today; kept as the
+    rule's guard while matching moves from names to full ids.)"""
+    theirs = world.seed_token(world.gw2, 10 * DAY)
+    world.seed_token(world.gw1, 20 * DAY, everywhere=False)
+    world.west.secrets[WEST].data["value"] = theirs.value
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    east, west = report.targets
+    assert east.outcome is Outcome.UPDATED and west.outcome is Outcome.FAILED and not report.ok
+    assert "gw-2" in (west.error or "") and "gw-1" in (west.error or "")
+    assert fingerprints([world.west.value(*WEST, "value")]) == [theirs.fingerprint]
+    assert_no_token(report, theirs.value)
+
+
 @pytest.mark.xfail(strict=True, reason="the registry accepts one Secret key registered under two gateways")
 def test_one_secret_key_under_two_gateways_is_refused_when_the_registry_loads() -> None:
     """Case 3: two gateways writing one key would overwrite each other for ever."""
