@@ -36,9 +36,9 @@ def instance(world: World, lease: Any = None, clock: Callable[[], datetime] | No
              registry: Registry | None = None, **kwargs: Any) -> Rotator:
     """Another function instance (or the CLI): its own Rotator over the same Key Vault and clusters.
     `lease`: a LocalLease (or a wrapper of one) shared by the instances; None: one of its own."""
+    kwargs.setdefault("clusters", world.rotator.clusters)
     return Rotator(registry=registry or world.registry, issuer=world.issuer, store=world.store,
-                   clusters=world.rotator.clusters, clock=clock or (lambda: world.now), lease=lease,
-                   publisher=world.publisher, **kwargs)
+                   clock=clock or (lambda: world.now), lease=lease, publisher=world.publisher, **kwargs)
 
 
 def forged(gateway: str, stamp: str = "209912312359") -> str:
