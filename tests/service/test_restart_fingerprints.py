@@ -1,8 +1,8 @@
 """Restart decisions compare token fingerprints, never two machines' clocks; `newer` is no excuse.
 
 `kubectl rollout restart` sets the pod template annotation `kubectl.kubernetes.io/restartedAt` to the
-restarting client's wall clock (kubectl: staging/src/k8s.io/kubectl/pkg/polymorphichelpers/
-objectrestarter.go, `time.Now().Format(time.RFC3339)`), while Key Vault's `created` is Key Vault's
+restarting client's wall clock (kubernetes/kubernetes staging/src/k8s.io/kubectl/pkg/polymorphichelpers/
+objectrestarter.go, defaultObjectRestarter: `time.Now().Format(time.RFC3339)`), while Key Vault's `created` is Key Vault's
 clock (learn.microsoft.com/rest/api/keyvault/secrets/get-secret: SecretAttributes.created). Comparing
 the two fails whenever the writer's clock is off. Recording on the pod template the fingerprint of the
 token a workload was restarted for (the annotation change rolls the pods, as restartedAt does) makes

@@ -1,7 +1,8 @@
 """Phase 2 of a key roll regenerates key k only when no registered workload can still be running on k.
 
-Regenerating a key invalidates every token it signed ("Gateway - Regenerate Key",
-learn.microsoft.com/rest/api/apimanagement/current-ga/gateway/regenerate-key). A registered workload
+Regenerating a key invalidates every token it signed ("Regenerates specified gateway key invalidating
+any tokens created with it": "Gateway - Regenerate Key", learn.microsoft.com/rest/api/apimanagement/
+current-ga/gateway/regenerate-key). A registered workload
 whose pod template reads another key of the Secret, or another Secret (Kubernetes: `env[].valueFrom.
 secretKeyRef`, `envFrom`, `secret` volumes — kubernetes.io/docs/concepts/configuration/secret/#using-
 secrets), keeps the old token however well the registered key is rotated: `status` already calls that
