@@ -201,6 +201,9 @@ class SlowRelease:
     def acquire(self, name: str, *, duration: float, wait: float) -> SlowHeld:
         return SlowHeld(self.inner.acquire(name, duration=duration, wait=wait), self.seconds)
 
+    def __getattr__(self, name: str) -> Any:  # whatever else the Lease port gains
+        return getattr(self.inner, name)
+
 
 class SlowHeld:
     def __init__(self, held: Any, seconds: float) -> None:
@@ -229,6 +232,9 @@ class SlowHeld:
     def release(self) -> None:
         time.sleep(self.seconds)
         self.held.release()
+
+    def __getattr__(self, name: str) -> Any:  # whatever else the HeldLease port gains
+        return getattr(self.held, name)
 
 
 @pytest.mark.xfail(strict=True, reason="the reconcile waits for the lease release after its deadline")
