@@ -65,7 +65,8 @@ class LatePut:
 
     @property
     def token(self) -> GatewayToken:
-        record = self.held[0][0][1]
+        args, kwargs = self.held[0]
+        record = kwargs.get("record", args[1] if len(args) > 1 else None)
         assert isinstance(record, TokenRecord)
         return record.token
 
