@@ -23,15 +23,16 @@ from rotation.app.holding import exclusive
 from rotation.app.promotion import doomed, promote
 from rotation.app.records import failed, record
 from rotation.app.renewal import Renewal, renew
-from rotation.app.targets import Synced, TargetPlan, restart_workloads, sync_secret
+from rotation.app.targets import Synced, TargetPlan, restart_workloads, sync_secret, write_owed
 from rotation.core.deadline import Deadline
 from rotation.core.errors import RotationError
-from rotation.core.model import GatewayConfig, KeyType, Outcome, RotationReport, TokenInfo
+from rotation.core.model import GatewayConfig, KeyType, Outcome, RotationReport, TargetReport, TokenInfo
 from rotation.core.ports import Lease
 from rotation.core.restarts import Heal, heal_needed
 from rotation.telemetry import error_class
 
 log = logging.getLogger("rotation")
+_EMPTY = TargetReport("", "", "", Outcome.PLANNED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +78,19 @@ class Reconcile:
                             key_type=request.key_type, roll_from=request.roll_from)
             plan: TargetPlan | None = self._plan(scope, renewal)
             heal = plan.heal if plan else None  # the event's heal, unless its instance already runs the token
-            source, rotated, first = renewal.source, renewal.rotated, True
+            source, rotated = renewal.source, renewal.rotated
             synced: tuple[Synced, ...] = ()
-            while plan is not None:  # at most twice: the second pass follows a promotion
-                synced = self._pass(scope, plan, synced)
-                plan = self._after_promotion(scope, renewal, synced) if first else None
-                if plan is not None:
-                    source, rotated = plan.source, True
-                first = False
+            if plan is not None:
+                # Look first (the happy path writes at once), so a promotion is decided before any
+                # read target is written: each target is written and restarted once.
+                look = replace(plan, look_only=not plan.plan_only)
+                synced = self._pass(scope, look, ())
+                promoted = self._after_promotion(scope, renewal, synced)
+                if promoted is not None:
+                    source, rotated = promoted.source, True
+                    synced = self._pass(scope, promoted, synced)
+                elif any(s.owed for s in synced):
+                    synced = self._pass(scope, plan, synced, owed_only=True)
             if not request.dry_run and source is not None:
                 synced = self._restarts(scope, synced, heal)
             report = RotationReport(
@@ -97,13 +103,18 @@ class Reconcile:
             record(self.deps.publisher, self.config, report, deadline=self.deadline)
             return report
 
-    def _pass(self, scope: Scope, plan: TargetPlan, before: tuple[Synced, ...]) -> tuple[Synced, ...]:
-        """Phase 1 for every target in parallel; a second pass (after a promotion) keeps the first
-        pass's `written` so each target's workloads restart once, for the token it ends with."""
+    def _pass(self, scope: Scope, plan: TargetPlan, before: tuple[Synced, ...], *,
+              owed_only: bool = False) -> tuple[Synced, ...]:
+        """Phase 1 for every target in parallel (`owed_only`: only the writes a look-only pass owes); a
+        second pass keeps the first pass's `written`, so each target's workloads restart once, for the
+        token it ends with."""
         targets = self.config.targets
         started = time.monotonic()
         with fanout.pool(len(targets)) as pool:
-            futures: list[Future[Synced]] = [pool.submit(sync_secret, self.deps, scope, t, plan) for t in targets]
+            futures: list[Future[Synced]] = [
+                pool.submit(write_owed, self.deps, scope, t, plan, b) if owed_only
+                else pool.submit(sync_secret, self.deps, scope, t, plan)
+                for t, b in zip(targets, before or [Synced(_EMPTY)] * len(targets), strict=True)]
             synced = fanout.collect(targets, futures, self.deadline, started)
         if not before:
             return synced

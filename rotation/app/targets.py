@@ -47,6 +47,7 @@ class TargetPlan:
     heal: Heal | None = None
     expected: GatewayToken | None = None
     now: datetime | None = None
+    look_only: bool = False  # decide, but leave a read target's write for later (a promotion may change it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class Synced:
     holds: str | None = None
     written: bool = False
     newer: GatewayToken | None = None
+    owed: str | None = None  # a look-only pass decided to write: the resourceVersion it read
 
 
 class _Done:
@@ -67,10 +69,11 @@ class _Done:
         self.started = time.monotonic()
 
     def __call__(self, outcome: Outcome, restarted: Sequence[str] = (), error: str | None = None, *,
-                 holds: str | None = None, written: bool = False, newer: GatewayToken | None = None) -> Synced:
+                 holds: str | None = None, written: bool = False, newer: GatewayToken | None = None,
+                 owed: str | None = None) -> Synced:
         t = self.target
         return Synced(TargetReport(t.cluster, t.namespace, t.secret, outcome, tuple(restarted), error,
-                                   int((time.monotonic() - self.started) * 1000)), holds, written, newer)
+                                   int((time.monotonic() - self.started) * 1000)), holds, written, newer, owed)
 
 
 def _client(deps: Deps, target: Target) -> ClusterClient:
@@ -95,6 +98,8 @@ def sync_secret(deps: Deps, scope: Scope, target: Target, plan: TargetPlan) -> S
                                    target.format, plan.doomed)
             if action is not TargetAction.WRITE or plan.plan_only:
                 return _without_writing(scope, target, plan, source, verdict, action, done)
+            if plan.look_only:
+                return done(Outcome.PLANNED, owed=state.resource_version)
             try:
                 client.write_secret_key(target.namespace, target.secret, target.key,
                                         source.token().formatted(target.format), state.resource_version,
@@ -110,6 +115,25 @@ def sync_secret(deps: Deps, scope: Scope, target: Target, plan: TargetPlan) -> S
     except Exception as exc:  # a bug must not take the other targets down with it
         log.exception("unexpected error syncing %s", target)
         return done(Outcome.FAILED, error=f"internal error: {type(exc).__name__}")
+
+
+def write_owed(deps: Deps, scope: Scope, target: Target, plan: TargetPlan, looked: Synced) -> Synced:
+    """The write a look-only pass decided on, against the resourceVersion it read; if the Secret changed
+    since, it is read and decided again."""
+    if looked.owed is None:
+        return looked
+    source = plan.source
+    assert source is not None
+    done = _Done(target)
+    try:
+        _client(deps, target).write_secret_key(target.namespace, target.secret, target.key,
+                                               source.token().formatted(target.format), looked.owed,
+                                               timeout=scope.writing("writing the Secret"))
+    except Conflict:
+        return sync_secret(deps, scope, target, replace(plan, look_only=False, expected=None))
+    except RotationError as exc:
+        return done(Outcome.TIMEOUT if scope.deadline.left() <= 0 else Outcome.FAILED, error=str(exc))
+    return done(Outcome.UPDATED, holds=source.desired.fingerprint, written=True)
 
 
 def _verdict(plan: TargetPlan, value: str | None, source: TokenSource) -> Verdict:
@@ -181,7 +205,8 @@ def restart_workloads(deps: Deps, scope: Scope, target: Target, synced: Synced, 
         for workload in target.restart:
             if not synced.written:
                 state = client.rollout(target.namespace, workload, timeout=scope.check(f"reading {workload}"))
-                if restart_action(state.token_fingerprint, synced.holds) is RestartAction.CURRENT:
+                action = restart_action(state.token_fingerprint, synced.holds, healing=heal is not None)
+                if action is RestartAction.CURRENT:
                     if heal is not None and not state.ready:
                         rolling.append(f"{workload} is still rolling out to the token ({state.detail})")
                     continue

@@ -12,7 +12,8 @@ from typing import Any
 from rotation.adapters.lease import LocalLease
 from rotation.core.model import GatewayConfig, KeyType, Registry
 from rotation.core.token import GatewayToken, fingerprint, parse_stored
-from rotation.service import Heal, Rotator
+from rotation.app.rotator import Rotator
+from rotation.core.restarts import Heal
 from tests import leakcheck
 from tests.service.conftest import World
 
@@ -38,7 +39,7 @@ def instance(world: World, lease: Any = None, clock: Callable[[], datetime] | No
     `lease`: a LocalLease (or a wrapper of one) shared by the instances; None: one of its own."""
     kwargs.setdefault("clusters", world.rotator.clusters)
     return Rotator(registry=registry or world.registry, issuer=world.issuer, store=world.store,
-                   clock=clock or (lambda: world.now), lease=lease, publisher=world.publisher, **kwargs)
+                   clock=clock or (lambda: world.now), lease=lease if lease is not None else LocalLease(), publisher=world.publisher, **kwargs)
 
 
 def forged(gateway: str, stamp: str = "209912312359") -> str:

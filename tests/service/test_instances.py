@@ -26,7 +26,7 @@ from rotation.app.rotator import Rotator
 from rotation.core.errors import UpstreamError
 from rotation.core.fencing import FenceHead
 from rotation.core.model import GatewayRef, KeyType, Outcome, SyncState
-from rotation.core.restarts import RESTART_PENDING, Heal
+from rotation.core.restarts import Heal
 from rotation.core.status import KeyRollPhase
 from rotation.settings import Settings
 from tests.samples import SERVICE_ID, gateway_id

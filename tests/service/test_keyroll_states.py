@@ -13,7 +13,7 @@ from rotation.app.rotator import Rotator
 from rotation.core.errors import UpstreamError
 from rotation.core.keyroll import KeyRollRefused
 from rotation.core.model import KeyType, Outcome
-from rotation.core.restarts import RESTART_PENDING
+
 from rotation.core.status import KeyRollPhase
 from tests.service.conftest import World
 from tests.service.test_roll_sequences import assert_roll_invariant

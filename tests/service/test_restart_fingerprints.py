@@ -58,8 +58,6 @@ def version(world: World, config: GatewayConfig, expires_in: timedelta, key: Key
 # --- case 8: `newer` targets ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a `newer` target skips the heal: its workload is never restarted "
-                                       "onto the later token it holds")
 def test_an_event_restarts_the_workload_of_a_target_holding_a_later_verified_token(world: World) -> None:
     """Case 8: racing writers left a 25-day version (one of Key Vault's) in the target and a 20-day one
     as the latest; the workload last restarted a day before either. An event from an instance running
@@ -75,8 +73,6 @@ def test_an_event_restarts_the_workload_of_a_target_holding_a_later_verified_tok
     assert fingerprints(world.held(config)) == [later.fingerprint]
 
 
-@pytest.mark.xfail(strict=True, reason="during a key roll nothing is promoted: the roll's own later token "
-                                       "in a target keeps it pending for ever")
 def test_a_rolls_own_later_token_in_a_target_is_promoted_and_the_roll_completes(world: World) -> None:
     """Case 8: two writers of the same roll (primary -> secondary) stored a 29.5-day and then a 29-day
     secondary token; a target holds the later one. It is this roll's token (signed by the surviving key,
@@ -99,8 +95,6 @@ def test_a_rolls_own_later_token_in_a_target_is_promoted_and_the_roll_completes(
 # --- case 9: one clock ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="restart decisions compare the writer's restartedAt with Key Vault's "
-                                       "created: a writer 3 minutes behind makes the next event fail")
 def test_an_event_after_a_rotation_by_a_writer_three_minutes_behind_succeeds_without_restarting(
         world: World) -> None:
     """Case 9: instance B (clock 3 minutes behind) renewed the token and restarted the workload for it;
@@ -118,8 +112,6 @@ def test_an_event_after_a_rotation_by_a_writer_three_minutes_behind_succeeds_wit
     assert restarts(world) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2 compares the roller's restartedAt with Key Vault's created: "
-                                       "a roller 3 minutes behind never confirms its own restart")
 def test_a_roll_by_a_writer_three_minutes_behind_completes_with_one_restart(world: World) -> None:
     """Case 9: the roll restarts each workload once for its token and then regenerates; it does not
     stay pending (and restart again on every run) because its clock disagrees with Key Vault's."""
@@ -142,9 +134,6 @@ def east_app() -> Iterator[tuple[World, GatewayConfig]]:
         yield world, only.gateways[0]
 
 
-@pytest.mark.xfail(strict=True, reason="an Expired event is acknowledged because the workload was restarted "
-                                       "after the token was stored, though its rollout has not replaced the "
-                                       "expired instance")
 def test_an_expired_event_whose_instance_is_not_current_is_redelivered(east_app: tuple[World, GatewayConfig]) -> None:
     """Case 9: the event's instance runs a token that has expired; the workload was restarted for the
     current one but its rollout has not finished, so that instance is still serving and cut off. The
@@ -168,8 +157,6 @@ def test_an_expired_event_whose_instance_is_not_current_is_redelivered(east_app:
 # --- case 10: promotion once per reconcile ------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the reconcile writes and restarts a target for Key Vault's latest, "
-                                       "then promotes a later version and writes and restarts it again")
 def test_promotion_writes_and_restarts_each_workload_once_per_reconcile(world: World) -> None:
     """Case 10: east holds an old token, west a later-expiring Key Vault version than the latest. The
     reconcile promotes that version and east goes to it directly: one write, one restart."""

@@ -52,8 +52,6 @@ def assert_not_regenerated(world: World, config: GatewayConfig, report: KeyRollR
 
 
 @pytest.mark.parametrize("confirm_restarted", [False, True])
-@pytest.mark.xfail(strict=True, reason="phase 2 never looks at what the registered workloads read: it "
-                                       "regenerates the key another key of the Secret still holds")
 def test_no_regeneration_while_the_workload_reads_another_key_holding_a_token_of_that_key(
         world: World, confirm_restarted: bool) -> None:
     """Case 5: the Deployment reads key `legacy` of the same Secret, which holds the primary token; the
@@ -69,8 +67,6 @@ def test_no_regeneration_while_the_workload_reads_another_key_holding_a_token_of
     assert_no_token(report, leaked.value)
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2 regenerates the key while the registered workload reads "
-                                       "another Secret that holds a token of it")
 def test_no_regeneration_while_the_workload_reads_another_secret(world: World) -> None:
     """Case 5, another Secret: the Deployment mounts `gw1-legacy` (holding the primary token), not the
     registered Secret; the consumption check says `mismatch`."""
@@ -82,8 +78,6 @@ def test_no_regeneration_while_the_workload_reads_another_secret(world: World) -
     assert_not_regenerated(world, config, report, leaked)
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2 regenerates although nothing could check what the "
-                                       "registered workload reads (consumption `unchecked`)")
 def test_an_unchecked_consumption_needs_the_operators_confirmation(world: World) -> None:
     """Case 5, `unchecked`: the workload's spec could not be read (here: `rollout` reports no uses). Phase
     2 waits for `confirm_restarted`, then completes."""

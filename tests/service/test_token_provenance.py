@@ -57,8 +57,6 @@ def assert_all_hold_key_vaults_verified_token(world: World, config: GatewayConfi
 # --- forged far-future token (case 2) -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a forged far-future token is trusted by the expiry written in it: "
-                                       "the target is `newer` and a forced rotation leaves it")
 def test_a_forced_rotation_overwrites_a_forged_far_future_token(world: World) -> None:
     """Case 2: anyone with patch on one Secret writes `gw-1&209912312359&<random>`; `rotate --force`
     (the leak response) must replace it and say so, not report `newer` and succeed."""
@@ -71,7 +69,6 @@ def test_a_forced_rotation_overwrites_a_forged_far_future_token(world: World) ->
     assert_no_token(report, fake, world.held(world.gw1)[1] or "")
 
 
-@pytest.mark.xfail(strict=True, reason="the sweep reports a forged far-future token `newer` and leaves it")
 def test_the_sweep_overwrites_a_forged_far_future_token(world: World) -> None:
     """Case 2: the daily sweep must repair a forged value too (Key Vault's token is fresh: the fast path)."""
     world.seed_token(world.gw1, 20 * DAY)
@@ -85,8 +82,6 @@ def test_the_sweep_overwrites_a_forged_far_future_token(world: World) -> None:
     assert_no_token(sweep, fake)
 
 
-@pytest.mark.xfail(strict=True, reason="a value expiring beyond now + 30 days is taken as a later token "
-                                       "(`newer`), though generateToken never issues one")
 def test_a_value_expiring_beyond_thirty_days_is_no_token_even_if_signed_with_the_gateways_key(world: World) -> None:
     """Case 2, the 30-day rule: even a value ARM's key really signed (ARM refuses such an expiry, so it
     was never issued) cannot be a token when it expires after now + 30 days: it is overwritten."""
@@ -98,8 +93,6 @@ def test_a_value_expiring_beyond_thirty_days_is_no_token_even_if_signed_with_the
     assert_all_hold_key_vaults_verified_token(world, world.gw1)
 
 
-@pytest.mark.xfail(strict=True, reason="a forged far-future token in a target keeps the key roll pending "
-                                       "(`newer`) for ever")
 def test_a_forged_token_does_not_hold_a_key_roll_pending(world: World) -> None:
     """Case 2: the compromise response must not be blockable by whoever can patch one Secret."""
     leaked = world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
@@ -111,8 +104,6 @@ def test_a_forged_token_does_not_hold_a_key_roll_pending(world: World) -> None:
     assert signed_by(world, world.gw1, leaked) is None
 
 
-@pytest.mark.xfail(strict=True, reason="an Expired event is acknowledged while a target holds a forged "
-                                       "far-future token (reported `newer`)")
 def test_an_expired_event_is_not_acknowledged_while_a_target_holds_a_forged_token(app_world: World) -> None:
     """Case 2 through the Event Grid handler (azure-functions' EventGridEventInConverter): acknowledging
     means Event Grid never redelivers, so it may only happen once every target holds G's token."""
@@ -147,8 +138,6 @@ def test_onboarding_never_adopts_a_planted_token_it_cannot_prove(world: World) -
     assert_all_hold_key_vaults_verified_token(world, world.gw1)
 
 
-@pytest.mark.xfail(strict=True, reason="at onboarding a planted token expiring after the minted one stays "
-                                       "in its target (`newer`), never verified")
 def test_onboarding_overwrites_a_planted_token_expiring_after_the_minted_one(world: World) -> None:
     """Cases 1-2: an unproven value that claims a later expiry than the new token is still no token."""
     rotator = instance(world, adopt_existing=True)
@@ -175,8 +164,6 @@ def two_services(world: World) -> tuple[Rotator, GatewayConfig, GatewayConfig]:
     return instance(world, registry=both), prod, staging
 
 
-@pytest.mark.xfail(strict=True, reason="a token is matched to a gateway by its bare name: prod overwrites a "
-                                       "Secret holding staging's token of the same-named gateway")
 def test_a_target_holding_the_same_named_gateways_token_of_another_service_is_never_overwritten(
         world: World) -> None:
     """Case 3: prod's registry entry names the Secret staging's gw-1 really reads (its token, verified:
@@ -195,8 +182,6 @@ def test_a_target_holding_the_same_named_gateways_token_of_another_service_is_ne
     assert_no_token(report, theirs.value)
 
 
-@pytest.mark.xfail(strict=True, reason="status compares bare gateway names: the other service's token "
-                                       "shows as plain `stale`, not a registry mismatch naming it")
 def test_status_calls_the_other_services_token_a_mismatch_naming_it(world: World) -> None:
     """Case 3, `status`: the registry, not the token, is wrong; say which gateway's token it is."""
     rotator, prod, staging = two_services(world)
@@ -225,7 +210,6 @@ def test_a_target_holding_another_registered_gateways_verified_token_is_never_ov
     assert_no_token(report, theirs.value)
 
 
-@pytest.mark.xfail(strict=True, reason="the registry accepts one Secret key registered under two gateways")
 def test_one_secret_key_under_two_gateways_is_refused_when_the_registry_loads() -> None:
     """Case 3: two gateways writing one key would overwrite each other for ever."""
     with pytest.raises(RegistryError, match="gw1-token"):
@@ -239,8 +223,6 @@ def test_one_secret_key_under_two_gateways_is_refused_when_the_registry_loads() 
 
 
 @pytest.mark.parametrize("signed_by", [KeyType.PRIMARY, KeyType.SECONDARY])
-@pytest.mark.xfail(strict=True, reason="adoption turns one transient ARM error into a mint (it neither "
-                                       "retries nor tries the other key)")
 def test_adoption_retries_a_transient_arm_error_and_tries_the_other_key(world: World, signed_by: KeyType) -> None:
     """Case 10: onboarding over a valid token the targets run; ARM answers the first generateToken with
     a transient error. Proving the token must go on (retry, other key) within the deadline: minting
