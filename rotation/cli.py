@@ -24,6 +24,7 @@ from rotation.core.model import (
     check_gateway_name,
     check_service_name,
 )
+from rotation.core.token import GatewayToken
 from rotation.printing import print_report
 from rotation.settings import load_into_environment
 
@@ -267,10 +268,17 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
                                "gateways": len(registry.gateways), "targets": targets}
     results = None
     if getattr(args, "live", False):
+        from rotation.app.evidence import prove
         from rotation.live_check import live_check
 
         box = _container()  # the app's own access: its credential and the kubeconfigs in Key Vault
-        results = live_check(registry, box.rotator.clusters, timeout=args.deadline or box.settings.deadline_seconds)
+        timeout = args.deadline or box.settings.deadline_seconds
+        rotator = box.rotator
+
+        def verify(config: GatewayConfig, token: GatewayToken) -> KeyType | None:
+            return prove(rotator.store, rotator.issuer, config, token, rotator.clock(), timeout)
+
+        results = live_check(registry, rotator.clusters, timeout=timeout, verify=verify)
         summary["live"] = [r.to_dict() for r in results]
     if args.json:
         json.dump(summary, out, indent=2 if results is not None else None)

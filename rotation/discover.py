@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -28,21 +29,25 @@ from rotation.core.discovery import (
     ClusterScan,
     Proposal,
     ScannedSecret,
+    candidate_tokens,
     parse_service_id,
     propose,
 )
 from rotation.core.errors import AccessDenied, InvalidInput, RotationError, UpstreamError
-from rotation.core.model import GatewayRef, Workload, WorkloadKind
+from rotation.core.model import GatewayRef, KeyType, Workload, WorkloadKind
+from rotation.core.ports import TokenIssuer
+from rotation.core.token import GatewayToken
 from rotation.settings import operator_cloud
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from rotation.adapters.kubelisting import ContextListing
+    from rotation.adapters.kubelisting import ContextListing, OperatorKubeconfig
 
 # Secret types that never hold a gateway token and can be large (Helm keeps whole releases in them).
 SKIPPED_TYPES = frozenset({"helm.sh/release.v1", "kubernetes.io/service-account-token",
                            "kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg", "kubernetes.io/tls"})
+PROOF_TIMEOUT = 20.0  # one generateToken asked to reproduce a found token
 MAX_VALUE = 4096  # a token is a few hundred characters
 PAGE = 500
 KINDS = (WorkloadKind.DEPLOYMENT, WorkloadKind.STATEFULSET, WorkloadKind.DAEMONSET)
@@ -53,18 +58,6 @@ LIST_HINT = (": discovery needs list on secrets, deployments, statefulsets and d
 
 
 # --- ARM and Kubernetes, through the adapters -------------------------------------------------------
-
-
-def list_gateways(service_ids: Sequence[str], credential: TokenCredential, endpoint: str,
-                  scope: str) -> list[GatewayRef]:
-    """The self-hosted gateways of each service, in ARM's order."""
-    from rotation.adapters.arm import ArmTokenIssuer
-
-    arm = ArmTokenIssuer(credential, endpoint, scope=scope)
-    try:
-        return [ref for service_id in service_ids for ref in arm.list_gateways(service_id)]
-    finally:
-        arm.close()
 
 
 def kubeconfig_path(given: str | None) -> str:
@@ -162,7 +155,40 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
         login = OperatorLogin.from_env()
         credential = build_credential(login.client_id, developer=not login.in_azure,
                                       authority=where.cloud.authority_host)
-    gateways = list_gateways(services, credential, where.arm_endpoint, where.cloud.arm_scope)
+    from rotation.adapters.arm import ArmTokenIssuer
+
+    arm = ArmTokenIssuer(credential, where.arm_endpoint, scope=where.cloud.arm_scope)
+    try:
+        gateways = [ref for service_id in services for ref in arm.list_gateways(service_id)]
+        scans = _scan_all(config, chosen, entries, namespaces)
+        proven = prove_found(arm, candidate_tokens(gateways, scans))
+    finally:
+        arm.close()
+    return propose(gateways, scans, principal=principal, proven=proven, now=datetime.now(UTC)), gateways
+
+
+def prove_found(arm: TokenIssuer, found: Sequence[tuple[GatewayToken, list[GatewayRef]]]) -> dict[str, GatewayRef]:
+    """Which found tokens ARM reproduces, and for which gateway: generateToken for the token's own
+    expiry minute with each key of each gateway of that name (it invalidates nothing). The operator's
+    credential needs the generateToken action, as the rotator's own role has."""
+    proven: dict[str, GatewayRef] = {}
+    for token, refs in found:
+        for ref in refs:
+            if any(_reproduces(arm, ref, key, token) for key in KeyType):
+                proven[token.fingerprint] = ref
+                break
+    return proven
+
+
+def _reproduces(arm: TokenIssuer, ref: GatewayRef, key: KeyType, token: GatewayToken) -> bool:
+    try:
+        return arm.generate_token(ref, key, token.expires_at, timeout=PROOF_TIMEOUT) == token.value
+    except RotationError:
+        return False  # refused or failing: nothing is proven, the value is reported unverified
+
+
+def _scan_all(config: OperatorKubeconfig, chosen: Sequence[str], entries: dict[str, dict[str, Any]],
+              namespaces: Sequence[str]) -> list[ClusterScan]:
     scans = []
     failures: list[RotationError] = []
     for context in chosen:
@@ -178,7 +204,7 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
             listing.close()
     if len(failures) == len(chosen):
         raise failures[0]  # nothing was scanned: the error itself is the answer
-    return propose(gateways, scans, principal=principal), gateways
+    return scans
 
 
 # --- the command ------------------------------------------------------------------------------------

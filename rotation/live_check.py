@@ -10,16 +10,18 @@ settings when the Secret is Helm's. Nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TextIO
 
 from rotation.core.consumption import Consumption, ConsumptionState, SecretUse, check
 from rotation.core.errors import RotationError
-from rotation.core.model import GatewayConfig, Registry, Target, Workload
+from rotation.core.model import GatewayConfig, KeyType, Registry, Target, Workload
 from rotation.core.ports import Clusters
-from rotation.core.token import parse_stored
+from rotation.core.token import GatewayToken, parse_stored
+
+Verify = Callable[[GatewayConfig, GatewayToken], KeyType | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class LiveResult:
 
 
 def _one(registry: Registry, clusters: Clusters, config: GatewayConfig, target: Target,
-         timeout: float) -> LiveResult:
+         timeout: float, verify: Verify | None) -> LiveResult:
     try:
         client = clusters.client(registry.clusters[target.cluster])
         secret = client.read_secret(target.namespace, target.secret, target.key, timeout=timeout)
@@ -64,23 +66,31 @@ def _one(registry: Registry, clusters: Clusters, config: GatewayConfig, target: 
     elif held is None:
         holds = "no gateway token"
     else:
-        holds = f"token {held.fingerprint} of {held.gateway}, expires {held.expires_at:%Y-%m-%d %H:%M} UTC"
-        if held.gateway.lower() != config.ref.gateway.lower():
-            state = ConsumptionState.MISMATCH.value
-            fix = "; ".join(filter(None, [f"the Secret holds a token of gateway {held.gateway}, not "
-                                          f"{config.ref.gateway}: is this the right Secret?", fix]))
+        key = verify(config, held) if verify is not None else None
+        proof = f"{key.value} key, verified" if key is not None else "UNVERIFIED"
+        holds = (f"token {held.fingerprint} named {held.gateway!r}, expires "
+                 f"{held.expires_at:%Y-%m-%d %H:%M} UTC ({proof})")
+        if key is None and state == ConsumptionState.CONSUMED.value:
+            # Provenance, not the name inside the value: a planted or forged token is never "consumed".
+            state = "unverified"
+            fix = "; ".join(filter(None, [
+                f"the key holds a token nobody vouches for: not one of {config.ref.id}'s Key Vault versions and "
+                "ARM does not reproduce it (planted, forged, of another service's gateway or of a regenerated "
+                "key); the next rotate overwrites it", fix]))
     if errors:
         fix = "; ".join(filter(None, [fix, *errors]))
     return LiveResult(config, target, state, fix, consumption.helm, holds)
 
 
-def live_check(registry: Registry, clusters: Clusters, *, timeout: float = 20.0) -> list[LiveResult]:
-    """Every target of every gateway, checked in parallel; results in registry order."""
+def live_check(registry: Registry, clusters: Clusters, *, timeout: float = 20.0,
+               verify: Verify | None = None) -> list[LiveResult]:
+    """Every target of every gateway, checked in parallel; results in registry order. `verify` says
+    which key signed a token of the gateway (None: unverified, never reported consumed)."""
     jobs = [(g, t) for g in registry.gateways for t in g.targets]
     if not jobs:
         return []
     with ThreadPoolExecutor(max_workers=min(len(jobs), 16), thread_name_prefix="live") as pool:
-        futures = [pool.submit(_one, registry, clusters, g, t, timeout) for g, t in jobs]
+        futures = [pool.submit(_one, registry, clusters, g, t, timeout, verify) for g, t in jobs]
         return [f.result() for f in futures]
 
 

@@ -21,6 +21,7 @@ from rotation.core.adoption import key_order
 from rotation.core.errors import RotationError
 from rotation.core.fencing import off_chain
 from rotation.core.model import GatewayConfig, KeyType, TokenInfo
+from rotation.core.ports import TokenIssuer, TokenStore
 from rotation.core.provenance import Evidence, Provenance, Verdict, classify, possible, worth_proving
 from rotation.core.token import GatewayToken, parse_stored
 
@@ -145,3 +146,28 @@ class EvidenceLoader:
             if info.fingerprint == fingerprint:
                 return info.key_type
         return None
+
+
+def prove(store: TokenStore, issuer: TokenIssuer, config: GatewayConfig, token: GatewayToken, now: datetime,
+          timeout: float) -> KeyType | None:
+    """Outside a reconcile (`validate-registry --live`): which of the gateway's keys signed `token`, by
+    its Key Vault versions on the chain, else by ARM reproducing it; None: unverified (also for an
+    expiry no APIM token can have)."""
+    if not possible(token, now) or token.expires_at <= now:
+        return None
+    try:
+        listed = store.versions(config.key_vault_secret, timeout=timeout)
+    except RotationError as exc:
+        log.info("%s: could not list Key Vault versions to verify a token: %s", config.ref, exc)
+        listed = []
+    for info in chain_versions(list(listed), config.ref.id):
+        if info.fingerprint == token.fingerprint:
+            return info.key_type or KeyType.PRIMARY
+    for key_type in key_order(config.key_type):
+        try:
+            if issuer.generate_token(config.ref, key_type, token.expires_at, timeout=timeout) == token.value:
+                return key_type
+        except RotationError as exc:
+            log.info("%s: ARM could not reproduce token %s with the %s key: %s", config.ref, token.fingerprint,
+                     key_type.value, exc)
+    return None

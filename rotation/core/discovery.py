@@ -17,11 +17,13 @@ import binascii
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from rotation.core.consumption import SecretUse, consumers, helm_fix, is_helm_managed
 from rotation.core.errors import InvalidInput
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
+from rotation.core.provenance import possible
 from rotation.core.token import DEFAULT_FORMAT, PREFIX, GatewayToken, parse_stored
 
 RAW_FORMAT = "{token}"
@@ -125,9 +127,33 @@ def _where(cluster: str, s: ScannedSecret, key: str) -> dict[str, Any]:
     return {"cluster": cluster, "namespace": s.namespace, "secret": s.name, "key": key}
 
 
+def candidate_tokens(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan]
+                     ) -> list[tuple[GatewayToken, list[GatewayRef]]]:
+    """Each distinct plausible token found, with the gateways whose name it carries: what the command
+    asks ARM to reproduce (the name inside a value is a claim, never proof)."""
+    by_name: dict[str, list[GatewayRef]] = {}
+    for ref in gateways:
+        by_name.setdefault(ref.gateway.lower(), []).append(ref)
+    seen: dict[str, tuple[GatewayToken, list[GatewayRef]]] = {}
+    for scan in scans:
+        for secret in scan.secrets:
+            for value in secret.values.values():
+                token = parse_stored(value)
+                if token is not None and plausible_signature(token) and token.fingerprint not in seen:
+                    refs = by_name.get(token.gateway.lower(), [])
+                    if refs:
+                        seen[token.fingerprint] = (token, refs)
+    return list(seen.values())
+
+
 def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
-            principal: str | None = None) -> Proposal:
-    """The registry proposal, what matched nothing, the RBAC each target needs, and warnings."""
+            principal: str | None = None, proven: Mapping[str, GatewayRef] | None = None,
+            now: datetime | None = None) -> Proposal:
+    """The registry proposal, what matched nothing, the RBAC each target needs, and warnings.
+
+    `proven`: fingerprint -> the gateway ARM reproduced the token for. Only such tokens are proposed
+    (a Secret anyone may write could otherwise be planted into the registry); `now` rules out expiries
+    no APIM token can have."""
     by_name: dict[str, list[GatewayRef]] = {}
     for ref in gateways:
         by_name.setdefault(ref.gateway.lower(), []).append(ref)
@@ -142,10 +168,11 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
                 if token is None:
                     continue
                 refs = by_name.get(token.gateway.lower(), [])
-                why = _not_proposed(token, refs, scan.name, secret, key)
+                why = _not_proposed(token, refs, scan.name, secret, key, proven or {}, now)
                 if why is not None:
                     unmatched.append(why)
                     continue
+                refs = [(proven or {})[token.fingerprint]]
                 restart = tuple(sorted(consumers(secret.name, key, scan.workloads.get(secret.namespace, ())),
                                        key=str))
                 target = FoundTarget(refs[0], scan.name, secret.namespace, secret.name, key, _format_of(value),
@@ -164,8 +191,8 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
 
 
 def _not_proposed(token: GatewayToken, refs: Sequence[GatewayRef], cluster: str, secret: ScannedSecret,
-                  key: str) -> dict[str, Any] | None:
-    """Why a token-shaped value is not proposed as a target (None: it is, for refs[0])."""
+                  key: str, proven: Mapping[str, GatewayRef], now: datetime | None) -> dict[str, Any] | None:
+    """Why a token-shaped value is not proposed as a target (None: it is, for proven[fingerprint])."""
     about = {**_where(cluster, secret, key), "gateway": token.gateway,
              "fingerprint": token.fingerprint, "expiresAt": token.expires_at.isoformat()}
     if not plausible_signature(token):
@@ -177,11 +204,14 @@ def _not_proposed(token: GatewayToken, refs: Sequence[GatewayRef], cluster: str,
         return {"kind": "token-of-unknown-gateway", **about, "detail":
                 f"holds a token of gateway {token.gateway!r}, which is not a self-hosted "
                 "gateway of the given APIM service(s)"}
-    if len(refs) > 1:
-        return {"kind": "ambiguous-gateway", **about, "detail":
-                f"gateway {token.gateway!r} exists in {len(refs)} services "
-                f"({', '.join(r.service for r in refs)}); a token names only the gateway: "
-                "register this target by hand"}
+    if now is not None and not possible(token, now):
+        return {"kind": "unverified-token", **about, "detail":
+                "expires more than 30 days ahead, which no APIM token does: a forged value, not proposed"}
+    if token.fingerprint not in proven:
+        return {"kind": "unverified-token", **about, "detail":
+                f"carries the name {token.gateway!r} but ARM does not reproduce it for "
+                f"{' or '.join(r.id for r in refs)} (generateToken with its expiry, either key): planted, "
+                "forged, or signed by a regenerated key; not proposed"}
     return None
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from rotation.cloud import cloud_named
 from rotation.core.consumption import secret_uses
-from rotation.core.discovery import ScannedSecret, propose
+from rotation.core.discovery import ScannedSecret, candidate_tokens, propose
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
 from rotation.core.registry import load_registry
 from rotation.discover import MAX_VALUE, _decoded
@@ -24,6 +24,11 @@ from tests.unit.test_onboarding import env_ref, scan, template, token
 
 AKS = cloud_named("").aks_rule(allow_loopback=True)
 GW1, GW2 = GatewayRef.parse(gateway_id("gw-1")), GatewayRef.parse(gateway_id("gw-2"))
+
+def proofs(refs: Any, scans: Any) -> dict[str, GatewayRef]:
+    """What ARM would reproduce in these tests: every found token, for the one gateway of its name."""
+    return {t.fingerprint: found[0] for t, found in candidate_tokens(refs, scans) if len(found) == 1}
+
 
 
 def targets(proposal: Any) -> set[tuple[str, str, str, str]]:
@@ -35,7 +40,7 @@ def test_raw_and_prefixed_tokens_of_one_gateway_keep_their_own_format() -> None:
     prefixed, raw = token("gw-1"), token("gw-1", timedelta(days=10))
     east = scan("east", [ScannedSecret("apim", "portal", {}, {"value": f"GatewayKey {prefixed}\n"}),
                          ScannedSecret("apim", "mounted", {}, {"token": raw})], {})
-    assert targets(propose([GW1], [east])) == {("gw-1", "portal", "value", "GatewayKey {token}"),
+    assert targets(propose([GW1], [east], proven=proofs([GW1], [east]))) == {("gw-1", "portal", "value", "GatewayKey {token}"),
                                                ("gw-1", "mounted", "token", "{token}")}
 
 
@@ -51,7 +56,7 @@ def test_keys_with_dots_and_several_token_keys_in_one_secret() -> None:
                       {"name": "t", "secret": {"secretName": "tokens",
                                                 "items": [{"key": "gw-2.key", "path": "token"}]}}],
                       volumeMounts=[{"name": "t", "mountPath": "/t"}])))]})
-    proposal = propose([GW1, GW2], [east])
+    proposal = propose([GW1, GW2], [east], proven=proofs([GW1, GW2], [east]))
     assert targets(proposal) == {("gw-1", "tokens", "config.service.auth.key", "GatewayKey {token}"),
                                  ("gw-2", "tokens", "gw-2.key", "{token}")}
     restart = {t.key: [str(w) for w in t.restart] for t in proposal.targets}
@@ -84,7 +89,7 @@ def test_values_that_only_look_like_tokens_are_not_targets() -> None:
               "query": "gw-1&202612312359&next=page2", "jwt": "eyJhbGciOiJIUzI1NiJ9.e30.sig"}
     east = scan("east", [ScannedSecret("apim", "real", {}, {"value": real}),
                          ScannedSecret("apim", "decoys", {}, decoys)], {})
-    proposal = propose([GW1], [east])
+    proposal = propose([GW1], [east], proven=proofs([GW1], [east]))
     assert targets(proposal) == {("gw-1", "real", "value", "{token}")}
     flagged = sorted(u["key"] for u in proposal.unmatched if u["kind"] == "token-like-value")
     assert flagged == ["placeholder", "query", "short"]  # right shape, no signature: shown for review

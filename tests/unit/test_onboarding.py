@@ -23,6 +23,7 @@ from rotation.core.discovery import (
     PRINCIPAL_PLACEHOLDER,
     ClusterScan,
     ScannedSecret,
+    candidate_tokens,
     cluster_entry,
     parse_service_id,
     propose,
@@ -35,6 +36,11 @@ from tests import leakcheck
 from tests.samples import CA_DATA, SERVICE_ID, gateway_id
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+def proofs(refs: Any, scans: Any) -> dict[str, GatewayRef]:
+    """What ARM would reproduce in these tests: every found token, for the one gateway of its name."""
+    return {t.fingerprint: found[0] for t, found in candidate_tokens(refs, scans) if len(found) == 1}
+
 
 
 def token(gateway: str, expires_in: timedelta = timedelta(days=20)) -> str:
@@ -144,7 +150,7 @@ def test_propose_finds_targets_in_every_shape_and_reports_the_rest() -> None:
                   secret_uses(template(env=[env_ref("gw-helm", "gateway-key")]))),
                  (Workload(WorkloadKind.DEPLOYMENT, "unrelated"), secret_uses(template(env=[env_ref("x", "y")])))]},
         auth="aks")
-    proposal = propose(refs, [east], principal=None)
+    proposal = propose(refs, [east], principal=None, proven=proofs(refs, [east]))
 
     registry = load_registry(proposal.registry, aks_servers=cloud_named('').aks_rule(allow_loopback=True))  # what validate-registry accepts
     found = {(str(g.ref), t.namespace, t.secret, t.key, t.format, tuple(map(str, t.restart)))
@@ -166,13 +172,38 @@ def test_propose_finds_targets_in_every_shape_and_reports_the_rest() -> None:
     assert {d["subjects"][0]["name"] for d in roles if d["kind"] == "RoleBinding"} == {PRINCIPAL_PLACEHOLDER}
 
 
-def test_a_gateway_name_in_two_services_is_ambiguous_not_guessed() -> None:
+def test_a_gateway_name_in_two_services_is_decided_by_arm_not_guessed() -> None:
+    """Two services have a gateway `gw-1` (dev/staging/prod share names): the name inside the value says
+    nothing about which one it is. ARM reproducing it for one of them decides; nothing reproduced, nothing
+    proposed."""
     other_service = SERVICE_ID.replace("contoso-apim", "fabrikam-apim")
     refs = [GatewayRef.parse(gateway_id("gw-1")), GatewayRef.parse(gateway_id("gw-1", other_service))]
     east = scan("east", [ScannedSecret("apim", "gw-1", {}, {"value": token("gw-1")})], {})
-    proposal = propose(refs, [east])
+    (found,) = candidate_tokens(refs, [east])
+    proposal = propose(refs, [east], proven={found[0].fingerprint: refs[1]})
+    assert [g["id"] for g in proposal.registry["gateways"]] == [refs[1].id]
+    unproven = propose(refs, [east], proven={})
+    assert unproven.registry["gateways"] == []
+    assert [u["kind"] for u in unproven.unmatched].count("unverified-token") == 1
+
+
+def test_a_planted_or_forged_value_is_never_proposed() -> None:
+    """A tenant with edit rights in its own namespace plants `GatewayKey gw-1&<expiry>&<random base64>`
+    and a Deployment reading it: ARM does not reproduce it, so it is reported unverified and never
+    proposed (the rotator would otherwise deliver the real token there). A value expiring more than 30
+    days ahead is impossible (APIM issues tokens for at most 30 days) whatever ARM says."""
+    refs = [GatewayRef.parse(gateway_id("gw-1"))]
+    planted, forged = token("gw-1"), "gw-1&209912312359&" + base64.b64encode(secrets.token_bytes(64)).decode()
+    east = scan("east", [ScannedSecret("tenant", "planted", {}, {"value": f"GatewayKey {planted}"}),
+                         ScannedSecret("tenant", "forged", {}, {"value": forged})], {})
+    every = {t.fingerprint: refs[0] for t, _ in candidate_tokens(refs, [east])}
+    proposal = propose(refs, [east], proven={}, now=datetime.now(UTC))
     assert proposal.registry["gateways"] == []
-    assert [u["kind"] for u in proposal.unmatched].count("ambiguous-gateway") == 1
+    assert sorted(u["secret"] for u in proposal.unmatched if u["kind"] == "unverified-token") == ["forged", "planted"]
+    far = propose(refs, [east], proven=every, now=datetime.now(UTC))
+    assert [u["secret"] for u in far.unmatched if u["kind"] == "unverified-token"] == ["forged"]
+    text = json.dumps(proposal.to_dict())
+    assert planted not in text and forged not in text
 
 
 def test_role_manifests_are_the_infra_k8s_templates_rendered() -> None:

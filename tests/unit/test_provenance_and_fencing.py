@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from rotation.core.convergence import TargetAction
 from rotation.core.fencing import Chain, FenceHead, chain_state, off_chain
 from rotation.core.model import KeyType, TokenInfo
-from rotation.core.convergence import TargetAction
 from rotation.core.provenance import Evidence, Provenance, classify, target_action, worth_proving
 from rotation.core.token import GatewayToken
 from tests.memory import sign
