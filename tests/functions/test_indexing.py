@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from rotation import triggers
-from rotation.settings import DEFAULT_SWEEP_SCHEDULE
+from rotation.core.schedule import DEFAULT_SWEEP_SCHEDULE
 from tests.functions.conftest import indexed
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,6 +27,7 @@ I6 every operation returns within its deadline + 1 s, and nothing writes after i
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -41,7 +43,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from rotation.adapters.lease import LocalLease
 from rotation.app.rotator import Rotator
 from rotation.core.errors import RotationError, UpstreamError
-from rotation.core.model import GatewayConfig, KeyType, RolloutState, Target, TokenRecord, Workload
+from rotation.core.model import GatewayConfig, KeyType, RolloutState, TokenRecord, Workload
+from rotation.core.podspec import SecretUse, UseKind
 from rotation.core.registry import load_registry
 from rotation.core.restarts import Heal
 from rotation.core.token import GatewayToken, parse_stored
@@ -140,20 +143,32 @@ class ModelCluster(MemoryCluster):
             self.on_write(self.name, f"{namespace}/{name}", key, old, value)
         return version
 
+    def write_secret_key_if(self, namespace: str, name: str, key: str, value: str, expected: str | None,
+                            timeout: float | None = None,
+                            annotations: Mapping[str, str | None] | None = None) -> str:
+        if self.activity is not None:
+            self.activity.writing(f"Secret {self.name}/{namespace}/{name}")
+        old = self.value(namespace, name, key)
+        version = super().write_secret_key_if(namespace, name, key, value, expected, timeout, annotations)
+        if self.on_write is not None:
+            self.on_write(self.name, f"{namespace}/{name}", key, old, value)
+        return version
+
     def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None,
                 fingerprint: str | None = None) -> None:
         if self.activity is not None:
             self.activity.writing(f"restart {self.name}/{namespace}/{workload}")
-        super().restart(namespace, workload, at, timeout)
+        super().restart(namespace, workload, at, timeout, fingerprint=fingerprint)
         pod = self.pods.get((namespace, str(workload)))
-        if pod is not None:
+        if pod is not None:  # the new pods read the key at start (the model's rollout is instant)
             pod.running = self.value(namespace, pod.secret, pod.key)
             pod.fingerprint = fingerprint
 
     def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
         state = super().rollout(namespace, workload, timeout)
         pod = self.pods.get((namespace, str(workload)))
-        return RolloutState(state.workload, state.ready, state.detail, state.restarted_at,
+        uses = (SecretUse("gateway", UseKind.ENV, pod.secret, pod.key),) if pod is not None else None
+        return RolloutState(state.workload, state.ready, state.detail, state.restarted_at, uses=uses,
                             token_fingerprint=pod.fingerprint if pod else None)
 
 
@@ -165,6 +180,7 @@ class Interleavings(RuleBasedStateMachine):
         self.now = START
         self.activity = Activity()
         self.violations: list[str] = []
+        self.trace: list[str] = []
         self.registry = load_registry(registry(
             gateway("gw-1", target("east", "gw1-token", restart=["deployment/gw1"]),
                     target("west", "gw1-token", namespace="gateways", key="value", format="{token}",
@@ -174,7 +190,7 @@ class Interleavings(RuleBasedStateMachine):
              "targets": [target("west", "stg-gw1-token", namespace="staging", restart=["deployment/gw1"])]},
         ))
         self.issuer = MemoryIssuer()
-        self.store = ModelStore(clock=lambda: self.now, activity=self.activity, on_put=self._stored)
+        self.store = ModelStore(clock=lambda: self.now, on_put=self._stored)
         self.clusters = {n: ModelCluster(n, activity=self.activity, on_write=self._written) for n in ("east", "west")}
         self.lease_clock = [0.0]
         self.lease = LocalLease(clock=lambda: time.monotonic() + self.lease_clock[0])
@@ -186,6 +202,7 @@ class Interleavings(RuleBasedStateMachine):
                 cluster.seed(t.namespace, t.secret, {t.key: seeded.formatted(t.format)})
                 for w in t.restart:
                     cluster.pods[(t.namespace, str(w))] = Pod(t.secret, t.key, seeded.formatted(t.format))
+        self.store.activity = self.activity  # from here on, every write belongs to an operation
         self.rotators = {name: Rotator(registry=self.registry, issuer=self.issuer, store=self.store,
                                        clusters=MemoryClusters(dict(self.clusters)), clock=lambda: self.now,
                                        lease=self.lease, adopt_existing=True)
@@ -217,7 +234,9 @@ class Interleavings(RuleBasedStateMachine):
 
     def _stored(self, name: str, record: TokenRecord) -> None:
         config = next((c for c in self.registry.gateways if c.key_vault_secret.lower() == name.lower()), None)
-        if config is not None and self._verifies(config, record.token.value) is None:
+        # Provenance, not freshness: a repair may store the committed token again after it expired
+        # (the renewal that follows mints a new one).
+        if config is not None and self.issuer.verify(config.ref, record.token.value) is None:
             self.violations.append(f"I5: stored an unverified token {record.token.fingerprint} for {config.ref}")
 
     def _written(self, cluster: str, where: str, key: str, old: str | None, new: str | None) -> None:
@@ -250,11 +269,8 @@ class Interleavings(RuleBasedStateMachine):
 
     def _run(self, what: str, call: Callable[[], object]) -> None:
         started = time.monotonic()
-        with self.activity.operation():
-            try:
-                call()
-            except RotationError:
-                pass
+        with self.activity.operation(), contextlib.suppress(RotationError):
+            call()
         took = time.monotonic() - started
         if took > DEADLINE + 1:
             self.violations.append(f"I6: {what} took {took:.1f}s against a {DEADLINE}s deadline")
@@ -266,6 +282,7 @@ class Interleavings(RuleBasedStateMachine):
 
     @rule(instance=st.sampled_from(INSTANCES), index=st.integers(0, 2), stale=st.booleans())
     def event(self, instance: str, index: int, stale: bool) -> None:
+        self.trace.append('event')
         config = self._config(index)
         latest = self.store.get(config.key_vault_secret)
         # A stale instance runs an older token than Key Vault's (None: the event said no expiry).
@@ -276,17 +293,20 @@ class Interleavings(RuleBasedStateMachine):
 
     @rule(instance=st.sampled_from(INSTANCES), index=st.integers(0, 2))
     def forced_rotation(self, instance: str, index: int) -> None:
+        self.trace.append('forced_rotation')
         config = self._config(index)
         self._run("rotate", lambda: self.rotators[instance].reconcile(
             config, reason="forced", deadline_seconds=DEADLINE, force=True))
 
     @rule(instance=st.sampled_from(INSTANCES))
     def sweep(self, instance: str) -> None:
+        self.trace.append('sweep')
         self._run("sweep", lambda: self.rotators[instance].sweep(deadline_seconds=DEADLINE, budget_seconds=30))
 
     @rule(instance=st.sampled_from(INSTANCES), index=st.integers(0, 2), from_key=st.sampled_from(list(KeyType)),
           confirm=st.booleans())
     def roll_keys(self, instance: str, index: int, from_key: KeyType, confirm: bool) -> None:
+        self.trace.append('roll_keys')
         config = self._config(index)
         original = self.issuer.regenerate_key
 
@@ -304,12 +324,14 @@ class Interleavings(RuleBasedStateMachine):
 
     @rule(days=st.integers(1, 12))
     def days_pass(self, days: int) -> None:
+        self.trace.append('days_pass')
         self.now += timedelta(days=days)
 
     @rule(index=st.integers(0, 2), which=st.integers(0, 1),
           kind=st.sampled_from(["forged-far-future", "planted", "other-gateway", "placeholder"]))
     def plant(self, index: int, which: int, kind: str) -> None:
         """Someone with patch on one Secret writes a value of their choosing (not the product)."""
+        self.trace.append('plant')
         config = self._config(index)
         t = config.targets[which % len(config.targets)]
         stamp = (self.now + timedelta(days=20)).replace(second=0, microsecond=0)
@@ -327,6 +349,7 @@ class Interleavings(RuleBasedStateMachine):
     @rule(index=st.integers(0, 1))
     def workload_switches_key(self, index: int) -> None:
         """The registered workload starts reading another key of its Secret, holding the token it runs."""
+        self.trace.append('workload_switches_key')
         config = self._config(index)
         t = config.targets[0]
         if not t.restart:
@@ -340,11 +363,13 @@ class Interleavings(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 2))
     def hold_next_key_vault_write(self, index: int) -> None:
+        self.trace.append('hold_next_key_vault_write')
         self.store.hold_next = True
 
     @precondition(lambda self: bool(self.store.held))
     @rule()
     def late_write_lands(self) -> None:
+        self.trace.append('late_write_lands')
         self.store.land()
 
     @rule(instance=st.sampled_from(INSTANCES), other=st.sampled_from(INSTANCES), index=st.integers(0, 2),
@@ -352,6 +377,7 @@ class Interleavings(RuleBasedStateMachine):
     def pause_beyond_the_lease(self, instance: str, other: str, index: int, from_key: KeyType) -> None:
         """`instance` freezes right after its Key Vault write until its lease expired; meanwhile `other`
         rolls the gateway's keys (or rotates it); then `instance` carries on."""
+        self.trace.append('pause_beyond_the_lease')
         config = self._config(index)
 
         def frozen() -> None:
@@ -367,8 +393,25 @@ class Interleavings(RuleBasedStateMachine):
             config, reason="forced", deadline_seconds=DEADLINE, force=True))
         self.store.after_put = None
 
+    @rule(writer=st.sampled_from(INSTANCES), roller=st.sampled_from(INSTANCES), index=st.integers(0, 2),
+          from_key=st.sampled_from(list(KeyType)))
+    def a_write_lands_after_a_roll(self, writer: str, roller: str, index: int, from_key: KeyType) -> None:
+        """Writer's Key Vault PUT is held (it gives up), its lease expires, another instance completes a
+        roll that regenerates a key, and the held PUT lands: possibly a dead key's token as the latest."""
+        self.trace.append("a_write_lands_after_a_roll")
+        config = self._config(index)
+        self.store.hold_next = True
+        self._run("rotate (its write held)", lambda: self.rotators[writer].reconcile(
+            config, reason="forced", deadline_seconds=DEADLINE, force=True))
+        self.store.hold_next = False
+        self.lease_clock[0] += 61
+        self.roll_keys(roller, index, from_key, True)
+        self.trace.pop()  # roll_keys recorded itself
+        self.store.land()
+
     @rule()
     def lease_expiry(self) -> None:
+        self.trace.append('lease_expiry')
         self.lease_clock[0] += 61
 
     # --- invariants -------------------------------------------------------------------------------
@@ -404,17 +447,36 @@ class Interleavings(RuleBasedStateMachine):
             for w in t.restart:
                 pod = cluster.pods[(t.namespace, str(w))]
                 reads = cluster.value(t.namespace, pod.secret, pod.key)
-                if reads != held or pod.fingerprint != latest.token.fingerprint or pod.running != held:
+                # Never restarted by the product (no fingerprint): it runs what it started with.
+                if reads != held or pod.running != held or pod.fingerprint not in (None, latest.token.fingerprint):
                     raise Violation(f"I4: status healthy but {t.cluster}/{t.namespace}/{w} does not read, run "
                                     "and was not restarted for the token")
 
+    def teardown(self) -> None:
+        if hasattr(self, "trace"):
+            STATS["runs"] += 1
+            STATS["steps"] += len(self.trace)
+            SEEN.add(tuple(self.trace))
 
-def _target_key(t: Target) -> str:
-    return f"{t.cluster}/{t.namespace}/{t.secret}/{t.key}"
+
+STATS = {"runs": 0, "steps": 0}
+SEEN: set[tuple[str, ...]] = set()
 
 
 Interleavings.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=25, deadline=None, derandomize=True,
+    max_examples=120, stateful_step_count=30, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_interleavings = Interleavings.TestCase
+
+
+def test_the_model_reached_the_hazards(capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs after the state machine (file order): it must have interleaved the hazards with the rest,
+    and says how much of the space it covered (steps run, distinct interleavings)."""
+    assert STATS["runs"] > 0, "run the module whole: the state machine runs first"
+    steps = {step for trace in SEEN for step in trace}
+    assert {"late_write_lands", "a_write_lands_after_a_roll", "pause_beyond_the_lease", "roll_keys", "plant",
+            "workload_switches_key"} <= steps
+    with capsys.disabled():
+        print(f"\ninterleaving model: {STATS['runs']} runs, {STATS['steps']} steps, "
+              f"{len(SEEN)} distinct interleavings")

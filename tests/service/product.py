@@ -10,10 +10,10 @@ from datetime import datetime
 from typing import Any
 
 from rotation.adapters.lease import LocalLease
-from rotation.core.model import GatewayConfig, KeyType, Registry
-from rotation.core.token import GatewayToken, fingerprint, parse_stored
 from rotation.app.rotator import Rotator
+from rotation.core.model import GatewayConfig, KeyType, Registry
 from rotation.core.restarts import Heal
+from rotation.core.token import GatewayToken, fingerprint, parse_stored
 from tests import leakcheck
 from tests.service.conftest import World
 
