@@ -795,15 +795,19 @@ class Project:
         return found
 
     def violations(self) -> list[Violation]:
+        from tests.infra import bicep_types  # the type rules build on this module's parse helpers
+
         found = [v for t in self.templates.values() for v in t.deploy_time_violations()]
         found += [v for t in self.templates.values() for v in t.unused_violations()]
-        return found + self.name_violations()
+        return found + self.name_violations() + bicep_types.violations(self.templates)
 
 
 def main(argv: list[str]) -> int:
     folder = Path(argv[1]) if len(argv) > 1 else Path("infra")
+    from tests.infra import bicep_types
+
     project = Project.load(folder)
-    for rule, text in RULES.items():
+    for rule, text in {**RULES, **bicep_types.RULES}.items():
         print(f"  rule {rule}: {text}")
     problems = project.violations()
     for problem in problems:
