@@ -307,13 +307,12 @@ module functionApp 'modules/function-app.bicep' = {
     keyVaultUri: tokenVaultUri
     configKeyVaultUri: configVaultUri
     registrySecretName: registrySecretName
-    azureCloud: environment().name
     armEndpoint: armEndpoint
     tokenLifetimeDays: tokenLifetimeDays
     renewBeforeDays: renewBeforeDays
     rotationDeadlineSeconds: rotationDeadlineSeconds
     sweepSchedule: sweepSchedule
-    outcomeTopicEndpoint: deployOutcomeTopic ? outcomeTopic.outputs.endpoint : outcomeTopicEndpoint
+    outcomeTopicEndpoint: deployOutcomeTopic ? outcomeTopic!.outputs.endpoint : outcomeTopicEndpoint
     enableOpenTelemetry: enableOpenTelemetry
   }
   // The vault URIs are computed, not module outputs: wait for the vaults and the app's roles on them, so the
@@ -387,7 +386,7 @@ module aksAccess 'modules/aks-access.bicep' = [for cluster in (assignCustomRoles
   params: {
     clusterName: cluster.name
     namespaces: cluster.namespaces
-    roleDefinitionId: aksRole.outputs.roleDefinitionId
+    roleDefinitionId: aksRole!.outputs.roleDefinitionId
     principalId: identity.outputs.principalId
   }
 }]
@@ -412,7 +411,7 @@ module deadLetterAlert 'modules/deadletter-alert.bicep' = if (deployEventSubscri
   params: {
     name: '${abbrs.insightsMetricAlerts}rotator-deadletter-${resourceToken}'
     tags: tags
-    systemTopicId: apimEvents.outputs.systemTopicId
+    systemTopicId: apimEvents!.outputs.systemTopicId
     actionGroupId: actionGroupId
   }
 }
@@ -478,7 +477,7 @@ output DEADLETTER_BLOB_URL string = '${storage.outputs.blobEndpoint}${storage.ou
 output LEASE_CONTAINER_URL string = '${storage.outputs.blobEndpoint}${storage.outputs.leaseContainerName}'
 
 @description('Resource id of the custom AKS rotator role definition; empty when infra/aks-clusters.json lists no cluster (the postdeploy hook reads it).')
-output AKS_ROTATOR_ROLE_ID string = !empty(clusters) ? aksRole.outputs.roleDefinitionId : ''
+output AKS_ROTATOR_ROLE_ID string = !empty(clusters) ? aksRole!.outputs.roleDefinitionId : ''
 
 @description('The namespace scopes (<cluster id>/namespaces/<ns>) the AKS rotator role is assigned at, space-separated; empty with no AKS cluster. The postdeploy hook fails if the app identity holds that role anywhere else.')
 output AKS_NAMESPACE_SCOPES string = join(aksNamespaceScopes, ' ')

@@ -55,8 +55,8 @@ RULES = {
     "BCP033": "a parameter default with @allowed is a literal or a parameter without @allowed, as above",
     "BCP318": "an output of a conditional module, or a property other than id/name/type/apiVersion of a conditional "
               "resource, is read with `.?` or through `!` (TypeAssignmentVisitor.cs)",
-    "NAME-CHARS": "the characters a template puts into a Key Vault, secret, storage account, resource group or "
-                  "deployment name match the type's name pattern (bicep-types-az types.json; Bicep "
+    "NAME-CHARS": "the characters a template puts into a Key Vault, secret, storage account or resource group "
+                  "name (deployment names: ARM-DEPLOYMENT-NAME-CHARS, the same pattern) match the type's name pattern (bicep-types-az types.json; Bicep "
                   "LanguageConstants.cs for deployments)",
 }
 
@@ -282,9 +282,9 @@ def name_characters(template: Template, expr: Node, local: frozenset[str],
 
 def name_character_violations(template: Template) -> Iterator[Violation]:
     for decl in template.declared.values():
-        if decl.kind == "resource" and decl.existing:
-            continue
-        rtype = "microsoft.resources/deployments" if decl.kind == "module" else decl.rtype.lower()
+        if decl.kind == "module" or decl.existing:
+            continue  # module names: deploytime.py's ARM-DEPLOYMENT-NAME-CHARS, the same pattern
+        rtype = decl.rtype.lower()
         if rtype not in NAME_CHARS:
             continue
         name_expr = _object_properties(decl.body).get("name")
@@ -293,9 +293,8 @@ def name_character_violations(template: Template) -> Iterator[Violation]:
         pattern, allowed = NAME_CHARS[rtype]
         bad = sorted(name_characters(template, name_expr, frozenset(decl.loop_names)) - allowed)
         if bad:
-            what = "deployment" if decl.kind == "module" else decl.rtype
             yield Violation(template.path, name_expr.start_point[0] + 1, "NAME-CHARS",
-                            f"{decl.kind} {decl.name}: the {what} name `{_text(name_expr)}` can contain "
+                            f"{decl.kind} {decl.name}: the {decl.rtype} name `{_text(name_expr)}` can contain "
                             f"{''.join(bad)!r}; Bicep validates it against {pattern}")
 
 

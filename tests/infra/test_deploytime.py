@@ -42,7 +42,6 @@ def project_violations(files: dict[str, str], tmp_path: Path) -> list[str]:
 # The gate: every template in infra/ passes.
 # ------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the type rules find BCP036 and BCP318 in main.bicep")
 def test_infra_passes_every_deploy_time_rule() -> None:
     problems = [str(v) for v in deploytime.Project.load(INFRA).violations()]
     assert problems == []
