@@ -116,7 +116,7 @@ param deployEventSubscription bool = false
 @maxLength(128)
 param systemTopicName string = ''
 
-@description('Assign the custom APIM and AKS roles. By default in the same pass as the Event Grid subscription (the second provision, after the code deploy), so the role definitions created by the first pass have had minutes to replicate before anything is assigned to them.')
+@description('Assign the custom APIM role. By default in the same pass as the Event Grid subscription (the second provision, after the code deploy), so the role definitions created by the first pass have had minutes to replicate before anything is assigned to them.')
 param assignCustomRoles bool = deployEventSubscription
 
 @description('Delivery attempts before an event is dead-lettered.')
@@ -133,7 +133,7 @@ param eventTimeToLiveInMinutes int = 1440
 // Clusters
 // ---------------------------------------------------------------------------------------------------------------
 
-@description('AKS clusters with Azure RBAC for Kubernetes authorization, as [{ name, resourceGroup, namespaces: [..] }] in the deployment subscription; empty (the default) takes infra/aks-clusters.json, compiled in and never passed through azd\'s parameter substitution. The app identity gets the rotator role at each namespace scope. Clusters with Kubernetes RBAC or kubeconfig auth are not listed here: apply infra/k8s instead.')
+@description('AKS clusters with Azure RBAC for Kubernetes authorization, as [{ name, resourceGroup, namespaces: [..] }] in the deployment subscription; empty (the default) takes infra/aks-clusters.json, compiled in and never passed through azd\'s parameter substitution. The postprovision hook gives the app identity the rotator role at each namespace scope. Clusters with Kubernetes RBAC or kubeconfig auth are not listed here: apply infra/k8s instead.')
 param aksClusters array = []
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -174,10 +174,9 @@ var registryText = loadTextContent('registry.json')
 var manageRegistry = !empty(loadJsonContent('registry.json'))
 // Same for the AKS clusters (a variable, not the parameter's default: the file functions belong in variables).
 var clusters = !empty(aksClusters) ? aksClusters : loadJsonContent('aks-clusters.json')
-// `<cluster id>/namespaces/<ns>` for every listed namespace, the scopes aks-access.bicep assigns the AKS role at, as
-// one space-separated string (no resource group, cluster or namespace name can hold a space): the postdeploy hook
-// fails if the app identity holds that role at any other scope (an assignment that landed wider, see aks-access.bicep).
-// Built from the configuration, not from aks-access's outputs, so it is known on every pass (assignCustomRoles or not).
+// `<cluster id>/namespaces/<ns>` for every listed namespace, the scopes the postprovision hook assigns the AKS role at,
+// as one space-separated string (no resource group, cluster or namespace name can hold a space); the hook also fails
+// if the app identity holds that role at any other scope.
 var aksClusterIds = [for c in clusters: '${subscription().id}/resourceGroups/${c.resourceGroup}/providers/Microsoft.ContainerService/managedClusters/${c.name}']
 var aksNamespaceScopes = [for (c, i) in clusters: empty(c.namespaces) ? '' : '${aksClusterIds[i]}/namespaces/${join(c.namespaces, ' ${aksClusterIds[i]}/namespaces/')}']
 
@@ -378,18 +377,9 @@ module aksRole 'modules/aks-role-definition.bicep' = if (!empty(clusters)) {
   }
 }
 
-// A deployment name is at most 64 characters ([-\w._()]); an AKS name can have 63, so take() a prefix and add a
-// hash of the full identity of the cluster to keep names unique.
-module aksAccess 'modules/aks-access.bicep' = [for cluster in (assignCustomRoles ? clusters : []): {
-  name: '${take('aks-access-${cluster.name}', 50)}-${uniqueString(cluster.resourceGroup, cluster.name, resourceToken)}'
-  scope: resourceGroup(cluster.resourceGroup)
-  params: {
-    clusterName: cluster.name
-    namespaces: cluster.namespaces
-    roleDefinitionId: aksRole!.outputs.roleDefinitionId
-    principalId: identity.outputs.principalId
-  }
-}]
+// The AKS rotator role is assigned at each `<cluster id>/namespaces/<ns>` by infra/hooks/postprovision.sh (az role
+// assignment create), not here: ARM has no resource type for that scope, and assignments built from an `existing`
+// of a made-up type have landed on the resource group (mspnp/aks-baseline#408, Azure/bicep#6701).
 
 module alerts 'modules/alerts.bicep' = {
   name: 'alerts'
@@ -476,10 +466,10 @@ output DEADLETTER_BLOB_URL string = '${storage.outputs.blobEndpoint}${storage.ou
 @description('Container of the per-gateway leases (LEASE_CONTAINER_URL).')
 output LEASE_CONTAINER_URL string = '${storage.outputs.blobEndpoint}${storage.outputs.leaseContainerName}'
 
-@description('Resource id of the custom AKS rotator role definition; empty when infra/aks-clusters.json lists no cluster (the postdeploy hook reads it).')
+@description('Resource id of the custom AKS rotator role definition; empty when infra/aks-clusters.json lists no cluster (the postprovision hook assigns it).')
 output AKS_ROTATOR_ROLE_ID string = !empty(clusters) ? aksRole!.outputs.roleDefinitionId : ''
 
-@description('The namespace scopes (<cluster id>/namespaces/<ns>) the AKS rotator role is assigned at, space-separated; empty with no AKS cluster. The postdeploy hook fails if the app identity holds that role anywhere else.')
+@description('The namespace scopes (<cluster id>/namespaces/<ns>) the postprovision hook assigns the AKS rotator role at, space-separated; empty with no AKS cluster. The hook fails if the app identity holds that role anywhere else.')
 output AKS_NAMESPACE_SCOPES string = join(aksNamespaceScopes, ' ')
 
 @description('Whether this deployment created the Event Grid subscription (the postdeploy hook reads it).')

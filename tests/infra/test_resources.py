@@ -415,19 +415,8 @@ def test_app_writes_the_token_vault_and_only_reads_the_config_vault() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# AKS: Azure RBAC at namespace scope; outcome topic sender role on the topic only.
+# AKS: the role definition (assigned at namespace scope by the postprovision hook); outcome topic sender role.
 # ------------------------------------------------------------------------------------------------------------
-
-def test_aks_role_is_scoped_to_namespaces() -> None:
-    path = MODULES / "aks-access.bicep"
-    tree = parse(path)
-    namespaces = tree["resources"]["namespaceScopes"]
-    assert namespaces["type"] == "Microsoft.ContainerService/managedClusters/namespaces"
-    assert namespaces["existing"] is True
-    assert body(namespaces)["parent"] == "cluster"
-    assignment = body(tree["resources"]["rotatorRole"])
-    assert text(assignment["scope"]) == text({"operator": {"type": "index_accessor", "operands": {"operand_1": "namespaceScopes", "operand_2": "i"}}})
-
 
 def test_aks_role_only_touches_secrets_and_workloads() -> None:
     role = body(one_resource(MODULES / "aks-role-definition.bicep", "Microsoft.Authorization/roleDefinitions"))
@@ -444,10 +433,8 @@ def test_aks_role_only_touches_secrets_and_workloads() -> None:
     assert not any(a.endswith("/delete") or "*" in a for a in data_actions)
 
 
-def test_aks_access_is_per_cluster_and_optional() -> None:
-    _, access = module_named("aks-access.bicep")
-    array = access["config"]["loop_type"]["detail"]["array_name"]["operator"]["operands"]
-    assert array == {"condition": "assignCustomRoles", "true_value": "clusters", "false_value": []}
+def test_aks_role_is_optional_and_assigned_by_the_hook() -> None:
+    """Namespace assignments: tests/infra/test_aks_role_hook.py (postprovision, outside ARM)."""
     _, role = module_named("aks-role-definition.bicep")
     assert "clusters" in text(condition(role))
     # A real array: the parameter (plain az) or a file compiled into the template, never an azd-substituted string.
