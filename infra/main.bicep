@@ -77,7 +77,7 @@ param armEndpoint string = ''
 @maxValue(30)
 param tokenLifetimeDays int = 29
 
-@description('Renew when the stored token expires within this many days (RENEW_BEFORE_DAYS).')
+@description('Renew when the stored token expires within this many days (RENEW_BEFORE_DAYS); must be less than tokenLifetimeDays, or the deployment fails.')
 @minValue(1)
 @maxValue(29)
 param renewBeforeDays int = 7
@@ -112,7 +112,7 @@ param maximumInstanceCount int = 40
 @description('Create the Event Grid system topic subscription to on_gateway_token_event. Leave false on the first deployment: the function must exist (code deployed) before Event Grid can validate the endpoint; the azd postdeploy hook turns it on.')
 param deployEventSubscription bool = false
 
-@description('Name of the Event Grid system topic on the APIM service; empty for a generated one. An APIM service has at most one system topic: pass the existing one\'s name if there is one.')
+@description('Name of the Event Grid system topic the APIM service already has; empty creates one. An APIM service has at most one system topic: an existing one is referenced, never redeployed (its identities and tags stay as they are); the dead-letter identity must then be among its user-assigned identities, or the deployment fails saying so.')
 @maxLength(128)
 param systemTopicName string = ''
 
@@ -165,6 +165,11 @@ var configVaultName = !empty(configKeyVaultName) ? configKeyVaultName : '${abbrs
 var tokenVaultUri = 'https://${tokenVaultName}${environment().suffixes.keyvaultDns}/'
 var configVaultUri = 'https://${configVaultName}${environment().suffixes.keyvaultDns}/'
 var leaseContainerName = 'gateway-leases'
+// The app refuses RENEW_BEFORE_DAYS >= TOKEN_LIFETIME_DAYS at start-up (rotation/settings.py: every reconcile would then
+// fail), and a parameter's bounds cannot name another parameter: fail the deployment instead. fail() is Bicep's
+// (SystemNamespaceType.cs, type never, Azure/bicep#15958) over ARM's template function; ARM evaluates only the branch
+// its if() takes.
+var renewBeforeDaysChecked = renewBeforeDays < tokenLifetimeDays ? renewBeforeDays : fail('renewBeforeDays (RENEW_BEFORE_DAYS, ${renewBeforeDays}) must be less than tokenLifetimeDays (TOKEN_LIFETIME_DAYS, ${tokenLifetimeDays}): the app refuses to start otherwise.')
 var deadLetterContainerName = 'deadletter'
 
 // The registry reaches Key Vault from infra/registry.json, compiled into the template. It never passes through
@@ -308,7 +313,7 @@ module functionApp 'modules/function-app.bicep' = {
     registrySecretName: registrySecretName
     armEndpoint: armEndpoint
     tokenLifetimeDays: tokenLifetimeDays
-    renewBeforeDays: renewBeforeDays
+    renewBeforeDays: renewBeforeDaysChecked
     rotationDeadlineSeconds: rotationDeadlineSeconds
     sweepSchedule: sweepSchedule
     outcomeTopicEndpoint: deployOutcomeTopic ? outcomeTopic!.outputs.endpoint : outcomeTopicEndpoint
@@ -331,7 +336,9 @@ module apimRole 'modules/apim-role-definition.bicep' = {
   name: 'apim-gateway-token-role-${resourceToken}'
   scope: subscription(apimSubscription)
   params: {
-    roleName: 'APIM gateway token rotator (${environmentName}-${resourceToken})'
+    // The assignable scope is in the definition's name (guid) and so must be in its display name: a changed APIM group
+    // would otherwise be a new definition with the same roleName (RoleDefinitionWithSameNameExists).
+    roleName: 'APIM gateway token rotator (${environmentName}-${resourceToken}-${take(uniqueString(apimSubscription, toLower(apimResourceGroupName)), 8)})'
     assignableScope: '/subscriptions/${apimSubscription}/resourceGroups/${apimResourceGroupName}'
   }
 }
@@ -354,6 +361,7 @@ module apimEvents 'modules/apim-events.bicep' = if (deployEventSubscription) {
   params: {
     apimServiceName: apimServiceName
     systemTopicName: !empty(systemTopicName) ? systemTopicName : '${abbrs.eventGridSystemTopics}${apimServiceName}'
+    useExistingTopic: !empty(systemTopicName)
     subscriptionName: 'apim-token-rotator-${resourceToken}'
     // A module output is fine as a module parameter (the module is its own deployment); inside the module the
     // topic's location is a parameter. Reading `.location` of the existing APIM resource there is Bicep BCP120.

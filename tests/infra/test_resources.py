@@ -11,6 +11,7 @@ from tests.infra.templates import (
     EXTRA_SETTINGS,
     MAIN,
     MODULES,
+    REPO,
     all_resources,
     body,
     condition,
@@ -22,8 +23,9 @@ from tests.infra.templates import (
     walk,
 )
 
+# The two ARM actions the app calls (rotation/adapters/arm.py: generate_token, regenerate_key); it never reads a
+# gateway (`discover` lists them with the operator's own credential).
 GATEWAY_ACTIONS = [
-    "Microsoft.ApiManagement/service/gateways/read",
     "Microsoft.ApiManagement/service/gateways/generateToken/action",
     "Microsoft.ApiManagement/service/gateways/regenerateKey/action",
 ]
@@ -54,12 +56,14 @@ def module_named(path_suffix: str) -> tuple[str, dict[str, Any]]:
 # APIM: a custom role with exactly three actions, assigned on the existing service only.
 # ------------------------------------------------------------------------------------------------------------
 
-def test_apim_role_has_exactly_the_three_gateway_actions() -> None:
+def test_apim_role_has_exactly_the_two_gateway_actions_the_app_calls() -> None:
     role = body(one_resource(MODULES / "apim-role-definition.bicep", "Microsoft.Authorization/roleDefinitions"))
     permissions = role["properties"]["permissions"]
     assert len(permissions) == 1
     assert sorted(permissions[0]["actions"]) == sorted(GATEWAY_ACTIONS)
-    assert len(permissions[0]["actions"]) == 3
+    assert len(permissions[0]["actions"]) == 2
+    arm = (REPO / "rotation" / "adapters" / "arm.py").read_text(encoding="utf-8")
+    assert "gateway.get(" not in arm and "list_by_service" not in arm
     for other in ("notActions", "dataActions", "notDataActions"):
         assert permissions[0].get(other, []) == []
     assert role["properties"]["type"] == "CustomRole"
@@ -126,8 +130,12 @@ def event_subscription() -> dict[str, Any]:
     return body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics/eventSubscriptions"))
 
 
+def new_topic() -> dict[str, Any]:
+    return body(parse(EVENTS)["resources"]["newTopic"])
+
+
 def test_system_topic_is_on_the_apim_service() -> None:
-    topic = body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics"))
+    topic = new_topic()
     assert topic["properties"]["topicType"] == "Microsoft.ApiManagement.Service"
     assert "apim" in text(topic["properties"]["source"])
     assert one_resource(EVENTS, "Microsoft.ApiManagement/service")["existing"] is True
@@ -137,6 +145,55 @@ def test_system_topic_is_on_the_apim_service() -> None:
     _, events = module_named("apim-events.bicep")
     location = text(body(events)["params"]["location"])
     assert "apimAccess" in location and "apimLocation" in location and "outputs" in location
+    # APIM returns "West Europe"; the topic gets the region name.
+    assert "output apimLocation string = toLower(replace(apim.location, ' ', ''))" in (
+        MODULES / "apim-access.bicep").read_text(encoding="utf-8")
+
+
+def test_an_existing_system_topic_is_referenced_and_only_the_subscription_added() -> None:
+    """An APIM service has at most one system topic. Redeploying an existing one (a PUT) replaces its identity and
+    tags, dropping identities other subscriptions deliver or dead-letter with (Microsoft.EventGrid 2022-06-15
+    systemTopics PUT is a full replace: azure-rest-api-specs SystemTopics_CreateOrUpdate). With a name given, the
+    topic is `existing`, the creation and its diagnostic setting are skipped, and the deployment fails with the fix
+    when the dead-letter identity is not on the topic (Bicep fail(), SystemNamespaceType.cs)."""
+    tree = parse(EVENTS)
+    assert condition(tree["resources"]["newTopic"]) == {"operator": {"type": "not", "operands": {
+        "bool_value": "useExistingTopic"}}}
+    reference = tree["resources"]["systemTopic"]
+    assert reference["existing"] is True
+    subscription = body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics/eventSubscriptions"))
+    assert subscription["parent"] == "systemTopic" and "newTopic" in text(subscription["dependsOn"])
+    source = EVENTS.read_text(encoding="utf-8")
+    assert "= if (!useExistingTopic && !empty(logAnalyticsId)) {\n  name: 'delivery-failures-to-log-analytics'\n" \
+        "  scope: newTopic\n" in source
+    assert ("var deadLetterIdentityOnTopic = useExistingTopic ? contains(systemTopic.?identity.?userAssignedIdentities"
+            " ?? {}, deadLetterIdentityId) : true") in source
+    assert "deadLetterIdentityOnTopic ? deadLetterIdentityId : fail('The existing Event Grid system topic" in source
+    _, events = module_named("apim-events.bicep")
+    assert body(events)["params"]["useExistingTopic"] == {"operator": {"type": "not", "operands": {
+        "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": "systemTopicName"}}}}}}
+    # Only the subscription resource is deployed unconditionally: no unconditional PUT of the topic.
+    unconditional = [n for n, r in tree["resources"].items() if not r.get("existing") and condition(r) is None]
+    assert unconditional == ["gatewayTokenEvents"]
+
+
+def test_renew_before_not_below_the_lifetime_fails_the_deployment() -> None:
+    """rotation/settings.py refuses RENEW_BEFORE_DAYS >= TOKEN_LIFETIME_DAYS at start-up; Bicep parameter bounds
+    cannot name another parameter, so main.bicep fails the deployment through fail() (Azure/bicep#15958, type never)
+    and passes only the checked value on."""
+    source = MAIN.read_text(encoding="utf-8")
+    assert ("var renewBeforeDaysChecked = renewBeforeDays < tokenLifetimeDays ? renewBeforeDays : fail(") in source
+    _, app = module_named("function-app.bicep")
+    assert body(app)["params"]["renewBeforeDays"] == "renewBeforeDaysChecked"
+    assert body(app)["params"]["tokenLifetimeDays"] == "tokenLifetimeDays"
+
+
+def test_the_apim_role_display_name_follows_its_assignable_scope() -> None:
+    """The definition's name is guid(subscription, assignableScope, roleName); a display name without the APIM group
+    makes a changed group a second definition with the same roleName (ARM RoleDefinitionWithSameNameExists)."""
+    _, role_module = module_named("apim-role-definition.bicep")
+    name = text(body(role_module)["params"]["roleName"])
+    assert "apimResourceGroupName" in name and "apimSubscription" in name
 
 
 def test_event_filter_has_exactly_the_two_gateway_token_types() -> None:
@@ -176,12 +233,12 @@ def test_dead_letters_go_to_blob_storage_with_their_own_identity() -> None:
     deadLetterDestination: StorageBlobDeadLetterDestination {resourceId, blobContainerName}}; the user-assigned
     identity must also be attached to the (system) topic, or Event Grid cannot act as it."""
     dead_letter = event_subscription()["properties"]["deadLetterWithResourceIdentity"]
-    assert dead_letter["identity"] == {"type": "UserAssigned", "userAssignedIdentity": "deadLetterIdentityId"}
+    assert dead_letter["identity"] == {"type": "UserAssigned", "userAssignedIdentity": "deadLetterIdentity"}
     destination = dead_letter["deadLetterDestination"]
     assert destination["endpointType"] == "StorageBlob"
     assert destination["properties"]["blobContainerName"] == "deadLetterContainerName"
     assert "deadLetterDestination" not in event_subscription()["properties"], "no key-based dead-letter destination"
-    topic = body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics"))
+    topic = new_topic()
     assert topic["identity"]["userAssignedIdentities"] == {"'${deadLetterIdentityId}'": {}}
     # main.bicep: a second identity, not the app's, is the writer.
     _, events = module_named("apim-events.bicep")
