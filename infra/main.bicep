@@ -91,6 +91,19 @@ param rotationDeadlineSeconds int = 20
 @minLength(1)
 param sweepSchedule string = '0 0 * * * *'
 
+@description('Minutes between two sweeps under sweepSchedule (60 for the default, hourly): the silence alert fires when no sweep was recorded in twice this. One of 5, 15, 30, 60, 120, 180, 720, 1440.')
+@allowed([
+  5
+  15
+  30
+  60
+  120
+  180
+  720
+  1440
+])
+param sweepIntervalMinutes int = 60
+
 @description('Telemetry through OpenTelemetry (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY, host telemetryMode OpenTelemetry: preview, Flex Consumption only); false keeps the classic Application Insights path.')
 param enableOpenTelemetry bool = true
 
@@ -400,6 +413,7 @@ module alerts 'modules/alerts.bicep' = {
     actionGroupId: actionGroupId
     openTelemetry: enableOpenTelemetry
     expiryThresholdHours: 48
+    sweepIntervalMinutes: sweepIntervalMinutes
   }
 }
 
