@@ -12,7 +12,41 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Region of the new resources; must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@description('Region of the new resources; one that offers Flex Consumption (az functionapp list-flexconsumption-locations). The list is the one Microsoft\'s Flex Consumption quickstart template allows (Azure-Samples/functions-quickstart-python-http-azd infra/main.bicep); azd offers only these when it asks.')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'eastus2euap'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'

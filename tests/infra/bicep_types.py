@@ -27,6 +27,10 @@ is assignable where it goes, so a template it passed still failed `bicep build` 
   `uniqueString()` (13 characters of [a-z0-9], Azure/bicep-types ARM function docs) and `toLower()`. A parameter
   passed through verbatim cannot be constrained by a pattern in Bicep (it has no `@pattern` decorator) and is left
   to ARM.
+- BCP184, a file loaded at compile time over Bicep's limit: loadTextContent reads at most
+  LanguageConstants.MaxLiteralCharacterLimit = 131,072 characters, loadJsonContent MaxJsonFileCharacterLimit =
+  1,048,576 (src/Bicep.Core/Semantics/Namespaces/SystemNamespaceType.cs, TryLoadTextContentFromFile;
+  src/Bicep.Core/SourceGraph/AuxiliaryFile.cs FileExceedsMaximumSize). infra/registry.json goes through both.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ RULES = {
     "BCP033": "a parameter default with @allowed is a literal or a parameter without @allowed, as above",
     "BCP318": "an output of a conditional module, or a property other than id/name/type/apiVersion of a conditional "
               "resource, is read with `.?` or through `!` (TypeAssignmentVisitor.cs)",
+    "BCP184": "a file read by loadTextContent has at most 131,072 characters, by loadJsonContent 1,048,576 "
+              "(LanguageConstants.cs MaxLiteralCharacterLimit / MaxJsonFileCharacterLimit)",
     "NAME-CHARS": "the characters a template puts into a Key Vault, secret, storage account or resource group "
                   "name (deployment names: ARM-DEPLOYMENT-NAME-CHARS, the same pattern) match the type's name pattern (bicep-types-az types.json; Bicep "
                   "LanguageConstants.cs for deployments)",
@@ -74,6 +80,7 @@ NAME_CHARS: dict[str, tuple[str, frozenset[str]]] = {
     "microsoft.resources/resourcegroups": (r"^[-\w\._\(\)]+$", frozenset(_WORD | set("-._()"))),
     "microsoft.resources/deployments": (r"^[-\w._()]+$", frozenset(_WORD | set("-._()"))),
 }
+LOAD_LIMITS = {"loadTextContent": 131072, "loadJsonContent": 1048576}  # LanguageConstants.cs
 UNIQUE_STRING_CHARS = frozenset(string.ascii_lowercase + string.digits)
 # Functions whose result type is `any` (assignable anywhere) rather than `string`.
 ANY_FUNCTIONS = frozenset({"any"})
@@ -298,9 +305,30 @@ def name_character_violations(template: Template) -> Iterator[Violation]:
                             f"{''.join(bad)!r}; Bicep validates it against {pattern}")
 
 
+def load_limit_violations(template: Template) -> Iterator[Violation]:
+    """BCP184: the characters of a file read at compile time, against the loading function's limit."""
+    for node in template._walk(template.root):
+        if node.type != "call_expression":
+            continue
+        fname = _text(node.child_by_field_name("function"))
+        args = _named(node.child_by_field_name("arguments"))
+        if fname not in LOAD_LIMITS or not args:
+            continue
+        target = template.static_value(args[0])
+        if not isinstance(target, str):
+            continue
+        path = template.path.parent / target
+        size = len(path.read_text(encoding="utf-8")) if path.is_file() else 0
+        if size > LOAD_LIMITS[fname]:
+            yield Violation(template.path, node.start_point[0] + 1, "BCP184",
+                            f"{fname}('{target}'): the file has {size} characters; Bicep reads at most "
+                            f"{LOAD_LIMITS[fname]}")
+
+
 def violations(templates: dict[Any, Template]) -> list[Violation]:
     found = list(allowed_violations(templates))
     for template in templates.values():
+        found += load_limit_violations(template)
         found += null_access_violations(template)
         found += name_character_violations(template)
     return found

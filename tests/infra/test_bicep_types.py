@@ -162,13 +162,27 @@ def test_a_module_name_with_a_space_fails_once(tmp_path: Path) -> None:
     assert rules == ["ARM-DEPLOYMENT-NAME-CHARS"]
 
 
+def test_a_registry_over_bicep_load_limit_is_bcp184(tmp_path: Path) -> None:
+    """infra/registry.json is read by loadTextContent (the secret's value) and loadJsonContent (is it empty?):
+    LanguageConstants.MaxLiteralCharacterLimit = 131,072 characters for the first."""
+    shutil.copytree(INFRA, tmp_path / "infra")
+    registry = tmp_path / "infra" / "registry.json"
+    registry.write_text('{"gateways": [], "pad": "' + "x" * 131072 + '"}', encoding="utf-8")
+    found = [v for v in deploytime.Project.load(tmp_path / "infra").violations() if v.rule == "BCP184"]
+    assert [v.path.name for v in found] == ["main.bicep"]
+    assert "loadTextContent('registry.json')" in found[0].message and "131072" in found[0].message
+    registry.write_text('{"gateways": [], "pad": "' + "x" * 131000 + '"}', encoding="utf-8")
+    assert [v for v in deploytime.Project.load(tmp_path / "infra").violations() if v.rule == "BCP184"] == []
+
+
 def test_the_rules_are_listed_with_their_sources() -> None:
-    assert set(bicep_types.RULES) == {"BCP036", "BCP033", "BCP318", "NAME-CHARS"}
+    assert set(bicep_types.RULES) == {"BCP036", "BCP033", "BCP318", "BCP184", "NAME-CHARS"}
     assert bicep_types.NAME_CHARS["microsoft.keyvault/vaults"][0] == "^[a-zA-Z0-9-]{3,24}$"
     assert bicep_types.NAME_CHARS["microsoft.storage/storageaccounts"][0] == "^[a-z0-9]+$"
     doc = bicep_types.__doc__ or ""
     for source in ("ParameterDeclarationSyntax.cs", "TypeValidator.cs", "AzNamespaceType.cs",
-                   "TypeAssignmentVisitor.cs", "EmitConstants.cs", "bicep-types-az", "LanguageConstants.cs"):
+                   "TypeAssignmentVisitor.cs", "EmitConstants.cs", "bicep-types-az", "LanguageConstants.cs",
+                   "AuxiliaryFile.cs"):
         assert source in doc, source
 
 

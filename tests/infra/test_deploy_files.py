@@ -158,3 +158,45 @@ def test_preprovision_warns_about_json_in_the_environment(tmp_path: Path) -> Non
     assert "ROTATION_REGISTRY_JSON is no longer read" in stderr and "AKS_CLUSTERS_JSON is no longer read" in stderr
     assert '{"clusters"' not in stderr  # the value itself is not echoed
     assert calls == ["env set DEPLOY_EVENT_SUBSCRIPTION false"]
+
+
+def test_funcignore_keeps_azds_virtualenv_out_of_the_package() -> None:
+    """azd builds a Python service in a virtual environment named `<service dir>_env` inside the project
+    (Azure/azure-dev cli/azd/pkg/tools/python/helpers.go VenvNameForDir, used by framework_service_python.go); the
+    Functions packager ships whatever .funcignore does not exclude, so that venv would be zipped into the package."""
+    lines = (REPO / ".funcignore").read_text(encoding="utf-8").splitlines()
+    assert "*_env/" in lines
+    assert ".venv*" in lines
+
+
+FLEX_REGIONS = [  # Azure-Samples/functions-quickstart-python-http-azd infra/main.bicep (7ed4638, 2025-11-24)
+    "australiaeast", "australiasoutheast", "brazilsouth", "canadacentral", "centralindia", "centralus", "eastasia",
+    "eastus", "eastus2", "eastus2euap", "francecentral", "germanywestcentral", "italynorth", "japaneast",
+    "koreacentral", "northcentralus", "northeurope", "norwayeast", "southafricanorth", "southcentralus",
+    "southeastasia", "southindia", "spaincentral", "swedencentral", "uaenorth", "uksouth", "ukwest",
+    "westcentralus", "westeurope", "westus", "westus2", "westus3",
+]
+
+
+def test_location_is_limited_to_flex_consumption_regions() -> None:
+    """A region without Flex Consumption fails late, at the plan. Microsoft's Flex quickstart template restricts
+    `location` with @allowed; azd then offers only those regions when it asks (type: location)."""
+    from tests.infra.templates import decorator
+
+    location = parse(MAIN)["parameters"]["location"]
+    assert decorator(location, "allowed") == FLEX_REGIONS
+
+
+def test_powershell_hooks_guard_a_missing_console_and_check_every_exit_code() -> None:
+    """The .ps1 hooks mirror the shell ones: no prompt without a console (azd in CI), and a failed `azd`/`az`
+    call stops the hook (PowerShell's $ErrorActionPreference does not cover native commands; $LASTEXITCODE does)."""
+    hooks = INFRA / "hooks"
+    pre = (hooks / "preprovision.ps1").read_text(encoding="utf-8")
+    assert "[Console]::IsInputRedirected" in pre and "is not set; run: azd env set" in pre
+    for path in sorted(hooks.glob("*.ps1")):
+        source = path.read_text(encoding="utf-8")
+        native = len(re.findall(r"^\s*(?:\$\w+ = )?(?:azd|az) ", source, re.M))
+        checks = source.count("$LASTEXITCODE")
+        assert native and checks >= native, f"{path.name}: {native} native calls, {checks} exit-code checks"
+    for name in ("preprovision", "postprovision", "postdeploy"):
+        assert (hooks / f"{name}.sh").is_file() and (hooks / f"{name}.ps1").is_file()
