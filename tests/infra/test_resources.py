@@ -543,3 +543,27 @@ def test_main_is_subscription_scoped_and_creates_the_resource_group() -> None:
 def test_json_dump_of_trees_is_stable() -> None:
     # A guard for the helpers above: pycep trees are plain JSON data.
     assert json.loads(text(parse(MAIN)))["globals"]["scope"]["value"] == "subscription"
+
+
+def storage_role_assignments() -> dict[str, dict[str, Any]]:
+    tree = parse(MODULES / "storage.bicep")
+    return {n: body(r) for n, r in tree["resources"].items() if r["type"] == "Microsoft.Authorization/roleAssignments"}
+
+
+def test_no_blob_data_role_on_the_whole_storage_account() -> None:
+    """An account-wide Storage Blob Data Owner let the app identity (and so any code it runs) write every container,
+    today's and any added later. Each grant names its container: the host's two (identity-based
+    AzureWebJobsStorage: `azure-webjobs-hosts` for host locks and the timer's schedule status, `azure-webjobs-secrets`
+    for host keys: Azure/azure-webjobs-sdk HostContainerNames and Azure/azure-functions-host
+    BlobStorageSecretsRepository name them), the deployment package container (the Flex platform reads the package as the site's identity, and
+    writes it on publish), leases, dead letters."""
+    grants = storage_role_assignments()
+    scopes = {name: grant["scope"] for name, grant in grants.items()}
+    assert "storage" not in scopes.values(), scopes
+    app = {g["scope"] for g in grants.values() if g["properties"]["principalId"] == "appPrincipalId"}
+    assert app == {"hostsContainer", "secretsContainer", "deploymentContainer", "leaseContainer",
+                   "deadLetterContainer"}
+    user = [g for g in grants.values() if g["properties"]["principalId"] == "userPrincipalId"]
+    assert [g["scope"] for g in user] == ["deadLetterContainer"]
+    source = (MODULES / "storage.bicep").read_text(encoding="utf-8")
+    assert "name: 'azure-webjobs-hosts'" in source and "name: 'azure-webjobs-secrets'" in source
