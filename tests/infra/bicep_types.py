@@ -118,7 +118,7 @@ def kinds(template: Template, expr: Node, local: frozenset[str], seen: tuple[str
         return (kinds(template, expr.child_by_field_name("consequence"), local, seen)
                 + kinds(template, expr.child_by_field_name("alternative"), local, seen))
     static = template.static_value(expr)
-    if isinstance(static, (str, int, bool)) and not isinstance(static, list):
+    if isinstance(static, (str, int, bool)):
         return [Kind(literals=frozenset({static}))]
     if t in ("boolean", "true", "false"):
         return [Kind(literals=frozenset({_text(expr) == "true"}))]

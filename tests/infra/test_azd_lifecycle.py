@@ -121,7 +121,7 @@ def test_a_deleted_function_app_is_noticed(tmp_path: Path) -> None:
     again = up(azd)
     assert [p["deployEventSubscription"] for p in again] == [False, True]
     az_calls = [json.loads(line) for line in (azd.state / "az.log").read_text(encoding="utf-8").splitlines()]
-    assert ["--subscription", SUB] == az_calls[-1][az_calls[-1].index("--subscription"):][:2]
+    assert az_calls[-1][az_calls[-1].index("--subscription"):][:2] == ["--subscription", SUB]
 
 
 OLD_RULE = '''if [ -z "${DEPLOY_EVENT_SUBSCRIPTION:-}" ]; then

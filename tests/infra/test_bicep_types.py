@@ -63,7 +63,7 @@ def test_a_function_result_interpolation_or_output_into_allowed_is_bcp036(value:
     assert found == ["BCP036:9"]
 
 
-@pytest.mark.parametrize("value,prelude", [
+@pytest.mark.parametrize(("value", "prelude"), [
     ("'AzureCloud'", ""),
     ("free", "param free string"),  # a parameter without @allowed is a loose string (TypeValidator)
     ("narrow", "@allowed([\n  'AzureCloud'\n])\nparam narrow string"),
@@ -121,7 +121,7 @@ module always 'callee.bicep' = if (true) {
 """
 
 
-@pytest.mark.parametrize("expr,expected", [
+@pytest.mark.parametrize(("expr", "expected"), [
     ("c.outputs.c", ["BCP318:14"]),
     ("on ? c.outputs.c : ''", ["BCP318:14"]),  # no flow typing: the guard does not help (issue in Bicep's own docs)
     ("r.properties.ConnectionString", ["BCP318:14"]),
@@ -137,7 +137,7 @@ def test_conditional_outputs_need_safe_access_or_assertion(expr: str, expected: 
     assert type_violations({"callee.bicep": CALLEE, "main.bicep": main}, tmp_path) == expected
 
 
-@pytest.mark.parametrize("rtype,name,bad", [
+@pytest.mark.parametrize(("rtype", "name", "bad"), [
     ("Microsoft.KeyVault/vaults@2023-07-01", "'kv_${uniqueString(resourceGroup().id)}'", True),
     ("Microsoft.KeyVault/vaults@2023-07-01", "'kv-${uniqueString(resourceGroup().id)}'", False),
     ("Microsoft.Storage/storageAccounts@2023-05-01", "'st-${uniqueString(resourceGroup().id)}'", True),

@@ -200,3 +200,31 @@ def test_powershell_hooks_guard_a_missing_console_and_check_every_exit_code() ->
         assert native and checks >= native, f"{path.name}: {native} native calls, {checks} exit-code checks"
     for name in ("preprovision", "postprovision", "postdeploy"):
         assert (hooks / f"{name}.sh").is_file() and (hooks / f"{name}.ps1").is_file()
+
+
+def test_deploy_doc_says_what_azd_really_does_and_names_only_what_exists() -> None:
+    """azd deploys a Flex app by POSTing the zip to the scm `/api/publish?RemoteBuild=true` with an ARM token
+    (Azure/azure-dev cli/azd/pkg/azsdk/funcapp_host_client.go, Publish), not by writing the deployment container;
+    it substitutes its own AZURE_PRINCIPAL_ID / AZURE_PRINCIPAL_TYPE (bicep_provider.go, evalParamEnvSubst); and it
+    reaches only the parameters main.parameters.json maps."""
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "/api/publish?RemoteBuild=true" in doc and "funcapp_host_client.go" in doc
+    assert "uploads the package to the deployment container with" not in doc
+    assert "azd substitutes its own value for\n`${AZURE_PRINCIPAL_TYPE}`" in doc
+    assert "(`ServicePrincipal` when a pipeline deploys)" not in doc
+    declared = parse(MAIN)["parameters"]
+    supplied = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    unreachable = doc[doc.index("Not reachable through azd:"):]
+    unreachable = unreachable[:unreachable.index("\n\n")]
+    for name in ("keyVaultName", "configKeyVaultName", "resourceGroupName"):
+        assert name in declared and name not in supplied and f"`{name}`" in unreachable, name
+    assert "extraAppSettings" not in declared and "not of `main.bicep`" in doc
+    # every environment value the doc tells azd to set is one main.parameters.json reads (or azd's own)
+    azd_own = {"AZURE_LOCATION", "AZURE_ENV_NAME", "AZURE_SUBSCRIPTION_ID", "DEPLOY_EVENT_SUBSCRIPTION"}
+    mapped = {m for entry in supplied.values() for m in re.findall(r"\$\{(\w+)", str(entry["value"]))}
+    for name in re.findall(r"azd env set ([A-Z][A-Z0-9_]+)", doc):
+        assert name in mapped | azd_own or name.endswith("_JSON"), name
+    # no design-document sections, no files that are not in the checkout
+    assert "DESIGN" not in doc and "§" not in doc
+    for path in re.findall(r"`((?:infra|tests|scripts|docs|reference|rotation)/[\w./-]+\.\w+)`", doc):
+        assert (REPO / path).exists(), path
