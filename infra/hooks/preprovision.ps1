@@ -38,10 +38,11 @@ if ($env:DEPLOY_EVENT_SUBSCRIPTION -eq 'true') {
   } elseif (-not $env:AZURE_FUNCTION_APP_ID) {
     $reason = 'the Function App is not in the azd environment (a first provision, or after azd down)'
   } elseif (-not (Get-Command az -ErrorAction SilentlyContinue)) {
-    $reason = 'the Azure CLI (az) is not installed to check that the function exists'
+    $keep = $true
+    Write-Host 'preprovision: the Azure CLI (az) is not installed, so whether on_gateway_token_event still exists is not checked.'
   } else {
     az resource show --ids "$($env:AZURE_FUNCTION_APP_ID)/functions/on_gateway_token_event" --subscription $env:AZURE_SUBSCRIPTION_ID --query id -o tsv 2>$null | Out-Null
-    if ($LASTEXITCODE -eq 0) { $keep = $true } else { $reason = "on_gateway_token_event does not exist (yet) in $($env:AZURE_FUNCTION_APP_ID)" }
+    if ($LASTEXITCODE -eq 0) { $keep = $true } else { $reason = "az finds no on_gateway_token_event in $($env:AZURE_FUNCTION_APP_ID) (deleted, or az is not signed in)" }
   }
   if (-not $keep) {
     Write-Host "preprovision: this provision leaves the Event Grid subscription out: $reason. postdeploy adds it after the code deploy."

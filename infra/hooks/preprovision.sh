@@ -40,8 +40,8 @@ fi
 # across a changed AZURE_LOCATION or AZURE_SUBSCRIPTION_ID (which name a new app), so a stored `true` alone proves
 # nothing. It stays true only when postdeploy turned it on for this subscription, location and environment
 # (EVENT_SUBSCRIPTION_TARGET) and the function still exists there; otherwise this provision leaves the subscription
-# out and postdeploy adds it once the code is deployed. Every doubt (no az, not signed in) means false: the cost is one
-# more provision, never a failed one.
+# out and postdeploy adds it once the code is deployed (and fails loudly if that provision still leaves it out). A
+# failed check (not signed in) means false: the cost is one more provision, never a failed one.
 target="${AZURE_SUBSCRIPTION_ID:-}|${AZURE_LOCATION:-}|${AZURE_ENV_NAME:-}"
 function_id="${AZURE_FUNCTION_APP_ID:-}/functions/on_gateway_token_event"
 keep=false
@@ -51,11 +51,12 @@ if [ "${DEPLOY_EVENT_SUBSCRIPTION:-false}" = "true" ]; then
   elif [ -z "${AZURE_FUNCTION_APP_ID:-}" ]; then
     reason="the Function App is not in the azd environment (a first provision, or after azd down)"
   elif ! command -v az >/dev/null 2>&1; then
-    reason="the Azure CLI (az) is not installed to check that the function exists"
+    keep=true  # nothing to ask; postdeploy waited for the function, and nothing above says it went away
+    echo "preprovision: the Azure CLI (az) is not installed, so whether on_gateway_token_event still exists is not checked."
   elif az resource show --ids "$function_id" --subscription "${AZURE_SUBSCRIPTION_ID:-}" --query id -o tsv >/dev/null 2>&1; then
     keep=true
   else
-    reason="on_gateway_token_event does not exist (yet) in ${AZURE_FUNCTION_APP_ID}"
+    reason="az finds no on_gateway_token_event in ${AZURE_FUNCTION_APP_ID} (deleted, or az is not signed in)"
   fi
   if [ "$keep" = false ]; then
     echo "preprovision: this provision leaves the Event Grid subscription out: $reason. postdeploy adds it after the code deploy."

@@ -29,16 +29,21 @@ SUB = "00000000-0000-0000-0000-00000000beef"
 
 
 class Azd:
-    def __init__(self, tmp_path: Path, hooks: Path = HOOKS) -> None:
+    def __init__(self, tmp_path: Path, hooks: Path = HOOKS, *, with_az: bool = True,
+                 env: dict[str, str] | None = None) -> None:
         self.state = tmp_path / "state"
         self.state.mkdir()
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         for name, text in (("azd", AZD), ("az", AZ)):
+            if name == "az" and not with_az:
+                continue
             (bin_dir / name).write_text(text.format(python=sys.executable), encoding="utf-8")
             (bin_dir / name).chmod(0o755)
+        assert shutil.which("az", path=os.environ["PATH"]) is None  # no real Azure CLI behind the stand-in
         self.env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_STATE": str(self.state),
-                    "STUB_HOOKS": str(hooks), "STUB_PROMPT_LOCATION": "westeurope"}
+                    "STUB_HOOKS": str(hooks), "STUB_PROMPT_LOCATION": "westeurope",
+                    "ROTATOR_FUNCTION_WAIT_PAUSE": "0", **(env or {})}
         self.values({"AZURE_ENV_NAME": "prod", "AZURE_LOCATION": "westeurope", "AZURE_SUBSCRIPTION_ID": SUB,
                      "APIM_SERVICE_NAME": "apim-prod", "APIM_RESOURCE_GROUP": "rg-apim"})
 
@@ -122,6 +127,56 @@ def test_a_deleted_function_app_is_noticed(tmp_path: Path) -> None:
     assert [p["deployEventSubscription"] for p in again] == [False, True]
     az_calls = [json.loads(line) for line in (azd.state / "az.log").read_text(encoding="utf-8").splitlines()]
     assert az_calls[-1][az_calls[-1].index("--subscription"):][:2] == ["--subscription", SUB]
+
+
+def az_shows(azd: Azd) -> int:
+    log = azd.state / "az.log"
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return sum(1 for line in lines if json.loads(line)[:2] == ["resource", "show"])
+
+
+def test_postdeploy_waits_until_the_host_has_indexed_the_function(tmp_path: Path) -> None:
+    """Flex indexes the functions when the host starts after the deploy: ARM lists on_gateway_token_event a while
+    after `azd deploy` returns. postdeploy asks until it is there, then provisions."""
+    azd = Azd(tmp_path, env={"STUB_INDEX_DELAY": "3"})
+    first = up(azd)
+    assert [p["deployEventSubscription"] for p in first] == [False, True]
+    never_before_the_function(first)
+    assert az_shows(azd) >= 4  # three misses in postdeploy, then the hit (and the nested preprovision's own)
+
+
+def test_a_function_that_never_appears_fails_postdeploy(tmp_path: Path) -> None:
+    azd = Azd(tmp_path, env={"STUB_INDEX_DELAY": "99", "ROTATOR_FUNCTION_WAIT_TRIES": "3"})
+    result = azd("up")
+    assert result.returncode == 1
+    assert "on_gateway_token_event is not listed in" in result.stderr and "after 3 checks" in result.stderr
+    assert [p["deployEventSubscription"] for p in azd.provisions()] == [False]
+
+
+def test_a_provision_that_still_leaves_the_subscription_out_fails_postdeploy(tmp_path: Path) -> None:
+    """az signed out between postdeploy's check and the nested provision's: preprovision leaves the
+    subscription out (safe), and postdeploy then says so instead of ending the `azd up` quietly without it."""
+    azd = Azd(tmp_path, env={"STUB_AZ_SIGNED_IN_FOR": "1"})
+    result = azd("up")
+    assert result.returncode == 1
+    assert "ran without the Event Grid subscription" in result.stderr
+    assert "az finds no on_gateway_token_event" in result.stdout
+    never_before_the_function(azd.provisions())
+
+
+def test_without_the_azure_cli_the_rule_still_holds_after_down_and_a_move(tmp_path: Path) -> None:
+    """No az: postdeploy cannot wait and preprovision cannot ask, but the environment still tells a new app
+    (after `azd down` its id is gone; after a move the target differs)."""
+    azd = Azd(tmp_path, with_az=False)
+    assert [p["deployEventSubscription"] for p in up(azd)] == [False, True]
+    assert [p["deployEventSubscription"] for p in up(azd)] == [True]
+    assert azd("down").returncode == 0
+    again = up(azd)
+    assert [p["deployEventSubscription"] for p in again] == [False, True]
+    azd.values({"AZURE_LOCATION": "northeurope"})
+    moved = up(azd)
+    assert [p["deployEventSubscription"] for p in moved] == [False, True]
+    never_before_the_function(azd.provisions())
 
 
 OLD_RULE = '''if [ -z "${DEPLOY_EVENT_SUBSCRIPTION:-}" ]; then
