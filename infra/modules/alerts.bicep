@@ -228,16 +228,17 @@ resource expiringTokenFromLogs 'Microsoft.Insights/scheduledQueryRules@2023-12-0
 // or the timer never fires, nothing fails and nothing fires. This one fires on silence: no rotation.sweep record
 // (written by every sweep, ok or failed, on either telemetry path) in twice the sweep interval. `summarize count()`
 // without `by` returns one row, 0, over no records, so the rule has a value to compare even when nothing came in.
-// Log alert windows come from a fixed set (1 min to 2 days), hence the table: twice each allowed interval.
+// Log alert windows come from a fixed set (1 min to 2 days), hence the table: twice each allowed interval, evaluated
+// often enough to notice within a fraction of it.
 var silenceWindows = {
-  '5': 'PT10M'
-  '15': 'PT30M'
-  '30': 'PT1H'
-  '60': 'PT2H'
-  '120': 'PT4H'
-  '180': 'PT6H'
-  '720': 'P1D'
-  '1440': 'P2D'
+  '5': { window: 'PT10M', every: 'PT5M' }
+  '15': { window: 'PT30M', every: 'PT5M' }
+  '30': { window: 'PT1H', every: 'PT5M' }
+  '60': { window: 'PT2H', every: 'PT15M' }
+  '120': { window: 'PT4H', every: 'PT15M' }
+  '180': { window: 'PT6H', every: 'PT15M' }
+  '720': { window: 'P1D', every: 'PT1H' }
+  '1440': { window: 'P2D', every: 'PT1H' }
 }
 var silenceQuery = '''
 traces
@@ -259,8 +260,8 @@ resource sweepSilent 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
     scopes: [
       applicationInsightsId
     ]
-    evaluationFrequency: sweepIntervalMinutes < 60 ? 'PT5M' : 'PT15M'
-    windowSize: silenceWindows[string(sweepIntervalMinutes)]
+    evaluationFrequency: silenceWindows[string(sweepIntervalMinutes)].every
+    windowSize: silenceWindows[string(sweepIntervalMinutes)].window
     autoMitigate: true
     criteria: {
       allOf: [

@@ -334,9 +334,12 @@ def test_silence_alert_fires_when_no_sweep_is_recorded_in_twice_the_interval() -
     windows = parse(ALERTS)["variables"]["silenceWindows"]["value"]
     allowed = decorator(parse(ALERTS)["parameters"]["sweepIntervalMinutes"], "allowed")
     assert allowed == decorator(parse(MAIN)["parameters"]["sweepIntervalMinutes"], "allowed")
-    assert {int(k.strip("'")): iso_minutes(v) for k, v in windows.items()} == {m: 2 * m for m in allowed}
+    assert {int(k.strip("'")): iso_minutes(v["window"]) for k, v in windows.items()} == {m: 2 * m for m in allowed}
+    for entry in windows.values():
+        assert iso_minutes(entry["every"]) <= iso_minutes(entry["window"]) // 2  # noticed well within the window
     source = ALERTS.read_text(encoding="utf-8")
-    assert "windowSize: silenceWindows[string(sweepIntervalMinutes)]" in source
+    assert "windowSize: silenceWindows[string(sweepIntervalMinutes)].window" in source
+    assert "evaluationFrequency: silenceWindows[string(sweepIntervalMinutes)].every" in source
     # The default interval is the default schedule's: '0 0 * * * *' fires at minute 0 of every hour.
     main = parse(MAIN)["parameters"]
     assert main["sweepIntervalMinutes"]["default"] == 60 and main["sweepSchedule"]["default"] == "0 0 * * * *"
