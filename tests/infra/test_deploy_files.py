@@ -200,6 +200,10 @@ def test_powershell_hooks_guard_a_missing_console_and_check_every_exit_code() ->
         assert native and checks >= native, f"{path.name}: {native} native calls, {checks} exit-code checks"
     for name in ("preprovision", "postprovision", "postdeploy"):
         assert (hooks / f"{name}.sh").is_file() and (hooks / f"{name}.ps1").is_file()
+        # no PowerShell here to parse them: at least every bracket closes (strings and comments aside)
+        code = re.sub(r"'[^']*'|\"(?:`.|[^\"`])*\"|#.*", "", (hooks / f"{name}.ps1").read_text(encoding="utf-8"))
+        for left, right in ("()", "{}", "[]"):
+            assert code.count(left) == code.count(right), f"{name}.ps1: unbalanced {left}{right}"
 
 
 def test_deploy_doc_says_what_azd_really_does_and_names_only_what_exists() -> None:
