@@ -278,7 +278,7 @@ def test_event_subscription_waits_for_the_code_deployment() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Function App: Flex Consumption, Python 3.11, identity-based storage and telemetry, every DESIGN setting.
+# Function App: Flex Consumption, Python 3.11, identity-based storage and telemetry, every setting the app reads.
 # ------------------------------------------------------------------------------------------------------------
 
 FUNCTION_APP = MODULES / "function-app.bicep"
