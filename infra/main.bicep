@@ -12,7 +12,41 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Region of the new resources; must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@description('Region of the new resources; one that offers Flex Consumption (az functionapp list-flexconsumption-locations). The list is the one Microsoft\'s Flex Consumption quickstart template allows (Azure-Samples/functions-quickstart-python-http-azd infra/main.bicep); azd offers only these when it asks.')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'eastus2euap'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -61,7 +95,7 @@ param apimResourceGroupName string
 param apimSubscriptionId string = ''
 
 // ---------------------------------------------------------------------------------------------------------------
-// App settings (README Configuration)
+// App settings (README, "Configuration")
 // ---------------------------------------------------------------------------------------------------------------
 
 @description('Name of the secret in the configuration vault that holds the registry JSON (infra/registry.json when that file is not empty).')
@@ -77,7 +111,7 @@ param armEndpoint string = ''
 @maxValue(30)
 param tokenLifetimeDays int = 29
 
-@description('Renew when the stored token expires within this many days (RENEW_BEFORE_DAYS).')
+@description('Renew when the stored token expires within this many days (RENEW_BEFORE_DAYS); must be less than tokenLifetimeDays, or the deployment fails.')
 @minValue(1)
 @maxValue(29)
 param renewBeforeDays int = 7
@@ -90,6 +124,19 @@ param rotationDeadlineSeconds int = 20
 @description('NCRONTAB schedule of the safety sweep (SWEEP_SCHEDULE); always set on the app.')
 @minLength(1)
 param sweepSchedule string = '0 0 * * * *'
+
+@description('Minutes between two sweeps under sweepSchedule (60 for the default, hourly): the silence alert fires when no sweep was recorded in twice this. One of 5, 15, 30, 60, 120, 180, 720, 1440.')
+@allowed([
+  5
+  15
+  30
+  60
+  120
+  180
+  720
+  1440
+])
+param sweepIntervalMinutes int = 60
 
 @description('Telemetry through OpenTelemetry (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY, host telemetryMode OpenTelemetry: preview, Flex Consumption only); false keeps the classic Application Insights path.')
 param enableOpenTelemetry bool = true
@@ -112,11 +159,11 @@ param maximumInstanceCount int = 40
 @description('Create the Event Grid system topic subscription to on_gateway_token_event. Leave false on the first deployment: the function must exist (code deployed) before Event Grid can validate the endpoint; the azd postdeploy hook turns it on.')
 param deployEventSubscription bool = false
 
-@description('Name of the Event Grid system topic on the APIM service; empty for a generated one. An APIM service has at most one system topic: pass the existing one\'s name if there is one.')
+@description('Name of the Event Grid system topic the APIM service already has; empty creates one. An APIM service has at most one system topic: an existing one is referenced, never redeployed (its identities and tags stay as they are); the dead-letter identity must then be among its user-assigned identities, or the deployment fails saying so.')
 @maxLength(128)
 param systemTopicName string = ''
 
-@description('Assign the custom APIM and AKS roles. By default in the same pass as the Event Grid subscription (the second provision, after the code deploy), so the role definitions created by the first pass have had minutes to replicate before anything is assigned to them.')
+@description('Assign the custom APIM role. By default in the same pass as the Event Grid subscription (the second provision, after the code deploy), so the role definitions created by the first pass have had minutes to replicate before anything is assigned to them.')
 param assignCustomRoles bool = deployEventSubscription
 
 @description('Delivery attempts before an event is dead-lettered.')
@@ -133,7 +180,7 @@ param eventTimeToLiveInMinutes int = 1440
 // Clusters
 // ---------------------------------------------------------------------------------------------------------------
 
-@description('AKS clusters with Azure RBAC for Kubernetes authorization, as [{ name, resourceGroup, namespaces: [..] }] in the deployment subscription; empty (the default) takes infra/aks-clusters.json, compiled in and never passed through azd\'s parameter substitution. The app identity gets the rotator role at each namespace scope. Clusters with Kubernetes RBAC or kubeconfig auth are not listed here: apply infra/k8s instead.')
+@description('AKS clusters with Azure RBAC for Kubernetes authorization, as [{ name, resourceGroup, namespaces: [..] }] in the deployment subscription; empty (the default) takes infra/aks-clusters.json, compiled in and never passed through azd\'s parameter substitution. The postprovision hook gives the app identity the rotator role at each namespace scope. Clusters with Kubernetes RBAC or kubeconfig auth are not listed here: apply infra/k8s instead.')
 param aksClusters array = []
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -165,6 +212,11 @@ var configVaultName = !empty(configKeyVaultName) ? configKeyVaultName : '${abbrs
 var tokenVaultUri = 'https://${tokenVaultName}${environment().suffixes.keyvaultDns}/'
 var configVaultUri = 'https://${configVaultName}${environment().suffixes.keyvaultDns}/'
 var leaseContainerName = 'gateway-leases'
+// The app refuses RENEW_BEFORE_DAYS >= TOKEN_LIFETIME_DAYS at start-up (rotation/settings.py: every reconcile would then
+// fail), and a parameter's bounds cannot name another parameter: fail the deployment instead. fail() is Bicep's
+// (SystemNamespaceType.cs, type never, Azure/bicep#15958) over ARM's template function; ARM evaluates only the branch
+// its if() takes.
+var renewBeforeDaysChecked = renewBeforeDays < tokenLifetimeDays ? renewBeforeDays : fail('renewBeforeDays (RENEW_BEFORE_DAYS, ${renewBeforeDays}) must be less than tokenLifetimeDays (TOKEN_LIFETIME_DAYS, ${tokenLifetimeDays}): the app refuses to start otherwise.')
 var deadLetterContainerName = 'deadletter'
 
 // The registry reaches Key Vault from infra/registry.json, compiled into the template. It never passes through
@@ -174,10 +226,9 @@ var registryText = loadTextContent('registry.json')
 var manageRegistry = !empty(loadJsonContent('registry.json'))
 // Same for the AKS clusters (a variable, not the parameter's default: the file functions belong in variables).
 var clusters = !empty(aksClusters) ? aksClusters : loadJsonContent('aks-clusters.json')
-// `<cluster id>/namespaces/<ns>` for every listed namespace, the scopes aks-access.bicep assigns the AKS role at, as
-// one space-separated string (no resource group, cluster or namespace name can hold a space): the postdeploy hook
-// fails if the app identity holds that role at any other scope (an assignment that landed wider, see aks-access.bicep).
-// Built from the configuration, not from aks-access's outputs, so it is known on every pass (assignCustomRoles or not).
+// `<cluster id>/namespaces/<ns>` for every listed namespace, the scopes the postprovision hook assigns the AKS role at,
+// as one space-separated string (no resource group, cluster or namespace name can hold a space); the hook also fails
+// if the app identity holds that role at any other scope.
 var aksClusterIds = [for c in clusters: '${subscription().id}/resourceGroups/${c.resourceGroup}/providers/Microsoft.ContainerService/managedClusters/${c.name}']
 var aksNamespaceScopes = [for (c, i) in clusters: empty(c.namespaces) ? '' : '${aksClusterIds[i]}/namespaces/${join(c.namespaces, ' ${aksClusterIds[i]}/namespaces/')}']
 
@@ -307,13 +358,12 @@ module functionApp 'modules/function-app.bicep' = {
     keyVaultUri: tokenVaultUri
     configKeyVaultUri: configVaultUri
     registrySecretName: registrySecretName
-    azureCloud: environment().name
     armEndpoint: armEndpoint
     tokenLifetimeDays: tokenLifetimeDays
-    renewBeforeDays: renewBeforeDays
+    renewBeforeDays: renewBeforeDaysChecked
     rotationDeadlineSeconds: rotationDeadlineSeconds
     sweepSchedule: sweepSchedule
-    outcomeTopicEndpoint: deployOutcomeTopic ? outcomeTopic.outputs.endpoint : outcomeTopicEndpoint
+    outcomeTopicEndpoint: deployOutcomeTopic ? outcomeTopic!.outputs.endpoint : outcomeTopicEndpoint
     enableOpenTelemetry: enableOpenTelemetry
   }
   // The vault URIs are computed, not module outputs: wait for the vaults and the app's roles on them, so the
@@ -333,7 +383,9 @@ module apimRole 'modules/apim-role-definition.bicep' = {
   name: 'apim-gateway-token-role-${resourceToken}'
   scope: subscription(apimSubscription)
   params: {
-    roleName: 'APIM gateway token rotator (${environmentName}-${resourceToken})'
+    // The assignable scope is in the definition's name (guid) and so must be in its display name: a changed APIM group
+    // would otherwise be a new definition with the same roleName (RoleDefinitionWithSameNameExists).
+    roleName: 'APIM gateway token rotator (${environmentName}-${resourceToken}-${take(uniqueString(apimSubscription, toLower(apimResourceGroupName)), 8)})'
     assignableScope: '/subscriptions/${apimSubscription}/resourceGroups/${apimResourceGroupName}'
   }
 }
@@ -356,6 +408,7 @@ module apimEvents 'modules/apim-events.bicep' = if (deployEventSubscription) {
   params: {
     apimServiceName: apimServiceName
     systemTopicName: !empty(systemTopicName) ? systemTopicName : '${abbrs.eventGridSystemTopics}${apimServiceName}'
+    useExistingTopic: !empty(systemTopicName)
     subscriptionName: 'apim-token-rotator-${resourceToken}'
     // A module output is fine as a module parameter (the module is its own deployment); inside the module the
     // topic's location is a parameter. Reading `.location` of the existing APIM resource there is Bicep BCP120.
@@ -379,18 +432,9 @@ module aksRole 'modules/aks-role-definition.bicep' = if (!empty(clusters)) {
   }
 }
 
-// A deployment name is at most 64 characters ([-\w._()]); an AKS name can have 63, so take() a prefix and add a
-// hash of the full identity of the cluster to keep names unique.
-module aksAccess 'modules/aks-access.bicep' = [for cluster in (assignCustomRoles ? clusters : []): {
-  name: '${take('aks-access-${cluster.name}', 50)}-${uniqueString(cluster.resourceGroup, cluster.name, resourceToken)}'
-  scope: resourceGroup(cluster.resourceGroup)
-  params: {
-    clusterName: cluster.name
-    namespaces: cluster.namespaces
-    roleDefinitionId: aksRole.outputs.roleDefinitionId
-    principalId: identity.outputs.principalId
-  }
-}]
+// The AKS rotator role is assigned at each `<cluster id>/namespaces/<ns>` by infra/hooks/postprovision.sh (az role
+// assignment create), not here: ARM has no resource type for that scope, and assignments built from an `existing`
+// of a made-up type have landed on the resource group (mspnp/aks-baseline#408, Azure/bicep#6701).
 
 module alerts 'modules/alerts.bicep' = {
   name: 'alerts'
@@ -403,6 +447,7 @@ module alerts 'modules/alerts.bicep' = {
     actionGroupId: actionGroupId
     openTelemetry: enableOpenTelemetry
     expiryThresholdHours: 48
+    sweepIntervalMinutes: sweepIntervalMinutes
   }
 }
 
@@ -412,7 +457,7 @@ module deadLetterAlert 'modules/deadletter-alert.bicep' = if (deployEventSubscri
   params: {
     name: '${abbrs.insightsMetricAlerts}rotator-deadletter-${resourceToken}'
     tags: tags
-    systemTopicId: apimEvents.outputs.systemTopicId
+    systemTopicId: apimEvents!.outputs.systemTopicId
     actionGroupId: actionGroupId
   }
 }
@@ -477,10 +522,10 @@ output DEADLETTER_BLOB_URL string = '${storage.outputs.blobEndpoint}${storage.ou
 @description('Container of the per-gateway leases (LEASE_CONTAINER_URL).')
 output LEASE_CONTAINER_URL string = '${storage.outputs.blobEndpoint}${storage.outputs.leaseContainerName}'
 
-@description('Resource id of the custom AKS rotator role definition; empty when infra/aks-clusters.json lists no cluster (the postdeploy hook reads it).')
-output AKS_ROTATOR_ROLE_ID string = !empty(clusters) ? aksRole.outputs.roleDefinitionId : ''
+@description('Resource id of the custom AKS rotator role definition; empty when infra/aks-clusters.json lists no cluster (the postprovision hook assigns it).')
+output AKS_ROTATOR_ROLE_ID string = !empty(clusters) ? aksRole!.outputs.roleDefinitionId : ''
 
-@description('The namespace scopes (<cluster id>/namespaces/<ns>) the AKS rotator role is assigned at, space-separated; empty with no AKS cluster. The postdeploy hook fails if the app identity holds that role anywhere else.')
+@description('The namespace scopes (<cluster id>/namespaces/<ns>) the postprovision hook assigns the AKS rotator role at, space-separated; empty with no AKS cluster. The hook fails if the app identity holds that role anywhere else.')
 output AKS_NAMESPACE_SCOPES string = join(aksNamespaceScopes, ' ')
 
 @description('Whether this deployment created the Event Grid subscription (the postdeploy hook reads it).')

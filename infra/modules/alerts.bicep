@@ -1,4 +1,4 @@
-metadata description = 'Alerts on the rotator\'s signals: a log alert on failed reconciles (rotation.reconcile / rotation.sweep records) and the token-expiry alert, a metric alert on the rotation_token_hours_left custom metric with OpenTelemetry, else a log alert on the rotation.expiry records.'
+metadata description = 'Alerts on the rotator\'s signals: a log alert on failed reconciles (rotation.reconcile / rotation.sweep records), the token-expiry alert (a metric alert on the rotation_token_hours_left custom metric with OpenTelemetry, else a log alert on the rotation.expiry records), and an alert on silence (no rotation.sweep record in twice the sweep interval).'
 
 @description('Prefix of the alert rule names.')
 param namePrefix string
@@ -17,6 +17,19 @@ param actionGroupId string = ''
 
 @description('Whether the app sends telemetry through OpenTelemetry (main.bicep enableOpenTelemetry). Only then does it send the rotation_token_hours_left metric; without it the expiry alert is a log alert on the rotation.expiry records instead.')
 param openTelemetry bool = true
+
+@description('Minutes between two sweeps under SWEEP_SCHEDULE (60 for the default, hourly). The silence alert fires when no sweep was recorded in twice this.')
+@allowed([
+  5
+  15
+  30
+  60
+  120
+  180
+  720
+  1440
+])
+param sweepIntervalMinutes int = 60
 
 @description('Hours of token validity below which the expiry alert fires.')
 @minValue(1)
@@ -211,8 +224,69 @@ resource expiringTokenFromLogs 'Microsoft.Insights/scheduledQueryRules@2023-12-0
   }
 }
 
+// Every rule above is computed from records the app writes: if the host never starts (storage RBAC, a bad package)
+// or the timer never fires, nothing fails and nothing fires. This one fires on silence: no rotation.sweep record
+// (written by every sweep, ok or failed, on either telemetry path) in twice the sweep interval. `summarize count()`
+// without `by` returns one row, 0, over no records, so the rule has a value to compare even when nothing came in.
+// Log alert windows come from a fixed set (1 min to 2 days), hence the table: twice each allowed interval, evaluated
+// often enough to notice within a fraction of it.
+var silenceWindows = {
+  '5': { window: 'PT10M', every: 'PT5M' }
+  '15': { window: 'PT30M', every: 'PT5M' }
+  '30': { window: 'PT1H', every: 'PT5M' }
+  '60': { window: 'PT2H', every: 'PT15M' }
+  '120': { window: 'PT4H', every: 'PT15M' }
+  '180': { window: 'PT6H', every: 'PT15M' }
+  '720': { window: 'P1D', every: 'PT1H' }
+  '1440': { window: 'P2D', every: 'PT1H' }
+}
+var silenceQuery = '''
+traces
+| extend event = coalesce(tostring(customDimensions.event), extract(@"^(rotation\.\w+) ", 1, message))
+| where event == "rotation.sweep"
+| summarize sweeps = count()
+'''
+
+resource sweepSilent 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${namePrefix}-sweep-silent'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'APIM token rotator is silent: no sweep recorded'
+    description: 'No rotation.sweep record in the last ${2 * sweepIntervalMinutes} minutes (twice the sweep interval): the Function App is not running its timer, or not starting at all (storage access, a bad deployment package, a stopped app). Nothing else alerts in that case. Also fires once after the first deployment if no sweep has run yet.'
+    severity: 1
+    enabled: true
+    scopes: [
+      applicationInsightsId
+    ]
+    evaluationFrequency: silenceWindows[string(sweepIntervalMinutes)].every
+    windowSize: silenceWindows[string(sweepIntervalMinutes)].window
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: silenceQuery
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'sweeps'
+          operator: 'LessThan'
+          threshold: 1
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: logActions
+    }
+  }
+}
+
 @description('Resource ids of the alert rules.')
 output alertRuleIds array = [
   failedRotation.id
   openTelemetry ? expiringToken.id : expiringTokenFromLogs.id
+  sweepSilent.id
 ]

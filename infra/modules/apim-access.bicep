@@ -33,5 +33,6 @@ resource gatewayTokenRole 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 @description('Resource id of the APIM service.')
 output apimId string = apim.id
 
-@description('Region of the APIM service; its Event Grid system topic must live there.')
-output apimLocation string = apim.location
+// APIM returns its location in display form ("West Europe"); the system topic is created with the region name.
+@description('Region of the APIM service as a region name (westeurope); its Event Grid system topic must live there.')
+output apimLocation string = toLower(replace(apim.location, ' ', ''))

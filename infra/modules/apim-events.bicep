@@ -3,8 +3,11 @@ metadata description = 'Event Grid system topic on the APIM service and the subs
 @description('Name of the existing API Management service (this module is deployed into its resource group).')
 param apimServiceName string
 
-@description('Name of the Event Grid system topic on the APIM service. An APIM service can have only one system topic: if it has one already, pass its name.')
+@description('Name of the Event Grid system topic on the APIM service. An APIM service can have only one system topic: if it has one already, pass its name and useExistingTopic.')
 param systemTopicName string
+
+@description('The topic exists already: reference it and add only the subscription. Redeploying it would replace its identity and tags, dropping identities other subscriptions deliver or dead-letter with.')
+param useExistingTopic bool = false
 
 @description('Name of the event subscription.')
 param subscriptionName string = 'apim-token-rotator'
@@ -55,7 +58,7 @@ resource apim 'Microsoft.ApiManagement/service@2023-05-01-preview' existing = {
   name: apimServiceName
 }
 
-resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+resource newTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = if (!useExistingTopic) {
   name: systemTopicName
   location: location
   tags: tags
@@ -70,6 +73,19 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
     topicType: 'Microsoft.ApiManagement.Service'
   }
 }
+
+// The topic the subscription is added to, created above or already there. Read only when it already existed (its
+// identities, below); the created one is waited for through dependsOn.
+resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = {
+  name: systemTopicName
+}
+
+// Event Grid can dead-letter as a user-assigned identity only if the topic has it: an existing topic must already list
+// it, and this deployment does not change the topic. fail() (Bicep SystemNamespaceType.cs, ARM's template function)
+// stops the deployment with the fix before the subscription is PUT.
+// (ARM compares object keys case-insensitively in contains(); if() evaluates only the branch it takes.)
+var deadLetterIdentityOnTopic = useExistingTopic ? contains(systemTopic.?identity.?userAssignedIdentities ?? {}, deadLetterIdentityId) : true
+var deadLetterIdentity = deadLetterIdentityOnTopic ? deadLetterIdentityId : fail('The existing Event Grid system topic ${systemTopicName} does not have the dead-letter identity ${deadLetterIdentityId}. Add it to the topic\'s user-assigned identities, keeping the ones it has (portal: the system topic > Identity > User assigned > Add), then provision again.')
 
 resource gatewayTokenEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
   parent: systemTopic
@@ -98,7 +114,7 @@ resource gatewayTokenEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions
     deadLetterWithResourceIdentity: {
       identity: {
         type: 'UserAssigned'
-        userAssignedIdentity: deadLetterIdentityId
+        userAssignedIdentity: deadLetterIdentity
       }
       deadLetterDestination: {
         endpointType: 'StorageBlob'
@@ -109,11 +125,15 @@ resource gatewayTokenEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions
       }
     }
   }
+  dependsOn: [
+    newTopic
+  ]
 }
 
-resource deliveryLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsId)) {
+// Only on a topic this module created: an existing topic gets nothing but the subscription.
+resource deliveryLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!useExistingTopic && !empty(logAnalyticsId)) {
   name: 'delivery-failures-to-log-analytics'
-  scope: systemTopic
+  scope: newTopic
   properties: {
     workspaceId: logAnalyticsId
     logs: [

@@ -1,4 +1,4 @@
-metadata description = 'Custom role that lets the rotator read self-hosted gateways, generate their tokens and regenerate their keys - nothing else.'
+metadata description = 'Custom role that lets the rotator generate self-hosted gateway tokens and regenerate gateway keys - nothing else (the app never reads a gateway: rotation/adapters/arm.py calls only generateToken and regenerateKey).'
 
 targetScope = 'subscription'
 
@@ -12,12 +12,11 @@ resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(subscription().id, assignableScope, roleName)
   properties: {
     roleName: roleName
-    description: 'APIM token rotator: read self-hosted gateways, generate gateway tokens, regenerate gateway keys (two-phase key roll only).'
+    description: 'APIM token rotator: generate gateway tokens, regenerate gateway keys (two-phase key roll only).'
     type: 'CustomRole'
     permissions: [
       {
         actions: [
-          'Microsoft.ApiManagement/service/gateways/read'
           'Microsoft.ApiManagement/service/gateways/generateToken/action'
           'Microsoft.ApiManagement/service/gateways/regenerateKey/action'
         ]

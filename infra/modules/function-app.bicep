@@ -1,4 +1,4 @@
-metadata description = 'Flex Consumption plan and the Python Function App, identity-based storage and telemetry, with every app setting the app reads (README Configuration).'
+metadata description = 'Flex Consumption plan and the Python Function App, identity-based storage and telemetry, with every app setting the app reads (README, Configuration).'
 
 @description('Name of the Function App.')
 param name string
@@ -64,14 +64,6 @@ param configKeyVaultUri string
 @description('Name of the secret in the configuration vault that holds the registry JSON; ROTATION_REGISTRY becomes a Key Vault reference to it.')
 param registrySecretName string
 
-@description('Name of the Azure cloud (AZURE_CLOUD): environment().name of the deployment.')
-@allowed([
-  'AzureCloud'
-  'AzureUSGovernment'
-  'AzureChinaCloud'
-])
-param azureCloud string = 'AzureCloud'
-
 @description('Resource Manager endpoint override (ARM_ENDPOINT) for emulators only; empty leaves the setting out and the app uses its cloud\'s endpoint.')
 param armEndpoint string = ''
 
@@ -124,11 +116,13 @@ var baseAppSettings = {
   // Telemetry with Entra ID auth (local auth is disabled on the component).
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-  // The app's own settings (README Configuration).
+  // The app's own settings (README, "Configuration").
   ROTATION_REGISTRY: '@Microsoft.KeyVault(SecretUri=${configKeyVaultUri}secrets/${registrySecretName})'
   KEY_VAULT_URL: keyVaultUri
   CONFIG_KEY_VAULT_URL: configKeyVaultUri
-  AZURE_CLOUD: azureCloud
+  // The cloud this deployment runs in, read here: passing environment().name (typed string) to an @allowed module
+  // parameter is Bicep BCP036, an error (only a parameter without @allowed is assignable to a literal union).
+  AZURE_CLOUD: environment().name
   TOKEN_LIFETIME_DAYS: string(tokenLifetimeDays)
   RENEW_BEFORE_DAYS: string(renewBeforeDays)
   ROTATION_DEADLINE_SECONDS: string(rotationDeadlineSeconds)

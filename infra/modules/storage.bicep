@@ -1,4 +1,4 @@
-metadata description = 'Storage for the Functions host (AzureWebJobsStorage), the Flex Consumption deployment package, Event Grid dead letters and the per-gateway leases. Shared key access is disabled: everything goes through managed identities.'
+metadata description = 'Storage for the Functions host (AzureWebJobsStorage), the Flex Consumption deployment package, Event Grid dead letters and the per-gateway leases. Shared key access is disabled: everything goes through managed identities, each granted on the containers it uses only.'
 
 @description('Name of the storage account (3-24 lowercase letters and digits).')
 @minLength(3)
@@ -22,13 +22,13 @@ param deadLetterContainerName string = 'deadletter'
 @maxLength(63)
 param leaseContainerName string = 'gateway-leases'
 
-@description('Principal id of the app identity: Storage Blob Data Owner on the account (what identity-based AzureWebJobsStorage needs) and Storage Blob Data Contributor on the lease container.')
+@description('Principal id of the app identity: Storage Blob Data Owner on the two host containers (identity-based AzureWebJobsStorage), Storage Blob Data Contributor on the deployment package, lease and dead-letter containers. Nothing on the account as a whole.')
 param appPrincipalId string
 
 @description('Principal id of the identity Event Grid writes dead letters as: Storage Blob Data Contributor on the dead-letter container only.')
 param deadLetterWriterPrincipalId string
 
-@description('Optional principal id of the deploying user, granted Storage Blob Data Contributor for debugging; empty for none.')
+@description('Optional principal id of the deploying user, granted Storage Blob Data Contributor on the dead-letter container (to read dead letters); empty for none. azd deploys the code through the app\'s publish endpoint, not to the container.')
 param userPrincipalId string = ''
 
 @description('Kind of principal userPrincipalId is.')
@@ -38,10 +38,12 @@ param userPrincipalId string = ''
 ])
 param userPrincipalType string = 'User'
 
-// Storage Blob Data Owner: what the Functions host needs for identity-based AzureWebJobsStorage (blob leases for the
-// timer trigger and host locks) and for the deployment package (Microsoft's Flex quickstarts grant the same). It is a
-// superset of what the app needs on the lease and dead-letter containers; those get their own container-scoped
-// grants below so that each need is stated, and so narrowing the host grant later cannot silently break them.
+// Each grant names its container; none covers the account. Storage Blob Data Owner on the Functions host's two
+// containers (identity-based AzureWebJobsStorage: `azure-webjobs-hosts` for host locks and the timer's schedule status,
+// azure-webjobs-sdk HostContainerNames; `azure-webjobs-secrets` for host keys, azure-functions-host
+// BlobStorageSecretsRepository), created here so the host never needs to create a container; Contributor on the
+// deployment package (the Flex platform reads it as the site's identity and writes it on publish), the leases and
+// the dead letters (the app reads and, on replay, deletes them).
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // built-in role Storage Blob Data Owner (Azure built-in roles)
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // built-in role Storage Blob Data Contributor (Azure built-in roles)
 
@@ -104,6 +106,22 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
+resource hostsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: 'azure-webjobs-hosts'
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource secretsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: 'azure-webjobs-secrets'
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
 resource leaseContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: leaseContainerName
@@ -124,8 +142,7 @@ resource appLeaseContributor 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
-// Event Grid's dead-letter writer: this container only. The app reads and, on replay, deletes dead letters, which
-// needs Contributor there too; its account-level Owner (host storage) already includes that.
+// Event Grid's dead-letter writer: this container only.
 resource deadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(deadLetterContainer.id, deadLetterWriterPrincipalId, storageBlobDataContributorRoleId)
   scope: deadLetterContainer
@@ -137,19 +154,55 @@ resource deadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, appPrincipalId, storageBlobDataOwnerRoleId)
-  scope: storage
+resource appHostsOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostsContainer.id, appPrincipalId, storageBlobDataOwnerRoleId)
+  scope: hostsContainer
   properties: {
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwnerRoleId)
+    description: 'apim-token-rotator: Functions host locks and timer status (AzureWebJobsStorage).'
   }
 }
 
-resource userBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
-  name: guid(storage.id, userPrincipalId, storageBlobDataContributorRoleId)
-  scope: storage
+resource appSecretsOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(secretsContainer.id, appPrincipalId, storageBlobDataOwnerRoleId)
+  scope: secretsContainer
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwnerRoleId)
+    description: 'apim-token-rotator: Functions host keys (AzureWebJobsStorage).'
+  }
+}
+
+// Any identity assigned to the site can be used by the code it runs, so the package stays writable by the app:
+// a narrower scope than the account is what ARM offers here.
+resource appPackageContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deploymentContainer.id, appPrincipalId, storageBlobDataContributorRoleId)
+  scope: deploymentContainer
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    description: 'apim-token-rotator: the Flex Consumption deployment package.'
+  }
+}
+
+resource appDeadLetterContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deadLetterContainer.id, appPrincipalId, storageBlobDataContributorRoleId)
+  scope: deadLetterContainer
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    description: 'apim-token-rotator: read and, on replay, delete dead letters.'
+  }
+}
+
+resource userDeadLetterContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  name: guid(deadLetterContainer.id, userPrincipalId, storageBlobDataContributorRoleId)
+  scope: deadLetterContainer
   properties: {
     principalId: userPrincipalId
     principalType: userPrincipalType

@@ -26,6 +26,9 @@ still does not compile. The rules below are transcribed from the Bicep compiler 
 - src/Bicep.Core/Diagnostics/DiagnosticBuilder.cs: the diagnostics, errors all: BCP120 (property), BCP177
   (if-condition), BCP178 (for-expression), BCP182 (for-body of a variable).
 
+Type rules (BCP036/BCP033 into @allowed, BCP318, BCP184, name characters) are in tests/infra/bicep_types.py;
+Project.violations() and main() run both.
+
 Name lengths: ARM's per-type limits (Microsoft, "Naming rules and restrictions for Azure resources",
 learn.microsoft.com/azure/azure-resource-manager/management/resource-name-rules), evaluated for the worst case: a
 parameter at its @maxLength (or its longest @allowed value, or the longest value any caller passes), uniqueString()
@@ -795,15 +798,19 @@ class Project:
         return found
 
     def violations(self) -> list[Violation]:
+        from tests.infra import bicep_types  # the type rules build on this module's parse helpers
+
         found = [v for t in self.templates.values() for v in t.deploy_time_violations()]
         found += [v for t in self.templates.values() for v in t.unused_violations()]
-        return found + self.name_violations()
+        return found + self.name_violations() + bicep_types.violations(self.templates)
 
 
 def main(argv: list[str]) -> int:
     folder = Path(argv[1]) if len(argv) > 1 else Path("infra")
+    from tests.infra import bicep_types
+
     project = Project.load(folder)
-    for rule, text in RULES.items():
+    for rule, text in {**RULES, **bicep_types.RULES}.items():
         print(f"  rule {rule}: {text}")
     problems = project.violations()
     for problem in problems:

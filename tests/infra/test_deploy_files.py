@@ -158,3 +158,77 @@ def test_preprovision_warns_about_json_in_the_environment(tmp_path: Path) -> Non
     assert "ROTATION_REGISTRY_JSON is no longer read" in stderr and "AKS_CLUSTERS_JSON is no longer read" in stderr
     assert '{"clusters"' not in stderr  # the value itself is not echoed
     assert calls == ["env set DEPLOY_EVENT_SUBSCRIPTION false"]
+
+
+def test_funcignore_keeps_azds_virtualenv_out_of_the_package() -> None:
+    """azd builds a Python service in a virtual environment named `<service dir>_env` inside the project
+    (Azure/azure-dev cli/azd/pkg/tools/python/helpers.go VenvNameForDir, used by framework_service_python.go); the
+    Functions packager ships whatever .funcignore does not exclude, so that venv would be zipped into the package."""
+    lines = (REPO / ".funcignore").read_text(encoding="utf-8").splitlines()
+    assert "*_env/" in lines
+    assert ".venv*" in lines
+
+
+FLEX_REGIONS = [  # Azure-Samples/functions-quickstart-python-http-azd infra/main.bicep (7ed4638, 2025-11-24)
+    "australiaeast", "australiasoutheast", "brazilsouth", "canadacentral", "centralindia", "centralus", "eastasia",
+    "eastus", "eastus2", "eastus2euap", "francecentral", "germanywestcentral", "italynorth", "japaneast",
+    "koreacentral", "northcentralus", "northeurope", "norwayeast", "southafricanorth", "southcentralus",
+    "southeastasia", "southindia", "spaincentral", "swedencentral", "uaenorth", "uksouth", "ukwest",
+    "westcentralus", "westeurope", "westus", "westus2", "westus3",
+]
+
+
+def test_location_is_limited_to_flex_consumption_regions() -> None:
+    """A region without Flex Consumption fails late, at the plan. Microsoft's Flex quickstart template restricts
+    `location` with @allowed; azd then offers only those regions when it asks (type: location)."""
+    from tests.infra.templates import decorator
+
+    location = parse(MAIN)["parameters"]["location"]
+    assert decorator(location, "allowed") == FLEX_REGIONS
+
+
+def test_powershell_hooks_guard_a_missing_console_and_check_every_exit_code() -> None:
+    """The .ps1 hooks mirror the shell ones: no prompt without a console (azd in CI), and a failed `azd`/`az`
+    call stops the hook (PowerShell's $ErrorActionPreference does not cover native commands; $LASTEXITCODE does)."""
+    hooks = INFRA / "hooks"
+    pre = (hooks / "preprovision.ps1").read_text(encoding="utf-8")
+    assert "[Console]::IsInputRedirected" in pre and "is not set; run: azd env set" in pre
+    for path in sorted(hooks.glob("*.ps1")):
+        source = path.read_text(encoding="utf-8")
+        native = len(re.findall(r"^\s*(?:\$\w+ = )?(?:azd|az) ", source, re.M))
+        checks = source.count("$LASTEXITCODE")
+        assert native and checks >= native, f"{path.name}: {native} native calls, {checks} exit-code checks"
+    for name in ("preprovision", "postprovision", "postdeploy"):
+        assert (hooks / f"{name}.sh").is_file() and (hooks / f"{name}.ps1").is_file()
+        # no PowerShell here to parse them: at least every bracket closes (strings and comments aside)
+        code = re.sub(r"'[^']*'|\"(?:`.|[^\"`])*\"|#.*", "", (hooks / f"{name}.ps1").read_text(encoding="utf-8"))
+        for left, right in ("()", "{}", "[]"):
+            assert code.count(left) == code.count(right), f"{name}.ps1: unbalanced {left}{right}"
+
+
+def test_deploy_doc_says_what_azd_really_does_and_names_only_what_exists() -> None:
+    """azd deploys a Flex app by POSTing the zip to the scm `/api/publish?RemoteBuild=true` with an ARM token
+    (Azure/azure-dev cli/azd/pkg/azsdk/funcapp_host_client.go, Publish), not by writing the deployment container;
+    it substitutes its own AZURE_PRINCIPAL_ID / AZURE_PRINCIPAL_TYPE (bicep_provider.go, evalParamEnvSubst); and it
+    reaches only the parameters main.parameters.json maps."""
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "/api/publish?RemoteBuild=true" in doc and "funcapp_host_client.go" in doc
+    assert "uploads the package to the deployment container with" not in doc
+    assert "azd substitutes its own value for\n`${AZURE_PRINCIPAL_TYPE}`" in doc
+    assert "(`ServicePrincipal` when a pipeline deploys)" not in doc
+    declared = parse(MAIN)["parameters"]
+    supplied = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    unreachable = doc[doc.index("Not reachable through azd:"):]
+    unreachable = unreachable[:unreachable.index("\n\n")]
+    for name in ("keyVaultName", "configKeyVaultName", "resourceGroupName"):
+        assert name in declared and name not in supplied and f"`{name}`" in unreachable, name
+    assert "extraAppSettings" not in declared and "not of `main.bicep`" in doc
+    # every environment value the doc tells azd to set is one main.parameters.json reads (or azd's own)
+    azd_own = {"AZURE_LOCATION", "AZURE_ENV_NAME", "AZURE_SUBSCRIPTION_ID", "DEPLOY_EVENT_SUBSCRIPTION"}
+    mapped = {m for entry in supplied.values() for m in re.findall(r"\$\{(\w+)", str(entry["value"]))}
+    for name in re.findall(r"azd env set ([A-Z][A-Z0-9_]+)", doc):
+        assert name in mapped | azd_own or name.endswith("_JSON"), name
+    # no design-document sections, no files that are not in the checkout
+    assert "DESIGN" not in doc and "§" not in doc
+    for path in re.findall(r"`((?:infra|tests|scripts|docs|reference|rotation)/[\w./-]+\.\w+)`", doc):
+        assert (REPO / path).exists(), path

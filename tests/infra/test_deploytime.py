@@ -86,7 +86,7 @@ def test_the_corpus_covers_every_rule() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Two defects the templates once had (BCP120, BCP178), as they were, and put back into the fixed templates.
+# Two defects the checker was built for, as they were, and put back into the fixed templates.
 # ------------------------------------------------------------------------------------------------------------
 
 def test_fixture_app_settings_loop_over_runtime_values_is_bcp178() -> None:
@@ -128,16 +128,16 @@ def test_putting_the_bcp178_loop_back_fails(tmp_path: Path) -> None:
     assert all(v.path.name == "function-app.bicep" for v in found)
 
 
-def test_putting_the_long_deployment_name_back_fails(tmp_path: Path) -> None:
+def test_an_unbounded_deployment_name_fails(tmp_path: Path) -> None:
     shutil.copytree(INFRA, tmp_path / "infra")
     main = tmp_path / "infra" / "main.bicep"
     source = main.read_text(encoding="utf-8")
-    fixed = "  name: '${take('aks-access-${cluster.name}', 50)}-${uniqueString(cluster.resourceGroup, cluster.name, resourceToken)}'\n"
+    fixed = "  name: 'apim-access-${resourceToken}'\n"
     assert fixed in source
-    main.write_text(source.replace(fixed, "  name: 'aks-access-${cluster.name}-${resourceToken}'\n"), encoding="utf-8")
+    main.write_text(source.replace(fixed, "  name: 'apim-access-${apimServiceName}-${resourceToken}'\n"), encoding="utf-8")
     found = deploytime.Project.load(tmp_path / "infra").violations()
     assert [(v.rule, v.path.name) for v in found] == [("ARM-NAME-LENGTH", "main.bicep")]
-    assert "module aksAccess" in found[0].message and "unbounded" in found[0].message
+    assert "module apimAccess" in found[0].message and "up to 76 characters" in found[0].message
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from rotation import telemetry
-from tests.infra.templates import INFRA, MAIN, MODULES, body, one_resource, parse, text
+from tests.infra.templates import INFRA, MAIN, MODULES, body, decorator, one_resource, parse, text
 
 ALERTS = MODULES / "alerts.bicep"
 
@@ -83,7 +83,7 @@ def test_expiry_alert_is_a_metric_alert_on_hours_left() -> None:
 def test_rule_names_and_locations_are_deploy_time_values() -> None:
     for rule in [*log_rules().values(), *metric_rules().values()]:
         assert re.fullmatch(r"\$\{namePrefix\}-[a-z-]+", rule["name"]), rule["name"]
-    assert [r["location"] for r in log_rules().values()] == ["location", "location"]
+    assert [r["location"] for r in log_rules().values()] == ["location", "location", "location"]
 
 
 def test_there_is_a_dead_letter_alert() -> None:
@@ -305,3 +305,52 @@ def test_workbook_hours_left_view_works_without_opentelemetry_too() -> None:
     hours = kql_extract(kql, "hoursLeft").search(message)
     assert gateway and gateway.group(1) == GATEWAY
     assert hours and float(hours.group(1)) == 12.0
+
+
+def iso_minutes(duration: str) -> int:
+    match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?", duration)
+    assert match, duration
+    days, hours, minutes = (int(g or 0) for g in match.groups())
+    return days * 1440 + hours * 60 + minutes
+
+
+def test_silence_alert_fires_when_no_sweep_is_recorded_in_twice_the_interval() -> None:
+    """Every other rule counts records the app writes, so a host that never starts (or a timer that never fires)
+    raises nothing. This rule counts rotation.sweep records, which every sweep writes, ok or failed
+    (rotation/triggers.py through telemetry.emit), and fires below one. KQL: `summarize count()` without `by` over
+    no rows returns one row with 0 (Kusto summarize operator docs: "If the input is empty, ... a single row with
+    the aggregations' default values" for a summarize without grouping), so silence has a value to compare.
+    Window sizes of log alerts come from a fixed set (Microsoft.Insights scheduledQueryRules 2023-12-01,
+    windowSize; the portal offers 1 min to 2 days)."""
+    rule = log_rules()["sweepSilent"]
+    assert "condition" not in parse(ALERTS)["resources"]["sweepSilent"]["config"]  # on both telemetry paths
+    kql = rule_query(rule)
+    assert 'where event == "rotation.sweep"' in kql and kql.strip().endswith("| summarize sweeps = count()")
+    criterion = rule["properties"]["criteria"]["allOf"][0]
+    assert criterion["metricMeasureColumn"] == "sweeps" and criterion["timeAggregation"] == "Total"
+    assert criterion["operator"] == "LessThan" and criterion["threshold"] == 1
+    assert "dimensions" not in criterion  # one series: silence has no gatewayId to split by
+    assert rule["properties"]["scopes"] == ["applicationInsightsId"]
+    windows = parse(ALERTS)["variables"]["silenceWindows"]["value"]
+    allowed = decorator(parse(ALERTS)["parameters"]["sweepIntervalMinutes"], "allowed")
+    assert allowed == decorator(parse(MAIN)["parameters"]["sweepIntervalMinutes"], "allowed")
+    assert {int(k.strip("'")): iso_minutes(v["window"]) for k, v in windows.items()} == {m: 2 * m for m in allowed}
+    for entry in windows.values():
+        assert iso_minutes(entry["every"]) <= iso_minutes(entry["window"]) // 2  # noticed well within the window
+    source = ALERTS.read_text(encoding="utf-8")
+    assert "windowSize: silenceWindows[string(sweepIntervalMinutes)].window" in source
+    assert "evaluationFrequency: silenceWindows[string(sweepIntervalMinutes)].every" in source
+    # The default interval is the default schedule's: '0 0 * * * *' fires at minute 0 of every hour.
+    main = parse(MAIN)["parameters"]
+    assert main["sweepIntervalMinutes"]["default"] == 60 and main["sweepSchedule"]["default"] == "0 0 * * * *"
+    main_alerts = next(m for m in parse(MAIN)["modules"].values() if m["detail"]["path"].endswith("alerts.bicep"))
+    assert body(main_alerts)["params"]["sweepIntervalMinutes"] == "sweepIntervalMinutes"
+    # The classic path: the event is read from the message telemetry.emit really writes.
+    message = emitted_message("rotation.sweep", {"outcome": "ok", "gateways": 3, "failed": 0, "durationMs": 812})
+    event = re.search(r'extract\(@"(\^\(rotation\\\.\\w\+\) )", 1, message\)', kql)
+    assert event is not None
+    found = re.match(event.group(1), message)
+    assert found and found.group(1) == "rotation.sweep"
+    # The OpenTelemetry path: `event` is a customDimension the wire carries (tests/worker/test_telemetry_wire.py
+    # reads every customDimensions field alerts.bicep uses and finds it in the exporter's output).
+    assert dimensions_read(kql) == {"event"}

@@ -10,6 +10,7 @@ from tests.infra.templates import (
     CONDITIONAL_SETTINGS,
     MAIN,
     MODULES,
+    REPO,
     all_resources,
     body,
     condition,
@@ -20,8 +21,9 @@ from tests.infra.templates import (
     walk,
 )
 
+# The two ARM actions the app calls (rotation/adapters/arm.py: generate_token, regenerate_key); it never reads a
+# gateway (`discover` lists them with the operator's own credential).
 GATEWAY_ACTIONS = [
-    "Microsoft.ApiManagement/service/gateways/read",
     "Microsoft.ApiManagement/service/gateways/generateToken/action",
     "Microsoft.ApiManagement/service/gateways/regenerateKey/action",
 ]
@@ -52,12 +54,14 @@ def module_named(path_suffix: str) -> tuple[str, dict[str, Any]]:
 # APIM: a custom role with exactly three actions, assigned on the existing service only.
 # ------------------------------------------------------------------------------------------------------------
 
-def test_apim_role_has_exactly_the_three_gateway_actions() -> None:
+def test_apim_role_has_exactly_the_two_gateway_actions_the_app_calls() -> None:
     role = body(one_resource(MODULES / "apim-role-definition.bicep", "Microsoft.Authorization/roleDefinitions"))
     permissions = role["properties"]["permissions"]
     assert len(permissions) == 1
     assert sorted(permissions[0]["actions"]) == sorted(GATEWAY_ACTIONS)
-    assert len(permissions[0]["actions"]) == 3
+    assert len(permissions[0]["actions"]) == 2
+    arm = (REPO / "rotation" / "adapters" / "arm.py").read_text(encoding="utf-8")
+    assert "gateway.get(" not in arm and "list_by_service" not in arm
     for other in ("notActions", "dataActions", "notDataActions"):
         assert permissions[0].get(other, []) == []
     assert role["properties"]["type"] == "CustomRole"
@@ -124,8 +128,12 @@ def event_subscription() -> dict[str, Any]:
     return body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics/eventSubscriptions"))
 
 
+def new_topic() -> dict[str, Any]:
+    return body(parse(EVENTS)["resources"]["newTopic"])
+
+
 def test_system_topic_is_on_the_apim_service() -> None:
-    topic = body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics"))
+    topic = new_topic()
     assert topic["properties"]["topicType"] == "Microsoft.ApiManagement.Service"
     assert "apim" in text(topic["properties"]["source"])
     assert one_resource(EVENTS, "Microsoft.ApiManagement/service")["existing"] is True
@@ -135,6 +143,55 @@ def test_system_topic_is_on_the_apim_service() -> None:
     _, events = module_named("apim-events.bicep")
     location = text(body(events)["params"]["location"])
     assert "apimAccess" in location and "apimLocation" in location and "outputs" in location
+    # APIM returns "West Europe"; the topic gets the region name.
+    assert "output apimLocation string = toLower(replace(apim.location, ' ', ''))" in (
+        MODULES / "apim-access.bicep").read_text(encoding="utf-8")
+
+
+def test_an_existing_system_topic_is_referenced_and_only_the_subscription_added() -> None:
+    """An APIM service has at most one system topic. Redeploying an existing one (a PUT) replaces its identity and
+    tags, dropping identities other subscriptions deliver or dead-letter with (Microsoft.EventGrid 2022-06-15
+    systemTopics PUT is a full replace: azure-rest-api-specs SystemTopics_CreateOrUpdate). With a name given, the
+    topic is `existing`, the creation and its diagnostic setting are skipped, and the deployment fails with the fix
+    when the dead-letter identity is not on the topic (Bicep fail(), SystemNamespaceType.cs)."""
+    tree = parse(EVENTS)
+    assert condition(tree["resources"]["newTopic"]) == {"operator": {"type": "not", "operands": {
+        "bool_value": "useExistingTopic"}}}
+    reference = tree["resources"]["systemTopic"]
+    assert reference["existing"] is True
+    subscription = body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics/eventSubscriptions"))
+    assert subscription["parent"] == "systemTopic" and "newTopic" in text(subscription["dependsOn"])
+    source = EVENTS.read_text(encoding="utf-8")
+    assert "= if (!useExistingTopic && !empty(logAnalyticsId)) {\n  name: 'delivery-failures-to-log-analytics'\n" \
+        "  scope: newTopic\n" in source
+    assert ("var deadLetterIdentityOnTopic = useExistingTopic ? contains(systemTopic.?identity.?userAssignedIdentities"
+            " ?? {}, deadLetterIdentityId) : true") in source
+    assert "deadLetterIdentityOnTopic ? deadLetterIdentityId : fail('The existing Event Grid system topic" in source
+    _, events = module_named("apim-events.bicep")
+    assert body(events)["params"]["useExistingTopic"] == {"operator": {"type": "not", "operands": {
+        "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": "systemTopicName"}}}}}}
+    # Only the subscription resource is deployed unconditionally: no unconditional PUT of the topic.
+    unconditional = [n for n, r in tree["resources"].items() if not r.get("existing") and condition(r) is None]
+    assert unconditional == ["gatewayTokenEvents"]
+
+
+def test_renew_before_not_below_the_lifetime_fails_the_deployment() -> None:
+    """rotation/settings.py refuses RENEW_BEFORE_DAYS >= TOKEN_LIFETIME_DAYS at start-up; Bicep parameter bounds
+    cannot name another parameter, so main.bicep fails the deployment through fail() (Azure/bicep#15958, type never)
+    and passes only the checked value on."""
+    source = MAIN.read_text(encoding="utf-8")
+    assert ("var renewBeforeDaysChecked = renewBeforeDays < tokenLifetimeDays ? renewBeforeDays : fail(") in source
+    _, app = module_named("function-app.bicep")
+    assert body(app)["params"]["renewBeforeDays"] == "renewBeforeDaysChecked"
+    assert body(app)["params"]["tokenLifetimeDays"] == "tokenLifetimeDays"
+
+
+def test_the_apim_role_display_name_follows_its_assignable_scope() -> None:
+    """The definition's name is guid(subscription, assignableScope, roleName); a display name without the APIM group
+    makes a changed group a second definition with the same roleName (ARM RoleDefinitionWithSameNameExists)."""
+    _, role_module = module_named("apim-role-definition.bicep")
+    name = text(body(role_module)["params"]["roleName"])
+    assert "apimResourceGroupName" in name and "apimSubscription" in name
 
 
 def test_event_filter_has_exactly_the_two_gateway_token_types() -> None:
@@ -174,12 +231,12 @@ def test_dead_letters_go_to_blob_storage_with_their_own_identity() -> None:
     deadLetterDestination: StorageBlobDeadLetterDestination {resourceId, blobContainerName}}; the user-assigned
     identity must also be attached to the (system) topic, or Event Grid cannot act as it."""
     dead_letter = event_subscription()["properties"]["deadLetterWithResourceIdentity"]
-    assert dead_letter["identity"] == {"type": "UserAssigned", "userAssignedIdentity": "deadLetterIdentityId"}
+    assert dead_letter["identity"] == {"type": "UserAssigned", "userAssignedIdentity": "deadLetterIdentity"}
     destination = dead_letter["deadLetterDestination"]
     assert destination["endpointType"] == "StorageBlob"
     assert destination["properties"]["blobContainerName"] == "deadLetterContainerName"
     assert "deadLetterDestination" not in event_subscription()["properties"], "no key-based dead-letter destination"
-    topic = body(one_resource(EVENTS, "Microsoft.EventGrid/systemTopics"))
+    topic = new_topic()
     assert topic["identity"]["userAssignedIdentities"] == {"'${deadLetterIdentityId}'": {}}
     # main.bicep: a second identity, not the app's, is the writer.
     _, events = module_named("apim-events.bicep")
@@ -219,7 +276,7 @@ def test_event_subscription_waits_for_the_code_deployment() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Function App: Flex Consumption, Python 3.11, identity-based storage and telemetry, every app setting.
+# Function App: Flex Consumption, Python 3.11, identity-based storage and telemetry, every setting the app reads.
 # ------------------------------------------------------------------------------------------------------------
 
 FUNCTION_APP = MODULES / "function-app.bicep"
@@ -243,15 +300,15 @@ def test_every_design_setting_is_an_app_setting() -> None:
 
 
 def test_cloud_and_vault_urls_come_from_environment() -> None:
+    """AZURE_CLOUD is environment().name read inside function-app.bicep: passed to an @allowed module parameter it
+    was Bicep BCP036 (tests/infra/test_bicep_types.py has the rule and the put-back check)."""
     source = MAIN.read_text(encoding="utf-8")
-    assert "azureCloud: environment().name" in source
+    assert "azureCloud" not in source
     assert "var tokenVaultUri = 'https://${tokenVaultName}${environment().suffixes.keyvaultDns}/'" in source
     assert "var configVaultUri = 'https://${configVaultName}${environment().suffixes.keyvaultDns}/'" in source
-    assert app_settings()["AZURE_CLOUD"] == "azureCloud"
+    assert "AZURE_CLOUD: environment().name" in FUNCTION_APP.read_text(encoding="utf-8")
     assert app_settings()["CONFIG_KEY_VAULT_URL"] == "configKeyVaultUri"
-    assert decorator(parse(FUNCTION_APP)["parameters"]["azureCloud"], "allowed") == [
-        "AzureCloud", "AzureUSGovernment", "AzureChinaCloud"
-    ]
+    assert "azureCloud" not in parse(FUNCTION_APP)["parameters"]
 
 
 def test_open_telemetry_settings_follow_the_parameter() -> None:
@@ -414,19 +471,8 @@ def test_app_writes_the_token_vault_and_only_reads_the_config_vault() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# AKS: Azure RBAC at namespace scope; outcome topic sender role on the topic only.
+# AKS: the role definition (assigned at namespace scope by the postprovision hook); outcome topic sender role.
 # ------------------------------------------------------------------------------------------------------------
-
-def test_aks_role_is_scoped_to_namespaces() -> None:
-    path = MODULES / "aks-access.bicep"
-    tree = parse(path)
-    namespaces = tree["resources"]["namespaceScopes"]
-    assert namespaces["type"] == "Microsoft.ContainerService/managedClusters/namespaces"
-    assert namespaces["existing"] is True
-    assert body(namespaces)["parent"] == "cluster"
-    assignment = body(tree["resources"]["rotatorRole"])
-    assert text(assignment["scope"]) == text({"operator": {"type": "index_accessor", "operands": {"operand_1": "namespaceScopes", "operand_2": "i"}}})
-
 
 def test_aks_role_only_touches_secrets_and_workloads() -> None:
     role = body(one_resource(MODULES / "aks-role-definition.bicep", "Microsoft.Authorization/roleDefinitions"))
@@ -443,10 +489,8 @@ def test_aks_role_only_touches_secrets_and_workloads() -> None:
     assert not any(a.endswith("/delete") or "*" in a for a in data_actions)
 
 
-def test_aks_access_is_per_cluster_and_optional() -> None:
-    _, access = module_named("aks-access.bicep")
-    array = access["config"]["loop_type"]["detail"]["array_name"]["operator"]["operands"]
-    assert array == {"condition": "assignCustomRoles", "true_value": "clusters", "false_value": []}
+def test_aks_role_is_optional_and_assigned_by_the_hook() -> None:
+    """Namespace assignments: tests/infra/test_aks_role_hook.py (postprovision, outside ARM)."""
     _, role = module_named("aks-role-definition.bicep")
     assert "clusters" in text(condition(role))
     # A real array: the parameter (plain az) or a file compiled into the template, never an azd-substituted string.
@@ -498,3 +542,27 @@ def test_main_is_subscription_scoped_and_creates_the_resource_group() -> None:
 def test_json_dump_of_trees_is_stable() -> None:
     # A guard for the helpers above: pycep trees are plain JSON data.
     assert json.loads(text(parse(MAIN)))["globals"]["scope"]["value"] == "subscription"
+
+
+def storage_role_assignments() -> dict[str, dict[str, Any]]:
+    tree = parse(MODULES / "storage.bicep")
+    return {n: body(r) for n, r in tree["resources"].items() if r["type"] == "Microsoft.Authorization/roleAssignments"}
+
+
+def test_no_blob_data_role_on_the_whole_storage_account() -> None:
+    """An account-wide Storage Blob Data Owner let the app identity (and so any code it runs) write every container,
+    today's and any added later. Each grant names its container: the host's two (identity-based
+    AzureWebJobsStorage: `azure-webjobs-hosts` for host locks and the timer's schedule status, `azure-webjobs-secrets`
+    for host keys: Azure/azure-webjobs-sdk HostContainerNames and Azure/azure-functions-host
+    BlobStorageSecretsRepository name them), the deployment package container (the Flex platform reads the package as the site's identity, and
+    writes it on publish), leases, dead letters."""
+    grants = storage_role_assignments()
+    scopes = {name: grant["scope"] for name, grant in grants.items()}
+    assert "storage" not in scopes.values(), scopes
+    app = {g["scope"] for g in grants.values() if g["properties"]["principalId"] == "appPrincipalId"}
+    assert app == {"hostsContainer", "secretsContainer", "deploymentContainer", "leaseContainer",
+                   "deadLetterContainer"}
+    user = [g for g in grants.values() if g["properties"]["principalId"] == "userPrincipalId"]
+    assert [g["scope"] for g in user] == ["deadLetterContainer"]
+    source = (MODULES / "storage.bicep").read_text(encoding="utf-8")
+    assert "name: 'azure-webjobs-hosts'" in source and "name: 'azure-webjobs-secrets'" in source
