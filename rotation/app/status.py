@@ -104,10 +104,10 @@ def target_status(deps: Deps, target: Target, info: TokenInfo | None, budget: De
         state = SyncState.MISMATCH
         foreign = (f"holds the current token of gateway {owner} (its Key Vault version): the target is probably "
                    "registered to the wrong gateway")
-    # Workloads restarted for another token than the Secret's (their pod template's fingerprint; one never
-    # restarted by the product runs what it started with, see rotation.core.restarts).
+    # Workloads not restarted for the Secret's token (their pod template's fingerprint; none recorded counts
+    # as not restarted for it, see rotation.core.restarts).
     pending = held.fingerprint if held is not None and any(
-        r.token_fingerprint not in (None, held.fingerprint) for r in rollouts) else None
+        r.token_fingerprint != held.fingerprint for r in rollouts) else None
     return status(state, fingerprint=held.fingerprint if held else None,
                   expires_at=held.expires_at if held else None, rollouts=rollouts, consumption=consumption,
                   restart_pending=pending, error=foreign)

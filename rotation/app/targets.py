@@ -205,7 +205,7 @@ def restart_workloads(deps: Deps, scope: Scope, target: Target, synced: Synced, 
         for workload in target.restart:
             if not synced.written:
                 state = client.rollout(target.namespace, workload, timeout=scope.check(f"reading {workload}"))
-                action = restart_action(state.token_fingerprint, synced.holds, healing=heal is not None)
+                action = restart_action(state.token_fingerprint, synced.holds)
                 if action is RestartAction.CURRENT:
                     if heal is not None and not state.ready:
                         rolling.append(f"{workload} is still rolling out to the token ({state.detail})")

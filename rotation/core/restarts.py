@@ -6,8 +6,9 @@ the workload for (`TOKEN_FINGERPRINT_ANNOTATION`; changing it rolls the pods as 
 Whether a workload still owes a restart is then a comparison of two fingerprints, never of the
 restarting machine's clock with Key Vault's: a writer whose clock is minutes off restarts nothing
 extra and misses nothing. A workload with no annotation (restarted by hand, or before this product
-recorded fingerprints) is restarted only when something says its pods run an older token: an event
-(a heal) or a key roll; a routine reconcile leaves it, so upgrading or onboarding restarts nothing.
+recorded fingerprints) counts as restarted for no token: it is restarted once, which records it. That
+costs one rolling restart per workload at onboarding or after an upgrade, and it is what lets a restart
+lost to a crash between the Secret write and the PATCH be redone by the next reconcile without a marker.
 
 An event for a gateway whose Key Vault and Secrets are current means one of its instances runs an
 older token (its pods were not restarted): a *heal*. APIM sends one event per instance; the first
@@ -35,12 +36,9 @@ class RestartAction(StrEnum):
     CURRENT = "current"  # restarted for this token: its pods run it, or are rolling to it
 
 
-def restart_action(workload_fingerprint: str | None, token_fingerprint: str, *, healing: bool = False) -> RestartAction:
-    """Whether a workload of a target holding the token `token_fingerprint` must be restarted. Without a
-    fingerprint on its pod template it is restarted only when `healing` (see the module docstring)."""
-    if workload_fingerprint == token_fingerprint or (workload_fingerprint is None and not healing):
-        return RestartAction.CURRENT
-    return RestartAction.RESTART
+def restart_action(workload_fingerprint: str | None, token_fingerprint: str) -> RestartAction:
+    """Whether a workload of a target holding the token `token_fingerprint` must be restarted."""
+    return RestartAction.CURRENT if workload_fingerprint == token_fingerprint else RestartAction.RESTART
 
 
 def instance_is_stale(instance_expires_at: datetime | None, stored_expires_at: datetime) -> bool:

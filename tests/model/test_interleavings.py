@@ -447,8 +447,7 @@ class Interleavings(RuleBasedStateMachine):
             for w in t.restart:
                 pod = cluster.pods[(t.namespace, str(w))]
                 reads = cluster.value(t.namespace, pod.secret, pod.key)
-                # Never restarted by the product (no fingerprint): it runs what it started with.
-                if reads != held or pod.running != held or pod.fingerprint not in (None, latest.token.fingerprint):
+                if reads != held or pod.running != held or pod.fingerprint != latest.token.fingerprint:
                     raise Violation(f"I4: status healthy but {t.cluster}/{t.namespace}/{w} does not read, run "
                                     "and was not restarted for the token")
 

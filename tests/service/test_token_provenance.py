@@ -238,4 +238,7 @@ def test_adoption_retries_a_transient_arm_error_and_tries_the_other_key(world: W
     assert stored is not None and [stored.token.fingerprint] == fingerprints([held])
     assert stored.key_type is signed_by
     assert world.east.writes == 0 and world.west.writes == 0 and report.ok
-    assert world.east.restarts.get(("apim", "deployment/gw1"), []) == []
+    # Its workload is restarted once, for this very token, to record the fingerprint (never restarted by
+    # the product before); a mint would have rewritten the Secrets and restarted it for a new token.
+    assert len(world.east.restarts.get(("apim", "deployment/gw1"), [])) <= 1
+    assert world.east.fingerprints.get(("apim", "deployment/gw1")) == stored.token.fingerprint

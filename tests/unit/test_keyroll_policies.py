@@ -43,9 +43,7 @@ def test_restart_decisions_compare_fingerprints_not_clocks() -> None:
     restarting machine is compared with Key Vault's, so a writer minutes off neither misses nor repeats one."""
     assert restart_action("aaaaaaaaaaaa", "aaaaaaaaaaaa") is RestartAction.CURRENT
     assert restart_action("bbbbbbbbbbbb", "aaaaaaaaaaaa") is RestartAction.RESTART
-    # Never restarted by the product: left alone by a routine reconcile, restarted by a heal or a roll.
-    assert restart_action(None, "aaaaaaaaaaaa") is RestartAction.CURRENT
-    assert restart_action(None, "aaaaaaaaaaaa", healing=True) is RestartAction.RESTART
+    assert restart_action(None, "aaaaaaaaaaaa") is RestartAction.RESTART  # never restarted by the product
 
 
 def test_instance_staleness_and_first_storage_time() -> None:
