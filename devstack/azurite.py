@@ -16,8 +16,9 @@ Azurite's blob service runs here with:
 
 Azurite is started by the tests that need it (about a second) and by `devstack up --azurite` (and so
 `make demo`, when it is installed). Its workspace (`--location`) keeps containers and blobs across
-restarts (Azurite README, "Workspace Path"); `start(fresh=True)` empties it first, for a new stack
-whose state must not meet an earlier one's. `scripts/azurite.sh` installs the pinned npm package into
+restarts (Azurite 3.35.0 README, "Workspace Path Configuration", "Workspace Structure": deleting the
+workspace is how it is cleaned); `start(fresh=True)` empties it first, for a new stack whose state must
+not meet an earlier one's. `scripts/azurite.sh` installs the pinned npm package into
 a cache outside the repo.
 
 Until `devstack.stack.up` puts `storage_token()` into the identity fake's config, a running stack's

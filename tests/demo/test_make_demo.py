@@ -2,7 +2,7 @@
 what the README promises (exit 0, discovery reproduces the registry, no token printed), and that it
 does so again in the same checkout: the second run finds the first one's state directory (CA,
 `discovered-registry.json`, Azurite's workspace, which Azurite reopens with its containers — Azurite
-README, "Workspace Path") and must not trip over it.
+3.35.0 README, "Workspace Path Configuration") and must not trip over it.
 
 It starts its own devstack in a subprocess (real kube-apiservers, HTTPS fakes), so it costs about as
 much as the demo itself, twice; nothing else exercises the demo's script end to end, and a merge

@@ -4,9 +4,10 @@ processes were killed, after an `up` killed while starting, with and without `--
 A stack leaves state behind on purpose (CA, certificates, Azurite's workspace, logs) and pid files when
 it did not get to stop. Two external behaviours make that state matter:
 
-- Azurite keeps its blob data in the `--location` workspace across restarts (Azurite README,
-  "Workspace Path"), and Create Container fails with 409 `ContainerAlreadyExists` when the container
-  exists (Blob service REST reference, "Create Container"; azure-storage-blob raises `ResourceExistsError`).
+- Azurite keeps its blob data in the `--location` workspace across restarts (Azurite 3.35.0 README,
+  "Workspace Path Configuration", "Workspace Structure"), and Create Container fails with 409
+  `ContainerAlreadyExists` when the container exists (Blob service REST reference, "Create Container";
+  azure-storage-blob raises `ResourceExistsError`).
   Reopening an earlier stack's workspace therefore broke `up --azurite` the second time.
 - After a crash or a reboot a recorded pid may belong to another process: Linux reuses pids, and
   `/proc/PID/cmdline` holds the argv of whatever runs under that pid now (proc_pid_cmdline(5)). A stale
