@@ -14,8 +14,12 @@ Azurite's blob service runs here with:
   such an unsigned JWT; the identity fake hands it out for resource `https://storage.azure.com`
   (its `tokens` mapping), so nothing in the app knows it talks to an emulator.
 
-Azurite is started by the test fixture (about a second), not by `devstack up`: only the replay tests need
-it. `scripts/azurite.sh` installs the pinned npm package into a cache outside the repo.
+Azurite is started by the tests that need it (about a second) and by `devstack up --azurite` (and so
+`make demo`, when it is installed). Its workspace (`--location`) keeps containers and blobs across
+restarts (Azurite 3.35.0 README, "Workspace Path Configuration", "Workspace Structure": deleting the
+workspace is how it is cleaned); `start(fresh=True)` empties it first, for a new stack whose state must
+not meet an earlier one's. `scripts/azurite.sh` installs the pinned npm package into
+a cache outside the repo.
 
 Until `devstack.stack.up` puts `storage_token()` into the identity fake's config, a running stack's
 identity endpoint hands out an opaque token for storage; `StorageIdentity` is then a small overlay
@@ -25,10 +29,9 @@ endpoint that answers storage itself and forwards every other resource to the st
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
+import shutil
 import socket
 import ssl
 import subprocess
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from devstack import pidfile
 from devstack.httpfake import Request, Response
 from devstack.identity import IdentityFake, normalize_resource
 from devstack.keyvault import DEFAULT_TENANT
@@ -165,16 +169,19 @@ def _answers(port: int, ca_path: str) -> bool:
 
 
 def start(directory: str | os.PathLike[str], ca: DevCA | None = None, *, timeout: float = 20.0,
-          binary: str | None = None) -> Azurite:
+          binary: str | None = None, fresh: bool = False) -> Azurite:
     """Start azurite-blob on a free loopback port, HTTPS + basic OAuth; returns once it answers.
 
-    State (workspace, certificate, log, pid) lives in `dir/azurite/`. `ca` defaults to the devstack CA
-    in `dir` (created when missing).
+    State (workspace, certificate, log) lives in `dir/azurite/`, the pid in `dir/azurite.pid`. `ca`
+    defaults to the devstack CA in `dir` (created when missing). An Azurite still running from an earlier
+    `start(dir)` is stopped first; `fresh` also empties the workspace it leaves.
     """
     d = Path(directory).resolve()
     work = d / "azurite"
     work.mkdir(parents=True, exist_ok=True)
     stop(d)
+    if fresh:
+        shutil.rmtree(work / "data", ignore_errors=True)
     ca = ca or DevCA.load_or_create(d)
     cert, key = ca.issue(work, "azurite-server")
     exe = binary or ensure_binary()
@@ -186,7 +193,7 @@ def start(directory: str | os.PathLike[str], ca: DevCA | None = None, *, timeout
                 "--location", str(work / "data")]
         with open(work / "azurite.log", "ab") as log:
             proc = subprocess.Popen(argv, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        (d / PID_FILE).write_text(str(proc.pid))
+        pidfile.write(d / PID_FILE, proc.pid)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if proc.poll() is not None:
@@ -204,25 +211,13 @@ def start(directory: str | os.PathLike[str], ca: DevCA | None = None, *, timeout
 
 
 def stop(directory: str | os.PathLike[str]) -> bool:
-    """Stop the Azurite `start(dir)` started (idempotent); True when one was running."""
-    pid_file = Path(directory).resolve() / PID_FILE
-    if not pid_file.exists():
-        return False
-    try:
-        pid = int(pid_file.read_text())
-        os.killpg(pid, signal.SIGTERM)  # its own session: node and anything it spawned
-        for _ in range(100):
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                    break
-            os.kill(pid, 0)
-            time.sleep(0.05)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, ValueError):
-        pass
-    pid_file.unlink(missing_ok=True)
-    return True
+    """Stop the Azurite `start(dir)` started (idempotent); True when one was running.
+
+    Only while the recorded pid still runs Azurite on this directory's workspace (its `--location`
+    argument): a pid left from before a crash or reboot may be anybody's now.
+    """
+    d = Path(directory).resolve()
+    return pidfile.stop(d / PID_FILE, ("--location", str(d / "azurite" / "data")))
 
 
 # --- the token, on a stack whose identity endpoint does not hand it out yet --------------------------

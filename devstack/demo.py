@@ -85,9 +85,27 @@ def _indexed(module: Any) -> list[Any]:
     return _INDEX
 
 
+INTERRUPTED = 130  # the product CLI's exit code for Ctrl-C (128 + SIGINT, as shells report it)
+
+
+def _stops_on_ctrl_c(cli: Any) -> Any:
+    """The product CLI answers Ctrl-C with exit code 130 instead of raising; the demo must stop too
+    (its `finally` takes the stack down), not carry on with what the interrupted command never did."""
+
+    def call(argv: list[str], out: TextIO) -> int:
+        code = int(cli(argv, out))
+        if code == INTERRUPTED:
+            raise KeyboardInterrupt
+        return code
+
+    return call
+
+
 def run(directory: Path, *, keep: bool = False, out: TextIO) -> int:
     from rotation import bootstrap
-    from rotation.cli import main as cli
+    from rotation.cli import main
+
+    cli = _stops_on_ctrl_c(main)
 
     started = time.monotonic()
     print("== 1. local stack: 2 real kube-apiservers (RBAC on) + HTTPS fakes of ARM, Key Vault, managed identity",

@@ -311,13 +311,15 @@ def start_clusters(directory: Path | str, names: Sequence[str], tls: ServingTLS,
         raise
 
 
-def _is_ours(pid: int) -> bool:
-    """The pid still runs etcd or kube-apiserver (not a recycled pid of something else)."""
+def _is_ours(pid: int, directory: Path | str) -> bool:
+    """The pid still runs etcd or kube-apiserver of the stack in `directory` (an argument names a path
+    in it): not a recycled pid of something else, nor of another stack's etcd (proc_pid_cmdline(5))."""
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return os.path.basename(cmd) in (b"etcd", b"kube-apiserver")
+    inside = f"{Path(directory).resolve()}{os.sep}".encode()
+    return os.path.basename(argv[0]) in (b"etcd", b"kube-apiserver") and any(inside in a for a in argv[1:])
 
 
 def running_processes(directory: Path | str) -> list[str]:
@@ -328,7 +330,7 @@ def running_processes(directory: Path | str) -> list[str]:
             pid = int(f.read_text().strip())
         except (OSError, ValueError):
             continue
-        if _is_ours(pid) and _alive(pid):
+        if _is_ours(pid, directory) and _alive(pid):
             found.append(f.stem)
     return found
 
@@ -350,7 +352,7 @@ def stop(directory: Path | str, *, grace: float = 5.0) -> list[str]:
             except (OSError, ValueError):
                 f.unlink(missing_ok=True)
                 continue
-            if _is_ours(pid):
+            if _is_ours(pid, directory):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGTERM)
                 waiting.append((pid, f))

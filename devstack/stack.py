@@ -4,8 +4,11 @@
 - `dir/settings.json`: the app settings (flat JSON) that point the real app at the stack;
 - `dir/kubeconfig`: an admin context per cluster, named after the registry's cluster names;
 - `dir/stack.json`: what tests and `down` need (cluster servers, admin tokens, control URLs).
-`down(dir)` stops it. The registry has three gateways over two clusters (`east` with `aks` auth,
-`west` with `kubeconfig` auth); `gw-shared` has targets in both.
+`down(dir)` stops it. `up` on a directory that held a stack before (stopped, crashed, killed, or left
+over from before a reboot) first stops whatever of it still runs, by its recorded pids (`devstack.pidfile`),
+and starts from fresh state: new etcd data, new fakes, an empty Azurite workspace. The registry has
+three gateways over two clusters (`east` with `aks` auth, `west` with `kubeconfig` auth); `gw-shared`
+has targets in both.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import ssl
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from devstack import kube
+from devstack import kube, pidfile
 from devstack.tls import DevCA
 
 SUBSCRIPTION = "00000000-0000-4000-8000-000000000001"
@@ -181,8 +183,13 @@ def _spawn(d: Path, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
     with open(d / f"{name}.log", "wb") as log:
         proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    (d / f"{name}.pid").write_text(str(proc.pid))
+    pidfile.write(d / f"{name}.pid", proc.pid)
     return proc
+
+
+def _marks(d: Path, name: str) -> tuple[str, ...]:
+    """What `_spawn`'s argv for `name` in `d` holds: a pid running anything else is not ours to stop."""
+    return (f"devstack.{name}", str(d))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -206,8 +213,8 @@ def up(directory: str | os.PathLike[str], *, say: Any = print, with_azurite: boo
     from devstack import azurite
 
     d = Path(directory).resolve()
-    if (d / "stack.json").exists():
-        down(d)
+    # Unconditionally: an `up` killed before it wrote stack.json leaves processes (and pid files) too.
+    down(d)
     d.mkdir(parents=True, exist_ok=True)
     if kube.find_binaries() is None:
         say("building kube-apiserver 1.20.2 from Debian's source package (first run only, a few minutes)…")
@@ -261,7 +268,7 @@ def up(directory: str | os.PathLike[str], *, say: Any = print, with_azurite: boo
         _spawn(d, "controller", [sys.executable, "-m", "devstack.controller", "--dir", str(d)])
         if with_azurite:
             say("starting Azurite (blob, HTTPS, OAuth) for the gateway leases and dead letters…")
-            blob = azurite.start(d, ca)
+            blob = azurite.start(d, ca, fresh=True)  # an earlier stack's leases and dead letters are stale
             container = blob.container_url("deadletter")
             _create_container(container, ca.ca_path)
             settings["DEADLETTER_BLOB_URL"] = container
@@ -346,7 +353,10 @@ def seed_tokens(stack: Stack, expires_in: timedelta = SEED_EXPIRES_IN) -> dict[s
 
 
 def _create_container(url: str, ca_path: str) -> None:
+    """Create Container answers 409 ContainerAlreadyExists when it exists (Blob service REST reference,
+    "Create Container"): an existing container is what this step wants, so that is fine too."""
     from azure.core.credentials import AccessToken
+    from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import ContainerClient
 
     from devstack import azurite
@@ -355,7 +365,8 @@ def _create_container(url: str, ca_path: str) -> None:
         def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
             return AccessToken(azurite.storage_token(), int(time.time()) + 3600)
 
-    with ContainerClient.from_container_url(url, credential=_Static(), connection_verify=ca_path) as client:
+    with (ContainerClient.from_container_url(url, credential=_Static(), connection_verify=ca_path) as client,
+          contextlib.suppress(ResourceExistsError)):
         client.create_container()
 
 
@@ -366,25 +377,13 @@ def _private(path: Path, text: str) -> None:
 
 
 def down(directory: str | os.PathLike[str]) -> list[str]:
-    """Stop everything `up` started in `dir` (idempotent); returns what was stopped."""
+    """Stop everything `up` started in `dir` (idempotent); returns what was still running.
+
+    Only by the pids the stack recorded, and only while each still runs what was started there
+    (`pidfile`): after a reboot those pids may be anybody's. Stale pid files are dropped.
+    """
     d = Path(directory).resolve()
-    stopped = []
-    for name in ("controller", "fakes"):
-        pid_file = d / f"{name}.pid"
-        if not pid_file.exists():
-            continue
-        try:
-            pid = int(pid_file.read_text())
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                os.kill(pid, 0)
-                _reap(pid)
-                time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass  # already gone
-        stopped.append(name)
-        pid_file.unlink(missing_ok=True)
+    stopped = [name for name in ("controller", "fakes") if pidfile.stop(d / f"{name}.pid", _marks(d, name))]
     stopped += kube.stop(d)
     from devstack import azurite
 
@@ -393,12 +392,6 @@ def down(directory: str | os.PathLike[str]) -> list[str]:
     (d / "stack.json").unlink(missing_ok=True)
     (d / "controller.paused").unlink(missing_ok=True)
     return stopped
-
-
-def _reap(pid: int) -> None:
-    """Collect our own exited child so it does not linger as a zombie that still answers kill(0)."""
-    with contextlib.suppress(ChildProcessError):  # not our child: its parent reaps it
-        os.waitpid(pid, os.WNOHANG)
 
 
 def env_of(stack_dir: str | os.PathLike[str]) -> dict[str, str]:
