@@ -61,7 +61,11 @@ def test_apim_role_has_exactly_the_two_gateway_actions_the_app_calls() -> None:
     assert sorted(permissions[0]["actions"]) == sorted(GATEWAY_ACTIONS)
     assert len(permissions[0]["actions"]) == 2
     arm = (REPO / "rotation" / "adapters" / "arm.py").read_text(encoding="utf-8")
-    assert "gateway.get(" not in arm and "list_by_service" not in arm
+    # Only `discover` lists gateways, with the operator's credential (ArmTokenIssuer.list_gateways);
+    # the app's own calls are generateToken and regenerateKey.
+    app_calls = arm.split("def list_gateways", 1)[0]
+    assert "gateway.get(" not in app_calls and "list_by_service" not in app_calls
+    assert "list_by_service" in arm.split("def list_gateways", 1)[1].split("\n    def ", 1)[0]
     for other in ("notActions", "dataActions", "notDataActions"):
         assert permissions[0].get(other, []) == []
     assert role["properties"]["type"] == "CustomRole"
