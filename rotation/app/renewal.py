@@ -72,14 +72,10 @@ def read_current(deps: Deps, scope: Scope, force: bool, *, repair: bool = True) 
         if current is not None:
             check_owned(config, current)
         return authoritative(deps, scope, current, repair=repair)
-    except UnusableSecret:
+    except UnusableSecret:  # another gateway's value, or a fork whose committed version is gone
         if not force:
             raise
         return None
-    except UpstreamError:
-        if not force:
-            raise
-        return None  # a fork whose committed version is gone: a forced rotation mints anew
 
 
 def mint(deps: Deps, scope: Scope, plan: RenewalPlan, now: datetime, current: TokenRecord | None) -> Renewal:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from rotation.app.context import Deps, Scope
-from rotation.core.errors import UnusableSecret, UpstreamError
+from rotation.core.errors import UnusableSecret
 from rotation.core.fencing import Chain, FenceHead, chain_state
 from rotation.core.model import GatewayConfig, TokenRecord
 from rotation.telemetry import emit
@@ -34,16 +34,19 @@ def fenced_put(deps: Deps, scope: Scope, record: TokenRecord, based_on: str | No
 
 def owned(config: GatewayConfig, record: TokenRecord) -> bool:
     """Key Vault's value counts as this gateway's only when the product wrote it for this gateway: its
-    `gatewayId` tag is the gateway's full ARM id (a same-named gateway of another service has another)."""
-    return record.gateway_id.lower() == config.ref.id.lower()
+    `gatewayId` tag is the gateway's full ARM id (a same-named gateway of another service has another).
+    The name inside the token can only rule a value out (ARM signs G's tokens with G's name), never in."""
+    return (record.gateway_id.lower() == config.ref.id.lower()
+            and record.token.gateway.lower() == config.ref.gateway.lower())
 
 
 def check_owned(config: GatewayConfig, record: TokenRecord) -> None:
     if not owned(config, record):
         tagged = record.gateway_id or "no gatewayId tag"
-        raise UnusableSecret(f"Key Vault secret {config.key_vault_secret!r} holds a token written for "
-                             f"{tagged!r}, not {config.ref.id} (fingerprint {record.token.fingerprint}): it is "
-                             "never pushed (rotate with force to overwrite it)")
+        raise UnusableSecret(f"Key Vault secret {config.key_vault_secret!r} holds a token of another gateway, or "
+                             f"one not written for it (tagged {tagged!r}, named {record.token.gateway!r}; "
+                             f"fingerprint {record.token.fingerprint}), not of {config.ref.id}: it is never pushed "
+                             "(rotate with force to overwrite it)")
 
 
 def authoritative(deps: Deps, scope: Scope, latest: TokenRecord | None, *, repair: bool) -> TokenRecord | None:
@@ -63,7 +66,7 @@ def authoritative(deps: Deps, scope: Scope, latest: TokenRecord | None, *, repai
                            "headFingerprint": head.fingerprint, "headGeneration": head.generation,
                            "repair": repair})
     if record is None or not owned(config, record):
-        raise UpstreamError(f"Key Vault's latest version of {config.key_vault_secret!r} (fingerprint "
+        raise UnusableSecret(f"Key Vault's latest version of {config.key_vault_secret!r} (fingerprint "
                             f"{latest.token.fingerprint}) is not the committed one, and the committed version "
                             f"{head.version} cannot be read: nothing is pushed (rotate with force mints anew)")
     if repair:

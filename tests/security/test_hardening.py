@@ -170,6 +170,9 @@ def test_event_without_topic_matches_only_a_gateway_name_registered_once(app: Ap
     doc = registry(app.sentinel.url, app.fakes.ca.ca_pem)
     twin = json.loads(json.dumps(doc["gateways"][0]))
     twin["id"] = GATEWAY_ID.replace("apim-sec", "apim-other")
+    twin["keyVaultSecret"] = "apim-other-gw-1-token"
+    for t in twin["targets"]:  # one Secret key feeds one gateway (the registry refuses it twice)
+        t["secret"] = f"other-{t['secret']}"
     doc["gateways"].append(twin)
     monkeypatch.setenv("ROTATION_REGISTRY", json.dumps(doc))
     bootstrap.reset()
