@@ -85,6 +85,11 @@ def fleet_rows(fl: dict[str, Any]) -> list[str]:
             f"{cold['wall_s']} s {_ok(fl['cold_within_deadline'])} |",
             f"| same, warm app | {run(warm)} | – | {round(warm['wall_s'] / fl['deadline_s'] * 100)}% of the "
             "deadline |"]
+    if "adapter_floor" in fl:
+        f = fl["adapter_floor"]
+        rows.append(f"| same, adapter floor: 2 writes per target, no read, plain thread pool (warm) | {f['wall_s']} s; "
+                    f"app CPU {f['cpu_ms_per_target']} ms per target; {f['flights_per_target']} Kubernetes round "
+                    f"trips per target | – | {round(f['wall_s'] / fl['deadline_s'] * 100)}% of the deadline |")
     steps = "; ".join(f"delivery {i}: {d['wall_s']} s, "
                       + ", ".join(f"{n} {o}" for o, n in sorted(d["outcomes"].items()))
                       for i, d in enumerate(fl["slow_deliveries"], 1))
