@@ -12,6 +12,8 @@ CPU are the app's; the proxies and the devstack run in other processes), with th
 and adapters over real TLS and RBAC, forced rotation as an event would trigger it:
 - `cold`: the first reconcile of a fresh app at 100 ms added per round trip (every connection new);
 - `warm`: the same reconcile again in the same app (pooled connections, cached token);
+- `adapter floor`: the same app's adapters making each target's two writes (conditional Secret write,
+  restart with the token fingerprint; no read) from a plain pool of the service's fan-out size;
 - `slow`: a fresh app at 1 s per round trip; the first delivery hits the deadline, and redeliveries
   (the event handler's reconcile, not forced, as Event Grid redelivers a failed event, after
   REDELIVERY_GAP seconds) finish the targets that were not reached.
@@ -28,11 +30,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks._app import service_module
 from benchmarks._proxies import Proxies, running
 from benchmarks._stack import Control, apply_by_namespace, parallel, workload
 from devstack import stack as devstack
@@ -146,6 +149,32 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def adapter_floor(rotator: Any, proxies: Proxies, reset_targets: Callable[[], None]) -> dict[str, Any]:
+    """The warm app's adapters doing each target's two writes (the Secret key conditionally on the
+    value it holds, one restart PATCH with the token's fingerprint), no read, no service, as many
+    threads as the service's fan-out: what the reconcile costs at best once it uses them."""
+    from datetime import UTC, datetime
+
+    config = rotator.gateway("apim-devstack", GATEWAY)
+    value = rotator.store.get(config.key_vault_secret, timeout=30).token
+    mark = value.fingerprint
+
+    def two_writes(t: Any) -> None:
+        client = rotator.clusters.client(rotator.registry.clusters[t.cluster])
+        client.write_secret_key_if(t.namespace, t.secret, t.key, value.formatted(t.format), "GatewayKey stale",
+                                   timeout=DEADLINE)
+        client.restart(t.namespace, t.restart[0], datetime.now(UTC), timeout=DEADLINE, fingerprint=mark)
+
+    reset_targets()
+    proxies.reset()
+    wall, cpu = time.perf_counter(), time.process_time()
+    parallel(config.targets, two_writes, workers=service_module().MAX_FANOUT)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    stats = proxies.stats()
+    return {"wall_s": round(wall, 2), "cpu_ms_per_target": round(cpu * 1000 / TARGETS, 2),
+            "flights_per_target": round(stats["flights"] / TARGETS, 2), "new_connections": stats["connections"]}
+
+
 def worker(stack_dir: str) -> dict[str, Any]:
     stack = devstack.Stack.load(stack_dir)
     from kubernetes import client as k8s
@@ -188,6 +217,8 @@ def worker(stack_dir: str) -> dict[str, Any]:
             warm_runs.append(reconcile(force=True))
             _say(f"fleet: warm {warm_runs[-1]}")
         warm = min(warm_runs, key=lambda r: r["wall_s"])
+        floor = adapter_floor(bootstrap.container().rotator, proxies, reset_targets)
+        _say(f"fleet: adapter floor {floor}")
 
         # Past the deadline: 1 s per round trip, a fresh app, redelivered until every target is done.
         proxies.set_latency(SLOW_LATENCY)
@@ -208,7 +239,7 @@ def worker(stack_dir: str) -> dict[str, Any]:
     return {
         "clusters": CLUSTERS, "targets": TARGETS, "latency_ms": LATENCY * 1000, "deadline_s": DEADLINE,
         "slow_latency_ms": SLOW_LATENCY * 1000, "redelivery_gap_s": REDELIVERY_GAP,
-        "cold": cold, "warm": warm, "slow_deliveries": deliveries,
+        "cold": cold, "warm": warm, "adapter_floor": floor, "slow_deliveries": deliveries,
         "slow_deliveries_needed": len(deliveries)
         if sum(deliveries[-1]["outcomes"].get(o, 0) for o in ("updated", "in_sync")) == TARGETS else None,
         "cold_within_deadline": cold["outcomes"].get("updated", 0) == TARGETS and cold["wall_s"] <= DEADLINE,

@@ -1,11 +1,16 @@
 """`ClusterClient` / `Clusters` over the official `kubernetes` client (regenerated, v37).
 
 Two ways to reach a cluster (registry `auth`):
-- `aks`: an Entra ID token of the app's identity for the AKS server application, put in
-  `Configuration.api_key["BearerToken"]` and refreshed before expiry by `refresh_api_key_hook`;
-  the cluster CA comes from the registry's `caData` (kept in memory, no temp file).
-- `kubeconfig`: the kubeconfig text kept in Key Vault (the configuration vault), accepted only in the
-  safe shape of `rotation.adapters.kubeconfig` and turned into a client from that shape alone.
+- `aks`: an Entra ID token of the app's identity for the AKS server application, one for every
+  cluster, renewed before it expires and put on each request by `refresh_api_key_hook`; the cluster
+  CA comes from the registry's `caData` (kept in memory, no temp file).
+- `kubeconfig`: the kubeconfig text kept in Key Vault (the configuration vault), read by the
+  cluster's first call, accepted only in the safe shape of `rotation.adapters.kubeconfig` and turned
+  into a client from that shape alone.
+
+One client per cluster lives as long as the worker (`KubernetesClusters`), so a reconcile finds its
+connections open. Every call ends within its `timeout`, whatever it has to do first (build the
+client, read the kubeconfig, get the token) and however its connect fails (`KubernetesClusterClient._call`).
 
 The app's identity is least-privilege (infra/k8s/role.yaml): `get`/`patch` on one Secret and on the
 workloads it restarts. So every operation is a single-object GET or PATCH; nothing lists. Responses
@@ -77,6 +82,8 @@ CONNECTION_POOL_SIZE = 128
 # A kubeconfig read from Key Vault is used this long, then read again (an operator replaces a
 # kubeconfig whose token or certificate was rotated); a 401 drops it at once.
 KUBECONFIG_TTL_SECONDS = 3600.0
+# After a failed re-read, a kubeconfig past its time is used this long before the next attempt.
+STALE_RETRY_SECONDS = 60.0
 # A connection that failed before anything was sent is tried once more, if this much time is left.
 MIN_RETRY_SECONDS = 0.2
 
@@ -123,6 +130,7 @@ def _scrub(text: str, *secrets: str | None) -> str:
             text = text.replace(s, "<redacted>")
     return text
 
+
 class _Cached(Generic[V]):
     """A value many threads want, built once at a time and kept until it expires.
 
@@ -132,8 +140,10 @@ class _Cached(Generic[V]):
     the starting caller's context, so `token_deadline` bounds the identity requests it makes.
     """
 
-    def __init__(self, name: str, build: Callable[[], tuple[V, float]], late: str = "") -> None:
+    def __init__(self, name: str, build: Callable[[], tuple[V, float]], late: str = "",
+                 serve_stale: bool = False) -> None:
         self._name = name
+        self._serve_stale = serve_stale  # an expired value still works: hand it out while rebuilding
         self._late = late or f"{name}: not ready within the time left"
         self._build = build  # returns the value and how many seconds it may be used
         self._lock = threading.Lock()
@@ -151,6 +161,8 @@ class _Cached(Generic[V]):
                 context = contextvars.copy_context()
                 threading.Thread(target=self._run, args=(flight, context), daemon=True,
                                  name=f"kube-{self._name}").start()
+            if self._serve_stale and self._value is not None:
+                return self._value
         try:
             return flight.result(timeout=None if timeout is None else max(timeout, 0.0))
         except FutureTimeout:
@@ -173,6 +185,8 @@ class _Cached(Generic[V]):
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter as it is
             with self._lock:
                 self._flight = None
+                if self._serve_stale and self._value is not None:
+                    self._until = time.monotonic() + STALE_RETRY_SECONDS  # not one rebuild per call
             flight.set_exception(exc)
             return
         with self._lock:
@@ -342,7 +356,8 @@ class KubernetesClusterClient:
 
     def __init__(self, name: str, connect: Callable[[], tuple[_Connection, float]]) -> None:
         self.name = name
-        self._connection: _Cached[_Connection] = _Cached(f"cluster {name}: client", connect)
+        # A kubeconfig past its time is still used while it is read again (a 401 drops it at once).
+        self._connection: _Cached[_Connection] = _Cached(f"cluster {name}: client", connect, serve_stale=True)
 
     @property
     def _api(self) -> Any:

@@ -141,3 +141,42 @@ def test_one_aks_token_serves_every_cluster() -> None:
         assert credential.requests == 1
     finally:
         clusters.close()
+
+
+def test_a_kubeconfig_past_its_time_is_read_again_without_holding_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After KUBECONFIG_TTL_SECONDS the kubeconfig is read again (an operator may have replaced it),
+    on its own thread: calls meanwhile go on with the one they have instead of waiting for Key Vault."""
+    import yaml
+
+    from rotation.adapters import kubernetes
+
+    monkeypatch.setattr(kubernetes, "KUBECONFIG_TTL_SECONDS", 0.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed: a call fails fast once it has a client
+    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+           "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+           "users": [{"name": "u", "user": {"token": "kubeconfig-test-token"}}],
+           "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}
+    release = threading.Event()
+    reads: list[float] = []
+
+    def read_kubeconfig(name: str) -> str:
+        reads.append(time.monotonic())
+        if len(reads) > 1:
+            release.wait(5)  # the second read stalls
+        return yaml.safe_dump(doc)
+
+    clusters = KubernetesClusters(None, read_kubeconfig)
+    client = clusters.client(Cluster("far", KubeconfigAuth("kubeconfig-far")))
+    try:
+        with pytest.raises(UpstreamError, match="cluster far unreachable"):
+            client.read_secret("gw", "gw-token", "key", timeout=30)  # builds the client (first read)
+        started = time.monotonic()
+        with pytest.raises(UpstreamError, match="cluster far unreachable"):  # not "not ready": no wait
+            client.read_secret("gw", "gw-token", "key", timeout=2)
+        assert time.monotonic() - started < 1.0
+        assert len(reads) == 2  # the re-read is under way
+    finally:
+        release.set()
+        clusters.close()

@@ -401,3 +401,27 @@ def test_annotations_ride_with_the_key_and_can_be_removed(kube_stack: KubeStack,
     assert final.value == new
     with pytest.raises(AccessDenied, match=f"forbidden to patch secrets {NS}/{OTHER_SECRET}"):
         c.annotate_secret(NS, OTHER_SECRET, {mark: "no"})
+
+
+def test_a_rejected_kubeconfig_is_read_again_by_the_next_call(kube_stack: KubeStack) -> None:
+    """A kubeconfig is kept while it works: the apiserver answering 401 (its token was rotated and the
+    operator stored a new kubeconfig in Key Vault) drops it, and the next call reads Key Vault again."""
+    stale = "stale-" + "y" * 30
+    leakcheck.register(stale)
+    texts = [kube.kubeconfig_text(kube_stack.east, stale), kube_stack.kubeconfig_east]
+    reads: list[str] = []
+
+    def read_kubeconfig(name: str) -> str:
+        reads.append(name)
+        return texts[min(len(reads), len(texts)) - 1]
+
+    clusters = KubernetesClusters(StaticCredential(kube_stack.aks_token), read_kubeconfig)
+    try:
+        c = clusters.client(kube_stack.kubeconfig_cluster())
+        with pytest.raises(AccessDenied, match="unauthorized"):
+            c.read_secret(NS, SECRET, KEY, timeout=10)
+        assert c.read_secret(NS, SECRET, KEY, timeout=10).value is not None
+        c.read_secret(NS, SECRET, KEY, timeout=10)
+        assert reads == ["kubeconfig-east", "kubeconfig-east"]  # once per kubeconfig, not per call
+    finally:
+        clusters.close()

@@ -163,8 +163,9 @@ def test_restart_marker_is_not_cleared_when_a_later_writer_set_its_own(world: Wo
     leave B's marker (B owes that restart)."""
     real_restart = world.east.restart
 
-    def restart(namespace: str, workload: object, at: object, timeout: float | None = None) -> None:
-        real_restart(namespace, workload, at, timeout)  # type: ignore[arg-type]
+    def restart(namespace: str, workload: object, at: object, timeout: float | None = None,
+                fingerprint: str | None = None) -> None:
+        real_restart(namespace, workload, at, timeout, fingerprint)  # type: ignore[arg-type]
         secret = world.east.secrets[("apim", "gw1-token")]
         secret.annotations[RESTART_PENDING] = "b" * 12  # writer B, in between
         secret.resource_version += 1
