@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from rotation.boundary import shown
+
 log = logging.getLogger("rotation")
 
 P = ParamSpec("P")
@@ -153,19 +155,20 @@ class Executor(ThreadPoolExecutor):
 
 
 def _dimension(value: object) -> str | bool | int | float | None:
-    """A value OpenTelemetry accepts as an attribute (and Application Insights as a dimension)."""
-    if value is None or isinstance(value, str | bool | int | float):
+    """A value OpenTelemetry accepts as an attribute (and Application Insights as a dimension). Text
+    is the boundary's: known secrets and secret-shaped text cut out, non-printables escaped."""
+    if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, list | tuple | set | frozenset):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        return shown(",".join(str(v) for v in value))
+    return shown(value)
 
 
 def _text(value: object) -> str:
     text = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    if text and not any(c in text for c in ' "=\n'):
+    if text and text.isprintable() and not any(c in text for c in ' "=\n'):
         return text
     return json.dumps(text)
 

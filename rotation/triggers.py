@@ -149,7 +149,11 @@ def on_gateway_token_event(event: func.EventGridEvent, context: func.Context = N
 
 def _json(status: int, body: Mapping[str, Any] | list[Any], headers: Mapping[str, str] | None = None,
           ) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json",
+    """Every HTTP body leaves through here: its text goes through the boundary's scrub."""
+    from rotation.boundary import clean_tree
+
+    body = clean_tree(json.loads(json.dumps(body, default=str)))
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json",
                              headers=dict(headers or {}))
 
 

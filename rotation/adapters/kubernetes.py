@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rotation import known_secrets
 from rotation.adapters.credential import token_deadline
 from rotation.core.consumption import secret_uses, template_of
 from rotation.core.errors import (
@@ -101,6 +102,9 @@ def _status_message(body: object) -> str:
         return ""
     msg = doc.get("message") if isinstance(doc, dict) else None
     return msg if isinstance(msg, str) else ""
+
+
+_MAX_MESSAGE = 1000  # of a server's message, kept in an error (the head tells what went wrong)
 
 
 def _scrub(text: str, *secrets: str | None) -> str:
@@ -181,6 +185,7 @@ class KubernetesClusterClient:
                 value = base64.b64decode(raw, validate=True).decode("utf-8", errors="replace")
             except (binascii.Error, ValueError):
                 value = None  # not base64: treat as no token (never echo it)
+        known_secrets.remember(value)
         meta = secret.get("metadata") or {}
         annotations = meta.get("annotations") or {}
         return SecretState(resource_version=str(meta.get("resourceVersion") or ""), value=value,
@@ -199,6 +204,7 @@ class KubernetesClusterClient:
         if annotations:
             metadata["annotations"] = dict(annotations)  # None deletes a key in a strategic merge patch
         body = {"metadata": metadata, "stringData": {key: value}}
+        known_secrets.remember(value)  # a denial (an admission webhook) may quote it in any encoding
         with self._errors("patch", f"secrets {namespace}/{name}", timeout, value) as t:
             response = client.CoreV1Api(self._api).patch_namespaced_secret(
                 name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
@@ -313,11 +319,15 @@ class KubernetesClusterClient:
                                  f"({type(exc).__name__})") from None
 
     def _api_error(self, exc: Any, verb: str, what: str, secret: str | None) -> RotationError:
+        from rotation.boundary import clean
+
         status = int(exc.status or 0)
-        message = _scrub(_status_message(exc.body), secret)
+        # The server's message may quote the request (an admission webhook echoing `data`): the value
+        # written is cut out in any encoding, then anything secret-shaped.
+        message = clean(_scrub(_status_message(exc.body), secret)[:_MAX_MESSAGE * 4])[:_MAX_MESSAGE]
         suffix = f": {message}" if message else ""
         if status == 0:  # the client's wrapping of an SSL error
-            reason = _scrub(str(exc.reason or ""), secret).splitlines()
+            reason = clean(_scrub(str(exc.reason or ""), secret)[:_MAX_MESSAGE * 4]).splitlines()
             return UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
                                  f"{' '.join(reason)[:300] or 'TLS error'}")
         if status == 404:

@@ -21,7 +21,7 @@ import binascii
 import html
 import re
 from collections.abc import Callable, Iterable, Set
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 REDACTED = "<redacted>"
 
@@ -40,9 +40,10 @@ _SECRETISH = [
     re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.I),                   # an Authorization value
     re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # a JWT
     # name=value / "name": "value" where the name ends in a secret word: SAS `sig=`, connection strings'
-    # `AccountKey=` / `SharedAccessKey=`, OAuth `client_secret=`, JSON `"accessToken": "..."`.
+    # `AccountKey=` / `SharedAccessKey=`, OAuth `client_secret=`, JSON `"accessToken": "..."`. A colon
+    # counts after a quoted name or right before the value, so that prose ("token: not valid") stays.
     re.compile(r"""["']?\b[\w-]{0,40}?(?:sig|signature|key|secret|password|passwd|pwd|token|code|credential)"""
-               r"""["']?\s*[=:]\s*["']?[^&\s"';,]+""", re.I),
+               r"""(?:["']?\s*=\s*|["']\s*:\s*|:)["']?[^&\s"';,]+""", re.I),
 ]
 # Long runs of key material (base64 / hex); 40+ so that GUIDs (36) and resource ids ('/' splits
 # them) survive. Applied last: an encoded whole must be seen before a piece of it is cut out.
@@ -174,7 +175,6 @@ def clean_reason(reason: str, limit: int = 200) -> str:
 
 GRAM = 12  # no run of this many characters of a known secret (in any encoding) survives `scrub_known`
 _MIN_SECRET = GRAM
-_LOWER_HEX = re.compile(r"%[0-9A-F]{2}|\\u[0-9A-F]{4}")
 _RUN = re.compile(r"[^\s\"'<>,;()\[\]{}]")
 
 
@@ -188,18 +188,6 @@ def _secret_part(value: str) -> str:
     return parts[2] if len(parts) == 3 and len(parts[2]) >= _MIN_SECRET else raw
 
 
-def _escaped_forms(secret: str) -> set[str]:
-    forms = {secret, html.escape(secret)}
-    escaped = "".join(f"\\u{ord(c):04X}" if c in "&+<>'=" else "\\/" if c == "/" else c for c in secret)
-    forms |= {escaped, _LOWER_HEX.sub(lambda m: m.group(0).lower(), escaped), secret.replace("/", "\\/")}
-    encoded = secret
-    for _ in range(5):
-        encoded = quote(encoded, safe="")
-        forms |= {encoded, _LOWER_HEX.sub(lambda m: m.group(0).lower(), encoded)}
-    forms.add(quote(secret, safe="/"))
-    return forms
-
-
 def _base64_cores(value: str) -> set[str]:
     """The base64 of `value` at each of the three byte alignments it can have inside a longer
     encoded text, without the characters that depend on its neighbours."""
@@ -210,27 +198,24 @@ def _base64_cores(value: str) -> set[str]:
         head = (offset * 4 + 2) // 3
         tail = 2 if (offset + len(data)) % 3 else 0
         core = encoded[head: len(encoded) - tail]
-        cores |= {core, core.replace("+", "-").replace("/", "_")}
+        cores.add(core)
     return cores
 
 
 def known_grams(value: str) -> frozenset[str]:
-    """Every `GRAM`-character piece of `value`'s secret part, in every encoding `redact` sees through:
-    raw, JSON/HTML/URL-escaped (up to five times), and base64 of the value, of its `GatewayKey ` form
-    and of the secret alone. A secret shorter than `GRAM` characters yields nothing."""
+    """Every `GRAM`-character piece of `value`'s secret part and of the base64 of the value and of its
+    `GatewayKey ` form (a Secret's `data`), at each alignment. Escaped forms need no grams of their
+    own: between two escapes the raw characters remain, and a piece too short to match is shorter
+    than `GRAM` too (`redact` decodes escaped wholes). A secret shorter than `GRAM` yields nothing."""
     secret = _secret_part(value)
     if len(secret) < _MIN_SECRET:
         return frozenset()
-    forms = _escaped_forms(secret)
     raw = value.strip()
     token = raw[len("GatewayKey "):].strip() if raw.startswith("GatewayKey ") else raw
-    for whole in {secret, token, f"GatewayKey {token}"}:
-        for core in _base64_cores(whole):
-            forms |= {core, *_escaped_forms(core)}
-    grams: set[str] = set()
-    for form in forms:
-        grams.update(form[i: i + GRAM] for i in range(len(form) - GRAM + 1))
-    return frozenset(grams)
+    forms = {secret}
+    for whole in {token, f"GatewayKey {token}"}:
+        forms |= _base64_cores(whole)
+    return frozenset(form[i: i + GRAM] for form in forms for i in range(len(form) - GRAM + 1))
 
 
 def scrub_known(text: str, grams: Set[str]) -> str:

@@ -1,0 +1,36 @@
+"""The one scrubbing step for text that leaves the process.
+
+Reports, records, HTTP bodies, outcome events and CLI output carry text from outside: upstream error
+messages (which may echo a request body), an operator's reason, names from events and Secrets. Each
+boundary passes what it is about to send through `clean` (one string) or `clean_tree` (a JSON-shaped
+value): the values the process holds are cut out in any encoding (`rotation.known_secrets`), then
+anything secret-shaped (`rotation.core.redact`). `shown` is the same for text printed on a terminal,
+with non-printable characters escaped so that a crafted name cannot rewrite what the operator sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rotation.core.printable import printable
+from rotation.known_secrets import KNOWN
+
+
+def clean(text: str) -> str:
+    return KNOWN.scrub(text)
+
+
+def clean_tree(value: Any) -> Any:
+    """A JSON-shaped value (dicts, lists, tuples, scalars) with every string in it cleaned; keys too."""
+    if isinstance(value, str):
+        return KNOWN.scrub(value)
+    if isinstance(value, dict):
+        return {clean_tree(k) if isinstance(k, str) else k: clean_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_tree(v) for v in value]
+    return value
+
+
+def shown(value: object) -> str:
+    """`value` for a terminal or a log line: cleaned, non-printable characters escaped."""
+    return printable(KNOWN.scrub(str(value)))
