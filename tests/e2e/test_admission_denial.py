@@ -90,11 +90,11 @@ def denying_webhook(world: World) -> Iterator[list[dict[str, Any]]]:
     }
     clusters = sorted({c for c, _, _ in TARGETS})
     try:
-        for cluster in clusters:
-            client.AdmissionregistrationV1Api(world.stack.admin(cluster)).create_validating_webhook_configuration(config)
-        for cluster, namespace, name in TARGETS:
+        for cluster, namespace, name in TARGETS:  # labelled first: the webhook would deny this PATCH too
             client.CoreV1Api(world.stack.admin(cluster)).patch_namespaced_secret(
                 name, namespace, {"metadata": {"labels": LABEL}})
+        for cluster in clusters:
+            client.AdmissionregistrationV1Api(world.stack.admin(cluster)).create_validating_webhook_configuration(config)
         yield server.seen  # type: ignore[attr-defined]
     finally:
         for cluster in clusters:
