@@ -31,6 +31,7 @@ from rotation.core.discovery import (
     Proposal,
     ScannedSecret,
     cluster_entry,
+    distinct_contexts,
     parse_service_id,
     propose,
 )
@@ -256,6 +257,7 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
     services = list(dict.fromkeys(parse_service_id(s) for s in service_ids))
     doc = _load_kubeconfig(kubeconfig)
     chosen = list(dict.fromkeys(contexts)) or [str(doc.get("current-context") or "")]
+    distinct_contexts(chosen)
     if not chosen[0]:
         raise InvalidInput(f"--kubeconfig {kubeconfig} has no current-context: pass --context NAME")
     unknown_aks = sorted(set(aks) - set(chosen))
