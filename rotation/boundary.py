@@ -10,9 +10,10 @@ with non-printable characters escaped so that a crafted name cannot rewrite what
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import Any, TextIO
 
-from rotation.core.printable import printable
+from rotation.core.printable import printable, printable_lines
 from rotation.known_secrets import KNOWN
 
 
@@ -34,3 +35,22 @@ def clean_tree(value: Any) -> Any:
 def shown(value: object) -> str:
     """`value` for a terminal or a log line: cleaned, non-printable characters escaped."""
     return printable(KNOWN.scrub(str(value)))
+
+
+class Terminal(io.TextIOBase):
+    """A text stream for the CLI's output: whatever a command writes has its non-printable characters
+    escaped (line breaks and tabs kept), whichever code path printed it."""
+
+    def __init__(self, target: TextIO) -> None:
+        super().__init__()
+        self._target = target
+
+    def write(self, text: str) -> int:
+        self._target.write(printable_lines(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def isatty(self) -> bool:
+        return self._target.isatty()

@@ -393,7 +393,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    from rotation.boundary import Terminal, shown
+
+    out = Terminal(out or sys.stdout)  # names from events, Secrets and blobs: escaped, whatever prints them
     args = parser().parse_args(argv)
     try:
         if args.settings:
@@ -401,10 +403,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return int(args.func(args, out))
     except (UsageError, PermanentError) as exc:
         kind = "configuration error" if isinstance(exc, SettingsError) else "error"
-        print(f"{kind}: {exc}", file=sys.stderr)
+        print(f"{kind}: {shown(exc)}", file=sys.stderr)
         return 2
     except RotationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TextIO
 
+from rotation.boundary import shown
 from rotation.core.consumption import Consumption, ConsumptionState, SecretUse, check
 from rotation.core.errors import RotationError
 from rotation.core.model import GatewayConfig, Registry, Target, Workload
 from rotation.core.ports import Clusters
+from rotation.core.printable import printable
 from rotation.core.token import parse_stored
 
 
@@ -64,10 +66,11 @@ def _one(registry: Registry, clusters: Clusters, config: GatewayConfig, target: 
     elif held is None:
         holds = "no gateway token"
     else:
-        holds = f"token {held.fingerprint} of {held.gateway}, expires {held.expires_at:%Y-%m-%d %H:%M} UTC"
+        holds = (f"token {held.fingerprint} of {printable(held.gateway)}, expires "
+                 f"{held.expires_at:%Y-%m-%d %H:%M} UTC")
         if held.gateway.lower() != config.ref.gateway.lower():
             state = ConsumptionState.MISMATCH.value
-            fix = "; ".join(filter(None, [f"the Secret holds a token of gateway {held.gateway}, not "
+            fix = "; ".join(filter(None, [f"the Secret holds a token of gateway {printable(held.gateway)}, not "
                                           f"{config.ref.gateway}: is this the right Secret?", fix]))
     if errors:
         fix = "; ".join(filter(None, [fix, *errors]))
@@ -88,8 +91,8 @@ def print_results(results: Sequence[LiveResult], out: TextIO) -> None:
     for r in results:
         t = r.target
         print(f"  {r.state:11} {r.gateway.ref} -> {t.cluster}/{t.namespace}/{t.secret} key {t.key!r}"
-              + (f": {r.holds}" if r.holds else ""), file=out)
+              + (f": {shown(r.holds)}" if r.holds else ""), file=out)
         if r.fix:
-            print(f"              fix: {r.fix}", file=out)
+            print(f"              fix: {shown(r.fix)}", file=out)
         if r.helm:
             print(f"              helm: {r.helm}", file=out)

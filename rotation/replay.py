@@ -267,10 +267,11 @@ def _summary(blobs: Sequence[BlobResult], reports: dict[tuple[str, str], Rotatio
 
 def _print(url: str, blobs: Sequence[BlobResult], reports: Sequence[RotationReport], summary: dict[str, int],
            dry_run: bool, out: TextIO) -> None:
+    from rotation.boundary import shown
     from rotation.printing import print_report
 
     mode = " (dry run: nothing written, nothing deleted)" if dry_run else ""
-    print(f"dead-letter replay of {url}{mode}", file=out)
+    print(f"dead-letter replay of {shown(url)}{mode}", file=out)
     if not blobs:
         print("  no dead-lettered events", file=out)
         return
@@ -279,14 +280,16 @@ def _print(url: str, blobs: Sequence[BlobResult], reports: Sequence[RotationRepo
     for blob in blobs:
         when = f" ({blob.last_modified})" if blob.last_modified else ""
         action = blob.action.replace("_", " ")
-        print(f"blob {blob.name}{when}: {action}" + (f" ({blob.note})" if blob.note else ""), file=out)
+        # Blob names, event ids, types and reasons are whatever the blob holds: escaped.
+        print(f"blob {shown(blob.name)}{when}: {action}" + (f" ({shown(blob.note)})" if blob.note else ""),
+              file=out)
         for e in blob.events:
-            dead = e.dead_letter_reason or "-"
+            dead = shown(e.dead_letter_reason or "-")
             if e.delivery_attempts is not None:
                 dead += f" after {e.delivery_attempts} attempt(s)"
-            detail = f": {e.detail}" if e.detail else ""
-            print(f"  {e.outcome:8} {e.event_id or '(no id)'} {e.event_type or '-'} {e.gateway or '-'} "
-                  f"[dead-lettered: {dead}]{detail}", file=out)
+            detail = f": {shown(e.detail)}" if e.detail else ""
+            print(f"  {e.outcome:8} {shown(e.event_id or '(no id)')} {shown(e.event_type or '-')} "
+                  f"{shown(e.gateway or '-')} [dead-lettered: {dead}]{detail}", file=out)
     verb = "would replay" if dry_run else "replayed"
     print(f"summary: {summary['gateways']} gateway(s) {verb} ({summary['gatewaysFailed']} failed); "
           f"events: {summary['replayed']} {verb}, {summary['skipped']} skipped, {summary['failed']} failed; "
