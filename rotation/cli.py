@@ -56,7 +56,12 @@ def _load_settings_file(path: str) -> None:
     values = data.get("Values", data) if isinstance(data, dict) else None
     if not isinstance(values, dict):
         raise UsageError(f"--settings {path}: expected a JSON object of settings")
-    os.environ.update({str(k): str(v) for k, v in values.items() if v is not None and v != ""})
+    from rotation.setting_names import settings_to_load
+
+    try:
+        os.environ.update(settings_to_load(values))  # the rotator's own names only
+    except ValueError as exc:
+        raise UsageError(f"--settings {path}: {exc}") from None
 
 
 def _operator_cloud() -> Any:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from rotation.core.errors import IgnoredEvent, InvalidEvent, InvalidInput, RotationError, SettingsError
 from rotation.core.events import GatewayTokenEvent, parse_event
 from rotation.core.model import GatewayConfig, RotationReport
+from rotation.core.redact import url_shown
 from rotation.service import Heal
 
 if TYPE_CHECKING:
@@ -131,9 +132,16 @@ def replay(args: argparse.Namespace, out: TextIO) -> int:
     since = _since(getattr(args, "since", None))
     box = bootstrap.container()
     settings = box.settings
-    url = getattr(args, "container_url", None) or settings.deadletter_blob_url
+    given = getattr(args, "container_url", None)
+    url = given or settings.deadletter_blob_url
     if not url:
         raise SettingsError("no dead-letter container: pass --container-url or set DEADLETTER_BLOB_URL")
+    if given:
+        # It gets the operator's Storage token: DEADLETTER_BLOB_URL's rule (a blob endpoint of the cloud;
+        # a loopback Azurite with the local emulators), checked before any credential is asked.
+        why = settings.cloud.blob_problem(given.lower(), settings.local_emulators)
+        if why is not None:
+            raise SettingsError(f"--container-url {url_shown(given)!r} {why}")
     dry_run = bool(getattr(args, "dry_run", False))
     keep = bool(getattr(args, "keep", False))
     source = DeadLetterSource(url, box.credential)

@@ -15,6 +15,7 @@ from rotation.cloud import CLOUDS, Cloud, CloudName, cloud_named
 from rotation.core.errors import RegistryError, SettingsError, SettingsPending
 from rotation.core.hosts import is_loopback_url, server_problem
 from rotation.core.model import Registry
+from rotation.core.redact import url_shown
 from rotation.core.registry import load_registry
 
 log = logging.getLogger("rotation.settings")
@@ -81,7 +82,7 @@ class Settings:
                     raise SettingsError(f"{name} is required")
                 return None
             if not value.startswith("https://") or " " in value:
-                raise SettingsError(f"{name} must be an https:// URL, got {value[:80]!r}")
+                raise SettingsError(f"{name} must be an https:// URL, got {url_shown(value)!r}")
             return value.rstrip("/")
 
         def number(name: str, default: float, low: float, high: float) -> float:
@@ -141,14 +142,14 @@ class Settings:
                 return None
             why = cloud.vault_problem(url.lower(), allow_loopback=local_emulators)
             if why is not None:
-                raise SettingsError(f"{name} {url[:80]!r} {why}")
+                raise SettingsError(f"{name} {url_shown(url)!r} {why}")
             return url
 
         arm_endpoint = https_url("ARM_ENDPOINT", cloud.arm_endpoint) or cloud.arm_endpoint
         if arm_endpoint != cloud.arm_endpoint and (
                 not local_emulators or server_problem(arm_endpoint, None, allow_loopback=True) is not None):
             raise SettingsError(
-                f"ARM_ENDPOINT {arm_endpoint[:80]!r} differs from {cloud.name.value}'s Resource Manager "
+                f"ARM_ENDPOINT {url_shown(arm_endpoint)!r} differs from {cloud.name.value}'s Resource Manager "
                 f"({cloud.arm_endpoint}): it is only an override for a loopback emulator with "
                 "ROTATION_LOCAL_EMULATORS; set AZURE_CLOUD for a sovereign cloud")
         try:
@@ -165,7 +166,7 @@ class Settings:
                 return None
             why = problem(url.lower(), local_emulators)
             if why is not None:
-                raise SettingsError(f"{name} {url[:80]!r} {why}")
+                raise SettingsError(f"{name} {url_shown(url)!r} {why}")
             return url
 
         lease_container_url = service_url("LEASE_CONTAINER_URL", cloud.blob_problem)
@@ -187,8 +188,8 @@ class Settings:
             sweep_schedule=text("SWEEP_SCHEDULE", DEFAULT_SWEEP_SCHEDULE) or DEFAULT_SWEEP_SCHEDULE,
             outcome_topic_endpoint=service_url("OUTCOME_TOPIC_ENDPOINT", cloud.eventgrid_problem),
             client_id=text("AZURE_CLIENT_ID"),
-            deadletter_blob_url=service_url("DEADLETTER_BLOB_URL", cloud.blob_problem) if not local_emulators
-            else text("DEADLETTER_BLOB_URL"),
+            # The local emulators allow a loopback Azurite, like LEASE_CONTAINER_URL: no other host.
+            deadletter_blob_url=service_url("DEADLETTER_BLOB_URL", cloud.blob_problem),
             sweep_concurrency=int(number("SWEEP_CONCURRENCY", 8, 1, 64)),
             local_emulators=local_emulators,
         )

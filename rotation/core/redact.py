@@ -171,6 +171,26 @@ def clean_reason(reason: str, limit: int = 200) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
+_URL_PARTS = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:/*)?(?P<netloc>[^/?#\\]*)(?P<path>[^?#]*)"
+                        r"(?P<tail>[?#].*)?$", re.S)
+
+
+def url_shown(value: str, limit: int = 80) -> str:
+    """A URL for an error message: its user information (`user:password@`) and its query and fragment
+    (a SAS `sig=`) replaced by `<redacted>`, the rest redacted like any text and bounded. Enough to
+    tell which setting and which host is wrong, nothing an attacker could reuse."""
+    match = _URL_PARTS.match(value)
+    if match is None:  # pragma: no cover - the pattern matches any string
+        return redact(value)[:limit]
+    netloc = match["netloc"]
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    tail = f"{match['tail'][0]}{REDACTED}" if match["tail"] else ""
+    shown = f"{match['scheme'] or ''}{netloc}{match['path']}{tail}"
+    cleaned = redact(shown)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
 # --- values the process knows -----------------------------------------------------------------------
 
 GRAM = 12  # no run of this many characters of a known secret (in any encoding) survives `scrub_known`

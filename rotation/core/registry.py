@@ -29,6 +29,7 @@ from rotation.core.model import (
     Workload,
     WorkloadKind,
 )
+from rotation.core.redact import url_shown
 from rotation.core.token import DEFAULT_FORMAT, RAW_FORMAT
 
 # The forms `GatewayToken.parse` reads back (it strips only a leading `GatewayKey `).
@@ -109,7 +110,7 @@ def _cluster(r: _Reader, aks_servers: AksServerRule) -> Cluster:
         # The app's Entra token for AKS goes to this host: only AKS API servers of the cloud qualify.
         why = aks_servers.problem(server)
         if why is not None:
-            raise r.child("server").fail(f"{_show(server)} {why}")
+            raise r.child("server").fail(f"{url_shown(server)!r} {why}")
         ca_reader = r.child("caData")
         ca = ca_reader.string()
         try:
