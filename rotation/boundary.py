@@ -38,18 +38,27 @@ def shown(value: object) -> str:
 
 
 class Terminal(io.TextIOBase):
-    """A text stream for the CLI's output: whatever a command writes has its non-printable characters
-    escaped (line breaks and tabs kept), whichever code path printed it."""
+    """A text stream for the CLI's output, whichever code path printed it: written a line at a time
+    (a value split over several writes, as json.dump does, is seen whole), with the known secrets cut
+    out and non-printable characters escaped (line breaks and tabs kept). Shape rules are not applied
+    here: `discover` prints a registry whose `caData` is a long base64 run by design."""
 
     def __init__(self, target: TextIO) -> None:
         super().__init__()
         self._target = target
+        self._pending = ""
 
     def write(self, text: str) -> int:
-        self._target.write(printable_lines(text))
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        if lines:
+            self._target.write("".join(printable_lines(KNOWN.scrub_known(line)) + "\n" for line in lines))
         return len(text)
 
     def flush(self) -> None:
+        if self._pending:
+            self._target.write(printable_lines(KNOWN.scrub_known(self._pending)))
+            self._pending = ""
         self._target.flush()
 
     def isatty(self) -> bool:

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from rotation.core.consumption import Consumption, ConsumptionState
 from rotation.core.errors import PermanentError, RotationError, SettingsError, UpstreamError
@@ -398,9 +398,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    from rotation.boundary import Terminal, shown
+    from rotation.boundary import Terminal
 
-    out = Terminal(out or sys.stdout)  # names from events, Secrets and blobs: escaped, whatever prints them
+    # Names from events, Secrets and blobs escaped and known secrets cut out, whatever prints them.
+    terminal = Terminal(out or sys.stdout)
+    try:
+        return _run(argv, cast(TextIO, terminal))
+    finally:
+        terminal.flush()
+
+
+def _run(argv: Sequence[str] | None, out: TextIO) -> int:
+    from rotation.boundary import shown
+
     args = parser().parse_args(argv)
     try:
         if args.settings:

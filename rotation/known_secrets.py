@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict
 
-from rotation.core.redact import known_grams, scrub
+from rotation.core.redact import known_grams, scrub, scrub_known
 
 LIMIT = 128
 
@@ -57,6 +57,11 @@ class KnownSecrets:
         """`text` without the known values (any encoding, any piece of 12+) or anything secret-shaped."""
         # A key lookup is atomic under the GIL; a value registered meanwhile is seen or not, whole.
         return scrub(text, self._grams.keys())
+
+    def scrub_known(self, text: str) -> str:
+        """Only the known values cut out (no shape rules): for output that may hold key material by
+        design, such as a registry's `caData`."""
+        return scrub_known(text, self._grams.keys())
 
     def clear(self) -> None:
         with self._lock:
