@@ -129,7 +129,6 @@ def replay(args: argparse.Namespace, out: TextIO) -> int:
     from rotation import bootstrap
     from rotation.adapters.deadletter import DeadLetterSource
 
-    since = _since(getattr(args, "since", None))
     box = bootstrap.container()
     settings = box.settings
     given = getattr(args, "container_url", None)
@@ -137,11 +136,16 @@ def replay(args: argparse.Namespace, out: TextIO) -> int:
     if not url:
         raise SettingsError("no dead-letter container: pass --container-url or set DEADLETTER_BLOB_URL")
     if given:
-        # It gets the operator's Storage token: DEADLETTER_BLOB_URL's rule (a blob endpoint of the cloud;
-        # a loopback Azurite with the local emulators), checked before any credential is asked.
-        why = settings.cloud.blob_problem(given.lower(), settings.local_emulators)
+        # It gets the operator's Storage token (or the SAS it carries): DEADLETTER_BLOB_URL's host rule (a
+        # blob endpoint of the cloud; a loopback Azurite with the local emulators), checked before any
+        # credential is asked. The query is the SAS, which the setting cannot carry.
+        base, _, query = given.partition("?")
+        why = settings.cloud.blob_problem(base.lower(), settings.local_emulators)
+        if why is None and query and "sig=" not in query:
+            why = "may carry a query only as a SAS (sig=)"
         if why is not None:
             raise SettingsError(f"--container-url {url_shown(given)!r} {why}")
+    since = _since(getattr(args, "since", None))
     dry_run = bool(getattr(args, "dry_run", False))
     keep = bool(getattr(args, "keep", False))
     source = DeadLetterSource(url, box.credential)

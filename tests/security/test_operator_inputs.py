@@ -28,7 +28,7 @@ from azure.core.exceptions import HttpResponseError, ODataV4Format
 
 from rotation import bootstrap, cli, replay
 from rotation.adapters.credential import translate
-from rotation.core.errors import RegistryError, SettingsError
+from rotation.core.errors import InvalidInput, RegistryError, SettingsError
 from rotation.core.registry import load_registry
 from rotation.settings import Settings
 from tests.functions.conftest import http
@@ -43,7 +43,8 @@ BASE = {"ROTATION_REGISTRY": json.dumps(registry()), "KEY_VAULT_URL": "https://k
 
 
 @pytest.mark.parametrize("url", ["https://evil.example/deadletter", "https://127.0.0.1:8443/devstoreaccount1/dl",
-                                 "https://st1.blob.core.windows.net.evil.example/dl"])
+                                 "https://st1.blob.core.windows.net.evil.example/dl",
+                                 "https://evil.example/dl?sv=2024-01-01&sig=abc"])
 def test_container_url_is_held_to_the_dead_letter_setting_rule(url: str) -> None:
     bootstrap.reset(dict(BASE))
     try:
@@ -52,6 +53,18 @@ def test_container_url_is_held_to_the_dead_letter_setting_rule(url: str) -> None
                                                 r"host name, not an IP address)"):
             replay.replay(args, io.StringIO())
         assert "credential" not in bootstrap.container()._built  # no token was asked for
+    finally:
+        bootstrap.reset()
+
+
+def test_container_url_may_carry_a_sas_for_a_blob_endpoint() -> None:
+    """A SAS authenticates by itself (the identity is not used: adapters/deadletter.py), on a checked host."""
+    bootstrap.reset(dict(BASE))
+    try:
+        args = argparse.Namespace(container_url="https://st1.blob.core.windows.net/dl?sv=2024-01-01&sig=abc",
+                                  since="not-a-date", dry_run=True, keep=False, json=False)
+        with pytest.raises(InvalidInput, match="--since"):  # got past the URL check
+            replay.replay(args, io.StringIO())
     finally:
         bootstrap.reset()
 
