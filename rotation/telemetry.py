@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from rotation.boundary import shown
+from rotation.core.printable import printable
 
 log = logging.getLogger("rotation")
 
@@ -154,16 +155,22 @@ class Executor(ThreadPoolExecutor):
 # --- structured records ----------------------------------------------------------------------------
 
 
-def _dimension(value: object) -> str | bool | int | float | None:
+# Fields whose values are the registry's validated names, enumerations, fingerprints and times: no
+# secret fits their shapes, so only non-printables are escaped (scrubbing every field of every record
+# would cost a fan-out more than its Kubernetes calls). Every other field goes through the boundary.
+_STRUCTURAL = frozenset({"gatewayId", "service", "gateway", "cluster", "namespace", "secret", "keyType", "from",
+                         "to", "outcome", "fingerprint", "expiresAt", "errorClass", "restarted", "schedule"})
+
+
+def _dimension(key: str, value: object) -> str | bool | int | float | None:
     """A value OpenTelemetry accepts as an attribute (and Application Insights as a dimension). Text
     is the boundary's: known secrets and secret-shaped text cut out, non-printables escaped."""
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, list | tuple | set | frozenset):
-        return shown(",".join(str(v) for v in value))
-    return shown(value)
+    text = ",".join(str(v) for v in value) if isinstance(value, list | tuple | set | frozenset) else str(value)
+    return printable(text) if key in _STRUCTURAL else shown(text)
 
 
 def _text(value: object) -> str:
@@ -175,7 +182,7 @@ def _text(value: object) -> str:
 
 def emit(event: str, fields: Mapping[str, object], level: int = logging.INFO) -> None:
     """One structured record: fields as attributes (customDimensions), `event k=v ...` as the message."""
-    dimensions = {k: v for k, v in ((k, _dimension(v)) for k, v in fields.items())
+    dimensions = {k: v for k, v in ((k, _dimension(k, v)) for k, v in fields.items())
                   if v is not None and k not in _STANDARD}
     dimensions["event"] = event
     message = " ".join([event, *(f"{k}={_text(v)}" for k, v in dimensions.items() if k != "event")])

@@ -32,7 +32,9 @@ _B64 = r"(?:[A-Za-z0-9+/=_-]|\\u00(?:2[bBfF]|3[dD])|\\/)"
 # A gateway token ({gateway}&{yyyyMMddHHmm}&{signature}), with the portal's `GatewayKey ` prefix or not.
 # A signature wrapped over lines or split by spaces goes too: continuation chunks that look like base64
 # (a digit, `+`, `/` or `=` in them, so that the words of a sentence after a token are kept).
-TOKENISH = re.compile(rf"(GatewayKey\s+)?[^&\s\"'\\]{{1,256}}\s*{_AMP}\s*\d{{12}}\s*{_AMP}\s*{_B64}{{8,}}"
+# The gateway part is a maximal run (lookbehind, possessive): linear time on long text without tokens.
+TOKENISH = re.compile(rf"(GatewayKey\s+)?(?<![^&\s\"'\\])[^&\s\"'\\]{{1,256}}+"
+                      rf"\s*{_AMP}\s*\d{{12}}\s*{_AMP}\s*{_B64}{{8,}}"
                       rf"(?:\s+(?=[A-Za-z0-9+/=_-]*[0-9+/=])[A-Za-z0-9+/=_-]{{4,}})*")
 # Whole credentials, recognised by their shape (applied before encoded words are looked into).
 _SECRETISH = [
@@ -45,6 +47,7 @@ _SECRETISH = [
     re.compile(r"""["']?\b[\w-]{0,40}?(?:sig|signature|key|secret|password|passwd|pwd|token|code|credential)"""
                r"""(?:["']?\s*=\s*|["']\s*:\s*|:)["']?[^&\s"';,]+""", re.I),
 ]
+_NEEDS = [("gatewaykey",), ("bearer",), ("eyj",), ("=", ":")]
 # Long runs of key material (base64 / hex); 40+ so that GUIDs (36) and resource ids ('/' splits
 # them) survive. Applied last: an encoded whole must be seen before a piece of it is cut out.
 _LONG_RUN = re.compile(r"(?<![A-Za-z0-9+_-])[A-Za-z0-9+_-]{40,}={0,2}(?![A-Za-z0-9+=_-])")
@@ -53,12 +56,12 @@ _LONG_RUN = re.compile(r"(?<![A-Za-z0-9+_-])[A-Za-z0-9+_-]{40,}={0,2}(?![A-Za-z0
 _SLASHED_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/=_-])")
 _PATH_PIECE_MAX = 20
 # A word that some encoder escaped: percent-encoding, JSON `\uXXXX` / `\/`, HTML entities.
-_ESCAPED_WORD = re.compile(r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}|\\(?:u[0-9A-Fa-f]{4}|[\\/bfnrt])|&[#A-Za-z0-9]{1,8};)"
-                           r"[^\s\"'<>]*")
+_WORD = re.compile(r"[^\s\"'<>]+")
+_ESCAPE_MARK = re.compile(r"%[0-9A-Fa-f]{2}|\\(?:u[0-9A-Fa-f]{4}|[\\/bfnrt])|&[#A-Za-z0-9]{1,8};")
 _JSON_ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|([\"\\/bfnrt]))")
 _JSON_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 # Base64, possibly wrapped: chunks separated by a line break (raw, or JSON-escaped `\n`).
-_BASE64_CHUNK = r"[A-Za-z0-9+/]{4,}={0,2}"
+_BASE64_CHUNK = r"[A-Za-z0-9+/]{4,}+={0,2}+"
 _BASE64_WRAPPED = re.compile(rf"(?<![A-Za-z0-9+/=])(?:{_BASE64_CHUNK}(?:[ \t]*(?:\r?\n|\\r\\n|\\n)[ \t]*))*"
                              rf"{_BASE64_CHUNK}")
 _LINE_BREAK = re.compile(r"\s+|\\r|\\n")
@@ -76,9 +79,12 @@ def _slashed(match: re.Match[str]) -> str:
 
 
 def _shapes(text: str) -> str:
-    cleaned = TOKENISH.sub(REDACTED, text)
-    for pattern in _SECRETISH:
-        cleaned = pattern.sub(REDACTED, cleaned)
+    cleaned = TOKENISH.sub(REDACTED, text) if "&" in text or "\\" in text else text
+    lower = cleaned.lower()
+    for pattern, needed in zip(_SECRETISH, _NEEDS, strict=True):
+        if any(n in lower for n in needed):  # a cheap test first: most text holds none of these
+            cleaned = pattern.sub(REDACTED, cleaned)
+            lower = cleaned.lower()
     return cleaned
 
 
@@ -101,6 +107,8 @@ def _escaped_word(depth: int) -> Callable[[re.Match[str]], str]:
     def replace(match: re.Match[str]) -> str:
         """A word some encoder escaped (a query string, a JSON string, HTML) that hides a secret goes whole."""
         word = decoded = match.group(0)
+        if not _ESCAPE_MARK.search(word):
+            return word
         for _ in range(_DECODE_ROUNDS):
             previous, decoded = decoded, _unescape_once(decoded)
             if decoded == previous:
@@ -122,7 +130,9 @@ def _b64decode(run: str) -> str | None:
             raw = base64.b64decode(part + "=" * (-len(part) % 4), validate=True)
         except (binascii.Error, ValueError):
             continue
-        return raw.decode("utf-8", errors="replace")
+        text = raw.decode("utf-8", errors="replace")
+        # Binary (an image, a certificate's DER, a hash) holds no pasted text: not looked into.
+        return text if text.replace("\n", "").replace("\r", "").replace("\t", "").isprintable() else None
     return None
 
 
@@ -150,7 +160,7 @@ def _redact(text: str, depth: int) -> str:
     # Encoded wholes before long runs: a run rule would cut a piece out of one and leave the rest.
     cleaned = _shapes(text)
     if any(marker in cleaned for marker in ("%", "\\", "&")):
-        cleaned = _ESCAPED_WORD.sub(_escaped_word(depth), cleaned)
+        cleaned = _WORD.sub(_escaped_word(depth), cleaned)
     if depth > 0:
         cleaned = _BASE64_WRAPPED.sub(_base64(depth), cleaned)
     return _runs(cleaned)

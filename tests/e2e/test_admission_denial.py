@@ -27,7 +27,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trustme
@@ -76,7 +76,7 @@ def denying_webhook(world: World) -> Iterator[list[dict[str, Any]]]:
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    config = {
+    config: dict[str, Any] = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": "deny-gateway-secret-writes"},
         "webhooks": [{
@@ -94,7 +94,8 @@ def denying_webhook(world: World) -> Iterator[list[dict[str, Any]]]:
             client.CoreV1Api(world.stack.admin(cluster)).patch_namespaced_secret(
                 name, namespace, {"metadata": {"labels": LABEL}})
         for cluster in clusters:
-            client.AdmissionregistrationV1Api(world.stack.admin(cluster)).create_validating_webhook_configuration(config)
+            client.AdmissionregistrationV1Api(world.stack.admin(cluster)).create_validating_webhook_configuration(
+                cast(Any, config))  # the client serialises a dict as it is
         yield server.seen  # type: ignore[attr-defined]
     finally:
         for cluster in clusters:

@@ -15,7 +15,8 @@ import json
 import azure.functions as func
 
 from rotation.triggers import MAX_BODY_BYTES
-from tests.functions.conftest import World, function, http
+from tests.functions.conftest import function, http
+from tests.service.conftest import World
 
 URL = "http://localhost/api/gateways/contoso-apim/gw-1/rotate"
 ROUTE = {"service": "contoso-apim", "gateway": "gw-1"}

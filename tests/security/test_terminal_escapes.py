@@ -19,12 +19,12 @@ from rotation import cli, replay
 from rotation.core.events import parse_event
 from rotation.core.model import Outcome, RotationReport, TargetReport
 from rotation.core.printable import printable
+from rotation.core.registry import load_registry
 from rotation.core.status import foreign_token
 from rotation.live_check import LiveResult, print_results
 from rotation.printing import print_report
 from rotation.telemetry import emit
 from tests.samples import SERVICE_ID, gateway, gateway_id, registry, target
-from tests.unit.test_registry import load_registry
 
 UP = "\x1b[1A\x1b[2K\r"
 CONTROL = [UP, "\u202e", "\x9b1A", "\x07", "\x7f"]
