@@ -30,6 +30,7 @@ kube:
 lint: venv
 	$(BIN)/ruff check --output-format concise .
 	$(BIN)/mypy --strict
+	$(BIN)/lint-imports  # the layer contracts in .importlinter
 
 test-fast: venv
 	$(BIN)/pytest -q tests/unit tests/service tests/functions

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cold_import, fanout, sweep
+from benchmarks import cold_import, fanout, fleet, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
@@ -51,6 +51,9 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         rows.append(f"| same, vs sequential | sequential {f['sequential_ms']} ms vs {f['warm_ms']} ms "
                     f"({f['kube_requests_per_target']} Kubernetes calls per target) | ≥ "
                     f"{f['goal_sequential']:.0f}× faster | {f['sequential_vs_warm']}× {_ok(f['met_sequential'])} |")
+    fl = results.get("fleet")
+    if fl:
+        rows.extend(fleet_rows(fl))
     s = results.get("sweep")
     if s:
         rows.append(f"| sweep of {s['gateways']} fresh gateways: Key Vault calls | {s['keyvault_calls']} "
@@ -63,6 +66,30 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def fleet_rows(fl: dict[str, Any]) -> list[str]:
+    def run(r: dict[str, Any]) -> str:
+        outcomes = ", ".join(f"{n} {o}" for o, n in sorted(r["outcomes"].items()))
+        return (f"{r['wall_s']} s ({outcomes}); app CPU {r['cpu_ms_per_target']} ms per target; "
+                f"{r['flights_per_target']} Kubernetes round trips per target ({r['new_connections']} new "
+                f"connections); peak RSS {r['peak_rss_mib']} MiB")
+
+    head = (f"1 event → {fl['targets']} targets over {fl['clusters']} clusters, +{fl['latency_ms']:.0f} ms per "
+            "round trip")
+    cold, warm = fl["cold"], fl["warm"]
+    rows = [f"| {head}, fresh app | {run(cold)} | all updated within the {fl['deadline_s']:.0f} s deadline | "
+            f"{cold['wall_s']} s {_ok(fl['cold_within_deadline'])} |",
+            f"| same, warm app | {run(warm)} | – | {round(warm['wall_s'] / fl['deadline_s'] * 100)}% of the "
+            "deadline |"]
+    steps = "; ".join(f"delivery {i}: {d['wall_s']} s, "
+                      + ", ".join(f"{n} {o}" for o, n in sorted(d["outcomes"].items()))
+                      for i, d in enumerate(fl["slow_deliveries"], 1))
+    needed = fl["slow_deliveries_needed"]
+    rows.append(f"| same at +{fl['slow_latency_ms']:.0f} ms per round trip (past the deadline; redelivered after "
+                f"{fl['redelivery_gap_s']:.0f} s) | {steps} | reached targets kept, the rest `timeout`, "
+                f"redeliveries finish | {f'{needed} deliveries' if needed else '**not finished**'} |")
+    return rows
+
+
 def machine() -> str:
     return (f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} "
             f"{platform.machine()}")
@@ -70,17 +97,17 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--only", choices=["cold_import", "fanout", "sweep"], action="append")
+    parser.add_argument("--only", choices=["cold_import", "fanout", "fleet", "sweep"], action="append")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/results.md")
     parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
     args = parser.parse_args(argv)
-    chosen = args.only or ["cold_import", "fanout", "sweep"]
+    chosen = args.only or ["cold_import", "fanout", "fleet", "sweep"]
     results: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     if "cold_import" in chosen:
         print("cold import…", file=sys.stderr, flush=True)
         results["cold_import"] = cold_import.run()
-    if {"fanout", "sweep"} & set(chosen):
+    if {"fanout", "fleet", "sweep"} & set(chosen):
         from devstack import stack as devstack
 
         with tempfile.TemporaryDirectory(prefix="bench-devstack-") as tmp:
@@ -92,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "fanout" in chosen:
                     print("fan-out to 100 targets…", file=sys.stderr, flush=True)
                     results["fanout"] = fanout.run(running)
+                if "fleet" in chosen:
+                    print("one event to 1,000 targets over 100 clusters…", file=sys.stderr, flush=True)
+                    results["fleet"] = fleet.run(running)
                 if "sweep" in chosen:
                     print("sweep of 1,000 gateways…", file=sys.stderr, flush=True)
                     results["sweep"] = sweep.run(running)

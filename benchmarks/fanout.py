@@ -2,8 +2,9 @@
 
 Setup: one gateway with 100 targets on the devstack's `east` cluster (10 namespaces × 10 Secrets,
 each target restarting its own Deployment), the Role/RoleBinding from `infra/k8s/` rendered and
-applied for each target, and the registry's `east.server` pointing at `devstack.proxy` with 50 ms
-added to every client flight (one flight = one HTTP request on a kept-alive connection).
+applied for each target, and the registry's `east.server` pointing at a `devstack.proxy` port
+(`benchmarks._proxies`) with 50 ms added to every client flight (one flight = one HTTP request on a
+kept-alive connection).
 
 Measured with the app's own Rotator and adapters (real SDKs, real TLS, real RBAC), forced rotation:
 - `critical path`: one ARM generateToken + one Key Vault write + one Secret patch + one restart
@@ -12,11 +13,12 @@ Measured with the app's own Rotator and adapters (real SDKs, real TLS, real RBAC
 - `fan-out (cold)`: the first reconcile of a fresh app (client build, 100 TLS handshakes);
 - `sequential`: the same reconcile with the service's fan-out limited to 1 thread.
 
-Per target the reconcile makes 4 Kubernetes calls (read Secret, patch Secret with the restart
-marker, patch Deployment, clear the marker): 200 ms of injected latency in sequence, against 100 ms
-for the critical path's patch + restart. `app_cpu_ms` is this process's CPU time (all threads) for
-the reconcile without injected latency; `busy_cores_*` is how many of the machine's cores were busy
-(every process: the app, two kube-apiservers, etcd, the latency proxy) while a reconcile ran.
+Kubernetes calls per target are counted, not assumed: the proxy's client flights during a warm
+reconcile (one flight per request on a kept-alive connection) divided by the targets. Each call in
+sequence adds the injected latency, against 100 ms for the critical path's patch + restart.
+`app_cpu_ms` is this process's CPU time (all threads) for the reconcile without injected latency;
+`busy_cores_*` is how many of the machine's cores were busy (every process: the app, two
+kube-apiservers, etcd, the latency proxy) while a reconcile ran.
 """
 
 from __future__ import annotations
@@ -24,16 +26,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks._proxies import Proxies, running
 from benchmarks._stack import Control, apply_by_namespace, parallel, workload
 from devstack import kube
 from devstack import stack as devstack
@@ -43,8 +42,6 @@ LATENCY = 0.05
 GATEWAY = "gw-fanout"
 GOAL_CRITICAL = 2.0
 GOAL_SEQUENTIAL = 20.0
-# read Secret, patch Secret (token + restart marker), patch Deployment (restartedAt), clear the marker
-KUBE_REQUESTS_PER_TARGET = 4
 
 
 def _targets() -> list[dict[str, Any]]:
@@ -66,24 +63,6 @@ def setup(stack: devstack.Stack) -> None:
     Control(stack).call(stack.arm_url, "POST", "/_devstack/gateways", {"id": devstack.gateway_id(GATEWAY)})
 
 
-class _ProxyProcess:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-
-@contextmanager
-def _proxy_process(host: str, port: int, latency: float) -> Iterator[_ProxyProcess]:
-    proc = subprocess.Popen([sys.executable, "-m", "devstack.proxy", "--upstream", f"{host}:{port}",
-                             "--latency", str(latency), "--seconds", "900"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        yield _ProxyProcess(proc.stdout.readline().strip())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def _machine_busy_seconds() -> float:
     """CPU seconds every process on the machine has spent so far (Linux `/proc/stat`, all cores)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -91,17 +70,16 @@ def _machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _env(stack: devstack.Stack, proxy: _ProxyProcess) -> dict[str, str]:
+def _env(stack: devstack.Stack, proxy: Proxies) -> dict[str, str]:
     registry = json.loads(stack.settings["ROTATION_REGISTRY"])
     for cluster in registry["clusters"]:
         if cluster["name"] == "east":
-            cluster["server"] = proxy.url
+            cluster["server"] = proxy.urls[0]
     registry["gateways"] = [{"id": devstack.gateway_id(GATEWAY), "targets": _targets()}]
     return {**stack.settings, "ROTATION_REGISTRY": json.dumps(registry)}
 
 
 def run(stack: devstack.Stack) -> dict[str, Any]:
-    import rotation.service as service
     from rotation import bootstrap
     from rotation.core.model import KeyType, Outcome, TokenRecord
     from rotation.core.token import GatewayToken
@@ -112,9 +90,10 @@ def run(stack: devstack.Stack) -> dict[str, Any]:
     assert server.port is not None
     # The proxy runs in its own process: in this one its 200 pump threads would compete with the
     # app's fan-out for the GIL and charge the app for the test rig's CPU.
-    with _proxy_process(server.hostname, server.port, LATENCY) as proxy:
+    with running([(server.hostname, server.port)], 1, LATENCY) as proxy:
         env = _env(stack, proxy)
         os.environ.update(env)
+        rig = {"proxy": proxy}  # the proxy process the next reconcile goes through
 
         from kubernetes import client as k8s
 
@@ -127,15 +106,18 @@ def run(stack: devstack.Stack) -> dict[str, Any]:
                 t["secret"], t["namespace"], {"stringData": {"config.service.auth.key": "GatewayKey stale"}}))
 
         cpu_samples: list[float] = []  # this process's CPU (every thread) per reconcile
+        flights: list[float] = []  # Kubernetes round trips per target (the proxy's client flights)
         busy_samples: list[float] = []  # the whole machine's busy cores during each reconcile
 
         def reconcile() -> tuple[float, Any]:
             reset_targets()
             box = bootstrap.container()
             config = box.rotator.gateway("apim-devstack", GATEWAY)
+            rig["proxy"].reset()
             started, cpu, busy = time.perf_counter(), time.process_time(), _machine_busy_seconds()
             report = box.rotator.reconcile(config, reason="benchmark", force=True, deadline_seconds=120)
             took = time.perf_counter() - started
+            flights.append(rig["proxy"].stats()["flights"] / TARGETS)
             cpu_samples.append(time.process_time() - cpu)
             busy_samples.append((_machine_busy_seconds() - busy) / took)
             assert all(t.outcome is Outcome.UPDATED for t in report.targets), report.failed_targets[:3]
@@ -145,6 +127,7 @@ def run(stack: devstack.Stack) -> dict[str, Any]:
         cold, _ = reconcile()
         warm_runs = [reconcile()[0] for _ in range(3)]
         warm = statistics.median(warm_runs)
+        calls_per_target = statistics.median(flights[1:4])  # warm: no new connection, one flight per call
 
         # The critical path, with the same adapters on warm connections.
         box = bootstrap.container()
@@ -174,19 +157,22 @@ def run(stack: devstack.Stack) -> dict[str, Any]:
         critical = arm + kv + patch + restart
 
         # Sequential: the same reconcile with one fan-out thread.
-        saved = service.MAX_FANOUT
-        service.MAX_FANOUT = 1
+        import rotation.app.fanout as fanout
+
+        saved = fanout.MAX_FANOUT
+        fanout.MAX_FANOUT = 1
         try:
             sequential, _ = reconcile()
         finally:
-            service.MAX_FANOUT = saved
+            fanout.MAX_FANOUT = saved
         bootstrap.reset()
 
     # The same warm reconcile with no injected latency: what the 2-core machine's CPU (app, two
     # kube-apiservers and etcd share it) costs by itself.
-    with _proxy_process(server.hostname, server.port, 0.0) as plain:
+    with running([(server.hostname, server.port)], 1, 0.0) as plain:
         env = _env(stack, plain)
         os.environ.update(env)
+        rig["proxy"] = plain
         bootstrap.reset(env)
         reconcile()
         warm_busy = statistics.median(busy_samples[1:4])  # the warm runs (after the cold one)
@@ -208,7 +194,7 @@ def run(stack: devstack.Stack) -> dict[str, Any]:
         "warm_ms": round(warm * 1000), "cold_ms": round(cold * 1000), "sequential_ms": round(sequential * 1000),
         "warm_vs_critical": round(warm / critical, 2), "cold_vs_critical": round(cold / critical, 2),
         "sequential_vs_warm": round(sequential / warm, 1),
-        "kube_requests_per_target": KUBE_REQUESTS_PER_TARGET,
+        "kube_requests_per_target": round(calls_per_target, 2),
         "goal_critical": GOAL_CRITICAL, "goal_sequential": GOAL_SEQUENTIAL,
         "met_critical": warm / critical <= GOAL_CRITICAL, "met_sequential": sequential / warm >= GOAL_SEQUENTIAL,
     }

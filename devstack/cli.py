@@ -1,8 +1,8 @@
 """`python -m devstack up|down|demo`: the local stack's own entry point.
 
-The product package (`rotation`) does not import the development stack; `python -m rotation demo`
-and `python -m rotation devstack up|down` (DESIGN §6) remain as thin aliases that look this module
-up at run time and say clearly when it is absent (a deployed package has no devstack).
+The product package (`rotation`) does not import the development stack by any means (a deployed
+package has no devstack); `python -m rotation demo` and `python -m rotation devstack up|down` only
+print the command to run here.
 """
 
 from __future__ import annotations

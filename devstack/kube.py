@@ -7,7 +7,7 @@ other while costing one etcd. RBAC is on and authentication is a static token fi
 be tested as its least-privilege identity with the Role shipped in `infra/k8s/`.
 
 Processes are detached (own session) and recorded in `dir/pids/*.pid`, so `stop(dir)` works from
-another process (e.g. `python -m rotation devstack down`). Ports are always picked free; nothing
+another process (e.g. `python -m devstack down`). Ports are always picked free; nothing
 relies on etcd's or Kubernetes' default ports.
 
 There is no controller-manager, scheduler or kubelet: Deployments are stored (their generation

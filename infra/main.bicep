@@ -61,7 +61,7 @@ param apimResourceGroupName string
 param apimSubscriptionId string = ''
 
 // ---------------------------------------------------------------------------------------------------------------
-// App settings (DESIGN section 5)
+// App settings (README Configuration)
 // ---------------------------------------------------------------------------------------------------------------
 
 @description('Name of the secret in the configuration vault that holds the registry JSON (infra/registry.json when that file is not empty).')

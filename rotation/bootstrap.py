@@ -7,18 +7,24 @@ error from the function that needs it rather than as an app that fails to index.
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar, cast
 
-from rotation.service import Rotator
-from rotation.settings import Settings
+from rotation.app.rotator import Rotator
+from rotation.settings import Settings, process_env
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
     from rotation.adapters.keyvault import KeyVaultTokenStore
+
+T = TypeVar("T")
+
+
+KUBECONFIG_READ_SECONDS = 20.0
 
 
 def utcnow() -> datetime:
@@ -31,23 +37,24 @@ class Container:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
         self._lock = threading.RLock()
-        self._built: dict[str, Any] = {}
+        self._built: dict[str, object] = {}
         # Set by the CLI: an operator's own Azure login may be used, but never on an Azure host.
         self.developer_credentials = False
 
-    def _once(self, name: str, build: Any) -> Any:
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        """`build()` once per name; each property passes the one builder of its type."""
         with self._lock:
             if name not in self._built:
                 self._built[name] = build()
-            return self._built[name]
+            return cast(T, self._built[name])
 
     @property
     def settings(self) -> Settings:
-        return self._once("settings", lambda: Settings.from_env(self._env))  # type: ignore[no-any-return]
+        return self._once("settings", lambda: Settings.from_env(self._env))
 
     @property
-    def credential(self) -> Any:
-        def build() -> Any:
+    def credential(self) -> TokenCredential:
+        def build() -> TokenCredential:
             from rotation.adapters.credential import build_credential
 
             s = self.settings
@@ -58,19 +65,19 @@ class Container:
 
     @property
     def store(self) -> KeyVaultTokenStore:
-        def build() -> Any:
+        def build() -> KeyVaultTokenStore:
             from rotation.adapters.keyvault import KeyVaultTokenStore
 
             s = self.settings
             return KeyVaultTokenStore(self.credential, s.key_vault_url,
                                       verify_challenge_resource=not s.relaxed_challenge(s.key_vault_url))
 
-        return self._once("store", build)  # type: ignore[no-any-return]
+        return self._once("store", build)
 
     @property
     def config_store(self) -> KeyVaultTokenStore:
         """The configuration vault (kubeconfigs), read only; the token vault when none is configured."""
-        def build() -> Any:
+        def build() -> KeyVaultTokenStore:
             from rotation.adapters.keyvault import KeyVaultTokenStore
 
             s = self.settings
@@ -79,7 +86,7 @@ class Container:
             return KeyVaultTokenStore(self.credential, s.config_vault_url,
                                       verify_challenge_resource=not s.relaxed_challenge(s.config_vault_url))
 
-        return self._once("config_store", build)  # type: ignore[no-any-return]
+        return self._once("config_store", build)
 
     @property
     def rotator(self) -> Rotator:
@@ -94,7 +101,10 @@ class Container:
                 registry=s.registry,
                 issuer=ArmTokenIssuer(self.credential, s.arm_endpoint, scope=s.cloud.arm_scope),
                 store=self.store,
-                clusters=KubernetesClusters(self.credential, self.config_store.read_text),
+                # Callers wait for a kubeconfig read only within their own deadline; the read itself
+                # ends within KUBECONFIG_READ_SECONDS (it completes for the next caller if one gave up).
+                clusters=KubernetesClusters(self.credential, lambda name: self.config_store.read_text(
+                    name, timeout=KUBECONFIG_READ_SECONDS)),
                 clock=utcnow,
                 token_lifetime=s.token_lifetime,
                 renew_before=s.renew_before,
@@ -104,7 +114,7 @@ class Container:
                 adopt_existing=True,
             )
 
-        return self._once("rotator", build)  # type: ignore[no-any-return]
+        return self._once("rotator", build)
 
 
 _current: Container | None = None
@@ -116,7 +126,7 @@ def container() -> Container:
     global _current
     with _current_lock:
         if _current is None:
-            _current = Container(os.environ)
+            _current = Container(process_env())
         return _current
 
 
@@ -124,7 +134,7 @@ def reset(env: Mapping[str, str] | None = None) -> Container:
     """Drop cached clients (tests, or after settings changed); optionally pin an environment."""
     global _current
     with _current_lock:
-        _current = Container(env if env is not None else os.environ)
+        _current = Container(env if env is not None else process_env())
         return _current
 
 

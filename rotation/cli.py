@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
 from rotation.core.consumption import Consumption, ConsumptionState
 from rotation.core.errors import PermanentError, RotationError, SettingsError, UpstreamError
@@ -26,6 +25,11 @@ from rotation.core.model import (
     check_service_name,
 )
 from rotation.printing import print_report
+from rotation.settings import load_into_environment
+
+if TYPE_CHECKING:
+    from rotation.bootstrap import Container
+    from rotation.cloud import OperatorCloud
 
 EXAMPLES = """\
 examples:
@@ -38,8 +42,8 @@ examples:
   python -m rotation discover --service /subscriptions/…/service/contoso-apim --context aks-prod --out registry.json
   python -m rotation adopt contoso-apim/onprem-gw --dry-run
   python -m rotation replay-deadletter --since 2026-11-01
-  python -m devstack up --dir .devstack/dev && python -m devstack down --dir .devstack/dev   (or: rotation devstack …)
-  python -m devstack demo                                                                       (or: rotation demo)
+  python -m devstack up --dir .devstack/dev && python -m devstack down --dir .devstack/dev   (the local stack)
+  python -m devstack demo
 """
 
 
@@ -56,24 +60,22 @@ def _load_settings_file(path: str) -> None:
     values = data.get("Values", data) if isinstance(data, dict) else None
     if not isinstance(values, dict):
         raise UsageError(f"--settings {path}: expected a JSON object of settings")
-    from rotation.setting_names import settings_to_load
-
     try:
-        os.environ.update(settings_to_load(values))  # the rotator's own names only
+        load_into_environment(values)  # the rotator's own names only
     except ValueError as exc:
         raise UsageError(f"--settings {path}: {exc}") from None
 
 
-def _operator_cloud() -> Any:
-    from rotation.cloud import operator_cloud
+def _operator_cloud() -> OperatorCloud:
+    from rotation.settings import operator_cloud
 
     try:
-        return operator_cloud(os.environ)
+        return operator_cloud()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
-def _container() -> Any:
+def _container() -> Container:
     from rotation import bootstrap
 
     box = bootstrap.container()
@@ -92,7 +94,7 @@ def _gateway(text: str) -> GatewayConfig:
             raise UsageError(f"gateway must be SERVICE/GATEWAY or a full ARM id, got {text[:80]!r}")
         check_service_name(service)
         check_gateway_name(gateway)
-    return box.rotator.gateway(service, gateway)  # type: ignore[no-any-return]
+    return box.rotator.gateway(service, gateway)
 
 
 _print_report = print_report  # the name replay and older callers used
@@ -159,7 +161,7 @@ def cmd_adopt(args: argparse.Namespace, out: TextIO) -> int:
     """Key Vault's first version from the newest token the targets run, then bring the rest to it."""
     import time
 
-    from rotation.adoption import choose
+    from rotation.app.adoption import choose
     from rotation.bootstrap import utcnow
 
     config = _gateway(args.gateway)
@@ -179,7 +181,7 @@ def cmd_adopt(args: argparse.Namespace, out: TextIO) -> int:
             raise UpstreamError(f"deadline passed before {what}")
         return left
 
-    adopted, considered = choose(rotator, config, utcnow(), check)
+    adopted, considered = choose(rotator.deps, config, utcnow(), check)
     for c in considered:
         mark = "chosen" if adopted is not None and c is adopted.candidate else "not verified"
         print(f"  candidate {c.token.fingerprint} expires {c.token.expires_at:%Y-%m-%d %H:%M} UTC held by "
@@ -264,7 +266,7 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
     where = _operator_cloud()  # aks servers: the configured cloud's (loopback only for the devstack)
     registry = load_registry(text, aks_servers=where.cloud.aks_rule(allow_loopback=where.local_emulators))
     targets = sum(len(g.targets) for g in registry.gateways)
-    summary: dict[str, Any] = {"valid": True, "clusters": len(registry.clusters),
+    summary: dict[str, object] = {"valid": True, "clusters": len(registry.clusters),
                                "gateways": len(registry.gateways), "targets": targets}
     results = None
     if getattr(args, "live", False):
@@ -291,27 +293,12 @@ def cmd_validate_registry(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if results is None or all(r.ok for r in results) else 1
 
 
-def _devstack_cli() -> Any:
-    """The development stack's entry point, looked up at run time: the product does not import it,
-    and a deployed package has none (`python -m devstack` is its own entry point)."""
-    import importlib
-
-    try:
-        return importlib.import_module("devstack.cli")
-    except ImportError:
-        raise UsageError("the local stack (devstack/) is not installed here: it ships with the source "
-                         "checkout, not with the app; run `python -m devstack` from the repository") from None
-
-
-def cmd_devstack(args: argparse.Namespace, out: TextIO) -> int:
-    cli = _devstack_cli()
-    if args.action == "up":
-        return int(cli.up(args.dir, azurite=args.azurite, out=out))
-    return int(cli.down(args.dir, out=out))
-
-
-def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    return int(_devstack_cli().demo(args.dir, keep=args.keep, out=out))
+def cmd_local_stack(args: argparse.Namespace, out: TextIO) -> int:
+    """`demo` and `devstack up|down` belong to the local stack, which has its own entry point: the product
+    never imports it (a deployed package has none), so these names only say where it is."""
+    words = ["python", "-m", "devstack", *([] if args.command == "devstack" else [args.command]), *args.rest]
+    raise UsageError(f"the local stack has its own entry point: run `{' '.join(words)}` from the source checkout "
+                     "(it is not part of the app)")
 
 
 def cmd_replay_deadletter(args: argparse.Namespace, out: TextIO) -> int:
@@ -384,16 +371,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     c.add_argument("--keep", action="store_true", help="do not delete replayed blobs")
     c.add_argument("--json", action="store_true")
-    c = sub.add_parser("demo", help="the whole story on the local stack: near-expiry tokens, an event, the report")
-    c.set_defaults(func=cmd_demo)
-    c.add_argument("--dir", default=".devstack/demo", help="state directory (default .devstack/demo)")
-    c.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
-    c = sub.add_parser("devstack", help="start or stop the local stack")
-    c.set_defaults(func=cmd_devstack)
-    c.add_argument("action", choices=["up", "down"])
-    c.add_argument("--dir", default=".devstack/dev", help="state directory (default .devstack/dev)")
-    c.add_argument("--azurite", action="store_true",
-                   help="also start Azurite with a dead-letter container (DEADLETTER_BLOB_URL)")
+    for name in ("demo", "devstack"):
+        c = sub.add_parser(name, help="the local stack's own command: python -m devstack "
+                           + ("demo" if name == "demo" else "up|down"), add_help=False)
+        c.set_defaults(func=cmd_local_stack)
+        c.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
@@ -411,7 +393,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 def _run(argv: Sequence[str] | None, out: TextIO) -> int:
     from rotation.boundary import shown
 
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and args.func is not cmd_local_stack:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.rest = [*getattr(args, "rest", []), *extra]
     try:
         if args.settings:
             _load_settings_file(args.settings)

@@ -1,13 +1,12 @@
 """`python -m rotation discover`: propose a registry from what already runs, with the operator's access.
 
 The thin I/O half of onboarding (the decisions are `rotation.core.discovery`): ARM lists each APIM
-service's self-hosted gateways (`client.gateway.list_by_service`, with `DefaultAzureCredential`:
-the operator's `az login`, environment or managed identity), and each kubeconfig context given is
-scanned for Secrets and for the Deployments, StatefulSets and DaemonSets that read them.
-
-This is the operator's kubeconfig on the operator's machine, loaded with the kubernetes client's own
-loader: it is trusted like `kubectl` is. The app never runs this path and never gets list rights
-(its Role in infra/k8s has get/patch on named objects only), so an app identity fails here clearly.
+service's self-hosted gateways (`rotation.adapters.arm`, with `DefaultAzureCredential`: the operator's
+`az login`, environment or managed identity), and each kubeconfig context given is scanned for Secrets
+and for the Deployments, StatefulSets and DaemonSets that read them (`rotation.adapters.kubelisting`:
+the operator's kubeconfig, trusted like `kubectl` is). The app never runs this path and never gets
+list rights (its Role in infra/k8s has get/patch on named objects only), so an app identity fails here
+clearly.
 
 Secret values are decoded in memory to recognise tokens and dropped; output carries fingerprints.
 """
@@ -18,169 +17,61 @@ import argparse
 import base64
 import binascii
 import json
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rotation.cloud import OperatorCloud, operator_cloud
+from rotation.cloud import OperatorCloud
 from rotation.core.consumption import SecretUse, secret_uses, template_of
 from rotation.core.discovery import (
     ALL_NAMESPACES,
     ClusterScan,
     Proposal,
     ScannedSecret,
-    cluster_entry,
     distinct_contexts,
     parse_service_id,
     propose,
 )
-from rotation.core.errors import AccessDenied, InvalidInput, PermanentError, RotationError, UpstreamError
+from rotation.core.errors import AccessDenied, InvalidInput, RotationError, UpstreamError
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
+from rotation.settings import operator_cloud
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+    from rotation.adapters.kubelisting import ContextListing
 
 # Secret types that never hold a gateway token and can be large (Helm keeps whole releases in them).
 SKIPPED_TYPES = frozenset({"helm.sh/release.v1", "kubernetes.io/service-account-token",
                            "kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg", "kubernetes.io/tls"})
 MAX_VALUE = 4096  # a token is a few hundred characters
 PAGE = 500
-_KINDS = ((WorkloadKind.DEPLOYMENT, "deployment"), (WorkloadKind.STATEFULSET, "stateful_set"),
-          (WorkloadKind.DAEMONSET, "daemon_set"))
+KINDS = (WorkloadKind.DEPLOYMENT, WorkloadKind.STATEFULSET, WorkloadKind.DAEMONSET)
+# Appended to a 401/403 of a list call (and cut off again where a namespace is reported as not scanned).
+LIST_HINT = (": discovery needs list on secrets, deployments, statefulsets and daemonsets (an operator or admin "
+             "context). The app's own identity is least-privilege (get/patch on named objects, no list) and "
+             "cannot discover")
 
 
-# --- ARM --------------------------------------------------------------------------------------------
+# --- ARM and Kubernetes, through the adapters -------------------------------------------------------
 
 
-def list_gateways(service_ids: Sequence[str], credential: Any, endpoint: str, scope: str) -> list[GatewayRef]:
+def list_gateways(service_ids: Sequence[str], credential: TokenCredential, endpoint: str,
+                  scope: str) -> list[GatewayRef]:
     """The self-hosted gateways of each service, in ARM's order."""
-    from azure.mgmt.apimanagement import ApiManagementClient
+    from rotation.adapters.arm import ArmTokenIssuer
 
-    from rotation.adapters.credential import is_azure_error, translate
-    from rotation.adapters.retry import retry_policy
-
-    endpoint = endpoint.rstrip("/")
-    found: list[GatewayRef] = []
-    clients: dict[str, Any] = {}
+    arm = ArmTokenIssuer(credential, endpoint, scope=scope)
     try:
-        for service_id in service_ids:
-            probe = GatewayRef.parse(f"{service_id}/gateways/probe")
-            client = clients.get(probe.subscription)
-            if client is None:
-                client = clients[probe.subscription] = ApiManagementClient(
-                    credential, probe.subscription, base_url=endpoint, retry_policy=retry_policy(None),
-                    credential_scopes=[scope])
-            what = f"ARM list gateways of {probe.service}"
-            try:
-                for item in client.gateway.list_by_service(probe.resource_group, probe.service):
-                    ref = GatewayRef.parse(str(item.id))
-                    if ref.service_id.lower() == service_id.lower():
-                        found.append(ref)
-            except RotationError:
-                raise
-            except Exception as exc:
-                if is_azure_error(exc):
-                    raise translate(exc, what) from None
-                raise
+        return [ref for service_id in service_ids for ref in arm.list_gateways(service_id)]
     finally:
-        for c in clients.values():
-            c.close()
-    return found
-
-
-# --- Kubernetes -------------------------------------------------------------------------------------
+        arm.close()
 
 
 def kubeconfig_path(given: str | None) -> str:
-    if given:
-        return given
-    env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    return env or str(Path.home() / ".kube" / "config")
+    from rotation.settings import OperatorLogin
 
-
-def _load_kubeconfig(path: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise InvalidInput(f"--kubeconfig {path}: {exc.strerror}") from None
-    except yaml.YAMLError:
-        raise InvalidInput(f"--kubeconfig {path}: not valid YAML") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"--kubeconfig {path}: not a kubeconfig")
-    return doc
-
-
-def _named(doc: dict[str, Any], section: str, name: str) -> dict[str, Any]:
-    for item in doc.get(section) or []:
-        if isinstance(item, dict) and item.get("name") == name:
-            body = item.get(section[:-1])
-            return body if isinstance(body, dict) else {}
-    return {}
-
-
-def context_entry(doc: dict[str, Any], context: str, *, aks: bool, base: Path) -> dict[str, Any]:
-    """The registry cluster entry for `context`, with server and CA taken from the kubeconfig."""
-    ctx = _named(doc, "contexts", context)
-    if not ctx:
-        known = ", ".join(str(c.get("name")) for c in doc.get("contexts") or [] if isinstance(c, dict))
-        raise InvalidInput(f"context {context!r} is not in the kubeconfig (contexts: {known or 'none'})")
-    cluster = _named(doc, "clusters", str(ctx.get("cluster")))
-    ca = cluster.get("certificate-authority-data")
-    if not ca and aks and cluster.get("certificate-authority"):
-        ca_path = Path(str(cluster["certificate-authority"]))
-        try:
-            ca = base64.b64encode((ca_path if ca_path.is_absolute() else base / ca_path).read_bytes()).decode()
-        except OSError as exc:
-            raise InvalidInput(f"context {context}: certificate-authority {ca_path}: {exc.strerror}") from None
-    return cluster_entry(context, server=cluster.get("server"), ca_data=ca, aks=aks)
-
-
-def _api_client(path: str, context: str) -> Any:
-    from kubernetes import config
-
-    new_client: Any = config.new_client_from_config
-    try:
-        return new_client(config_file=path, context=context, persist_config=False)
-    except Exception as exc:  # noqa: BLE001 - ConfigException and whatever a broken kubeconfig raises
-        raise InvalidInput(f"context {context}: the kubeconfig cannot be used ({type(exc).__name__}: "
-                           f"{str(exc)[:200]})") from None
-
-
-def _pages(call: Any, what: str, context: str, *args: Any) -> Iterator[dict[str, Any]]:
-    """Every item of a list call, page by page, as API JSON."""
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
-
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_request_timeout": 30}
-        if token:
-            kwargs["_continue"] = token
-        try:
-            response = call(*args, **kwargs)
-            try:
-                doc = json.loads(response.data or b"{}")
-            finally:
-                response.release_conn()
-        except ApiException as exc:
-            status = int(exc.status or 0)
-            if status in (401, 403):
-                verb = "unauthorized" if status == 401 else "forbidden"
-                raise AccessDenied(
-                    f"context {context}: {verb} to list {what}: discovery needs list on secrets, deployments, "
-                    "statefulsets and daemonsets (an operator or admin context). The app's own identity is "
-                    "least-privilege (get/patch on named objects, no list) and cannot discover") from None
-            if status == 404:
-                raise PermanentError(f"context {context}: {what} not found") from None
-            raise UpstreamError(f"context {context}: list {what} failed ({status})") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise UpstreamError(f"context {context} unreachable: list {what}: {type(exc).__name__}") from None
-        except ValueError:
-            raise UpstreamError(f"context {context}: list {what} answered with a body that is not JSON") from None
-        yield from (i for i in doc.get("items") or [] if isinstance(i, dict))
-        token = (doc.get("metadata") or {}).get("continue")
-        if not token:
-            return
+    return given or OperatorLogin.from_env().kubeconfig
 
 
 def _decoded(data: object) -> dict[str, str]:
@@ -197,11 +88,9 @@ def _decoded(data: object) -> dict[str, str]:
     return out
 
 
-def scan(api: Any, context: str, entry: dict[str, Any], namespaces: Sequence[str]) -> ClusterScan:
+def scan(listing: ContextListing, entry: dict[str, Any], namespaces: Sequence[str]) -> ClusterScan:
     """Secrets and workloads of one context (all namespaces, or the given ones)."""
-    from kubernetes import client
-
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    context = listing.context
     where: list[tuple[str | None, str]] = [(ns, f"in namespace {ns}") for ns in namespaces]
     where = where or [(None, "in all namespaces")]
     secrets: list[ScannedSecret] = []
@@ -211,84 +100,84 @@ def scan(api: Any, context: str, entry: dict[str, Any], namespaces: Sequence[str
         found: list[ScannedSecret] = []
         uses: dict[str, list[tuple[Workload, tuple[SecretUse, ...]]]] = {}
         try:
-            _scan_one(core, apps, context, ns, label, found, uses)
+            _scan_one(listing, ns, label, found, uses)
         except AccessDenied as exc:
             if ns is None:
                 raise  # nothing could be scanned: the operator's context is the wrong one
             # RBAC is per namespace: one the operator may not list must not lose what the others show.
-            not_scanned[ns] = str(exc).split(": discovery needs", 1)[0]
+            not_scanned[ns] = str(exc).split(LIST_HINT, 1)[0]
             continue
         secrets.extend(found)
         for namespace, items in uses.items():
             workloads.setdefault(namespace, []).extend(items)
     if where and len(not_scanned) == len(where):
         raise AccessDenied(f"context {context}: forbidden to list in every given namespace "
-                           f"({', '.join(not_scanned)}): discovery needs list on secrets, deployments, "
-                           "statefulsets and daemonsets there (an operator or admin context). The app's own "
-                           "identity is least-privilege (get/patch on named objects, no list) and cannot discover")
+                           f"({', '.join(not_scanned)}){LIST_HINT}")
     return ClusterScan(context, entry, secrets, workloads, not_scanned)
 
 
-def _scan_one(core: Any, apps: Any, context: str, ns: str | None, label: str, secrets: list[ScannedSecret],
+def _scan_one(listing: ContextListing, ns: str | None, label: str, secrets: list[ScannedSecret],
               workloads: dict[str, list[tuple[Workload, tuple[SecretUse, ...]]]]) -> None:
-    """Secrets and workloads of one namespace (or all): a 403 on any list raises AccessDenied."""
-    listing = (core.list_namespaced_secret, (ns,)) if ns else (core.list_secret_for_all_namespaces, ())
-    for item in _pages(listing[0], f"secrets {label}", context, *listing[1]):
-        if item.get("type") in SKIPPED_TYPES:
-            continue
-        meta = item.get("metadata") or {}
-        secrets.append(ScannedSecret(str(meta.get("namespace")), str(meta.get("name")),
-                                     {str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
-                                     _decoded(item.get("data"))))
-    for kind, suffix in _KINDS:
-        call = (getattr(apps, f"list_namespaced_{suffix}"), (ns,)) if ns else \
-            (getattr(apps, f"list_{suffix}_for_all_namespaces"), ())
-        for item in _pages(call[0], f"{kind.value}s {label}", context, *call[1]):
+    """Secrets and workloads of one namespace (or all): a 401/403 on any list raises AccessDenied."""
+    try:
+        for item in listing.secrets(ns, label, PAGE):
+            if item.get("type") in SKIPPED_TYPES:
+                continue
             meta = item.get("metadata") or {}
-            uses = secret_uses(template_of(item))
-            workloads.setdefault(str(meta.get("namespace")), []).append(
-                (Workload(kind, str(meta.get("name"))), uses))
+            secrets.append(ScannedSecret(str(meta.get("namespace")), str(meta.get("name")),
+                                         {str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+                                         _decoded(item.get("data"))))
+        for kind in KINDS:
+            for item in listing.workloads(kind, ns, label, PAGE):
+                meta = item.get("metadata") or {}
+                uses = secret_uses(template_of(item))
+                workloads.setdefault(str(meta.get("namespace")), []).append(
+                    (Workload(kind, str(meta.get("name"))), uses))
+    except AccessDenied as exc:
+        raise AccessDenied(f"{exc}{LIST_HINT}") from None
 
 
 def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[str], namespaces: Sequence[str],
-             aks: Sequence[str] = (), principal: str | None = None, credential: Any = None,
+             aks: Sequence[str] = (), principal: str | None = None, credential: TokenCredential | None = None,
              where: OperatorCloud | None = None) -> tuple[Proposal, list[GatewayRef]]:
     """Everything `discover` prints, from ARM and the contexts (nothing is written anywhere)."""
+    from rotation.adapters.kubelisting import OperatorKubeconfig
+
     services = list(dict.fromkeys(parse_service_id(s) for s in service_ids))
-    doc = _load_kubeconfig(kubeconfig)
-    chosen = list(dict.fromkeys(contexts)) or [str(doc.get("current-context") or "")]
+    config = OperatorKubeconfig(kubeconfig)
+    chosen = list(dict.fromkeys(contexts)) or [config.current_context]
     distinct_contexts(chosen)
     if not chosen[0]:
         raise InvalidInput(f"--kubeconfig {kubeconfig} has no current-context: pass --context NAME")
     unknown_aks = sorted(set(aks) - set(chosen))
     if unknown_aks:
         raise InvalidInput(f"--aks {unknown_aks[0]} is not one of the scanned contexts ({', '.join(chosen)})")
-    entries = {c: context_entry(doc, c, aks=c in aks, base=Path(kubeconfig).resolve().parent) for c in chosen}
-    where = where or operator_cloud(os.environ)
+    entries = {c: config.entry(c, aks=c in aks) for c in chosen}
+    where = where or operator_cloud()
     if where.arm_endpoint_problem is not None:
         raise InvalidInput(where.arm_endpoint_problem)
     if credential is None:
         from rotation.adapters.credential import build_credential
-        from rotation.settings import hosted_in_azure
+        from rotation.settings import OperatorLogin
 
         # The operator's own login (az, azd, environment); managed identity only on an Azure host.
-        credential = build_credential(os.environ.get("AZURE_CLIENT_ID") or None,
-                                      developer=hosted_in_azure(os.environ) is None,
+        login = OperatorLogin.from_env()
+        credential = build_credential(login.client_id, developer=not login.in_azure,
                                       authority=where.cloud.authority_host)
     gateways = list_gateways(services, credential, where.arm_endpoint, where.cloud.arm_scope)
     scans = []
     failures: list[RotationError] = []
     for context in chosen:
-        api = _api_client(kubeconfig, context)
+        listing = config.listing(context)
         try:
-            scans.append(scan(api, context, entries[context], namespaces))
+            scans.append(scan(listing, entries[context], namespaces))
         except (AccessDenied, UpstreamError) as exc:
             # One context the operator may not list, or cannot reach, must not lose what the others show.
             failures.append(exc)
             scans.append(ClusterScan(context, entries[context], [], {},
-                                     {ALL_NAMESPACES: str(exc).split(": discovery needs", 1)[0]}))
+                                     {ALL_NAMESPACES: str(exc).split(LIST_HINT, 1)[0]}))
         finally:
-            api.close()
+            listing.close()
     if len(failures) == len(chosen):
         raise failures[0]  # nothing was scanned: the error itself is the answer
     return propose(gateways, scans, principal=principal), gateways
@@ -342,7 +231,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     kubeconfig = kubeconfig_path(args.kubeconfig)
     try:
-        where = operator_cloud(os.environ)
+        where = operator_cloud()
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     proposal, gateways = discover(args.service, kubeconfig=kubeconfig, contexts=args.context or [],
@@ -365,7 +254,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if not proposal.unmatched else 1
 
 
-def add_parser(sub: Any, epilog: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
     c = sub.add_parser(
         "discover", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
         help="propose a registry from the gateways in APIM and the Secrets already in the clusters",

@@ -35,7 +35,7 @@ from rotation.core.errors import IgnoredEvent, InvalidEvent, InvalidInput, Rotat
 from rotation.core.events import GatewayTokenEvent, parse_event
 from rotation.core.model import GatewayConfig, RotationReport
 from rotation.core.redact import url_shown
-from rotation.service import Heal
+from rotation.core.restarts import Heal
 
 if TYPE_CHECKING:
     from rotation.adapters.deadletter import DeadLetter, DeadLetteredEvent, DeadLetterSource
@@ -290,20 +290,25 @@ def _print(url: str, blobs: Sequence[BlobResult], reports: Sequence[RotationRepo
     for report in reports:
         print_report(report, out)
     for blob in blobs:
-        when = f" ({blob.last_modified})" if blob.last_modified else ""
-        action = blob.action.replace("_", " ")
-        # Blob names, event ids, types and reasons are whatever the blob holds: escaped.
-        print(f"blob {shown(blob.name)}{when}: {action}" + (f" ({shown(blob.note)})" if blob.note else ""),
-              file=out)
-        for e in blob.events:
-            dead = shown(e.dead_letter_reason or "-")
-            if e.delivery_attempts is not None:
-                dead += f" after {e.delivery_attempts} attempt(s)"
-            detail = f": {shown(e.detail)}" if e.detail else ""
-            print(f"  {e.outcome:8} {shown(e.event_id or '(no id)')} {shown(e.event_type or '-')} "
-                  f"{shown(e.gateway or '-')} [dead-lettered: {dead}]{detail}", file=out)
+        _print_blob(blob, out)
     verb = "would replay" if dry_run else "replayed"
     print(f"summary: {summary['gateways']} gateway(s) {verb} ({summary['gatewaysFailed']} failed); "
           f"events: {summary['replayed']} {verb}, {summary['skipped']} skipped, {summary['failed']} failed; "
           f"blobs: {summary['deleted']} deleted, {summary['kept']} kept"
           + (f", {summary['unreadable']} unreadable" if summary["unreadable"] else ""), file=out)
+
+
+def _print_blob(blob: BlobResult, out: TextIO) -> None:
+    from rotation.boundary import shown
+
+    when = f" ({blob.last_modified})" if blob.last_modified else ""
+    action = blob.action.replace("_", " ")
+    # Blob names, event ids, types and reasons are whatever the blob holds: escaped.
+    print(f"blob {shown(blob.name)}{when}: {action}" + (f" ({shown(blob.note)})" if blob.note else ""), file=out)
+    for e in blob.events:
+        dead = shown(e.dead_letter_reason or "-")
+        if e.delivery_attempts is not None:
+            dead += f" after {e.delivery_attempts} attempt(s)"
+        detail = f": {shown(e.detail)}" if e.detail else ""
+        print(f"  {e.outcome:8} {shown(e.event_id or '(no id)')} {shown(e.event_type or '-')} "
+              f"{shown(e.gateway or '-')} [dead-lettered: {dead}]{detail}", file=out)

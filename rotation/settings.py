@@ -1,27 +1,35 @@
-"""App settings, read from an environment mapping on first use (never at import time).
+"""App settings: the one module that reads the process environment.
 
-An import-time failure would hide every function in the portal; a bad setting must instead surface
-as a clear error from the function that needs it and from `/api/health`.
+The app's settings are read from an environment mapping on first use (never at import time): an
+import-time failure would hide every function in the portal; a bad setting must instead surface as a
+clear error from the function that needs it and from `/api/health`. The one exception is
+`SWEEP_SCHEDULE`, which the timer binding needs when the worker indexes the app (`indexed_sweep_schedule`).
+The operator's commands read their shell's environment here too (`operator_cloud`, `OperatorLogin`).
+
+Importing this module loads only the standard library, `rotation.core.errors` and
+`rotation.core.schedule` (indexing imports it); the rest is imported where a setting is parsed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rotation.cloud import CLOUDS, Cloud, CloudName, cloud_named
-from rotation.core.errors import RegistryError, SettingsError, SettingsPending
-from rotation.core.hosts import is_loopback_url, server_problem
-from rotation.core.model import Registry
-from rotation.core.redact import url_shown
-from rotation.core.registry import load_registry
+from rotation.core.errors import SettingsError, SettingsPending
+from rotation.core.schedule import DEFAULT_SWEEP_SCHEDULE, sweep_schedule
+
+if TYPE_CHECKING:
+    from rotation.cloud import Cloud, OperatorCloud
+    from rotation.core.model import Registry
 
 log = logging.getLogger("rotation.settings")
 
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
-DEFAULT_SWEEP_SCHEDULE = "0 0 * * * *"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 # Set by the platform on Azure Functions / App Service hosts. Linux Consumption and Flex Consumption do
@@ -35,9 +43,71 @@ AZURE_HOSTING_VARIABLES = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "WEBSITE_
                            "LEGION_SERVICE_HOST")
 
 
-def hosted_in_azure(env: Mapping[str, str]) -> str | None:
+def process_env() -> Mapping[str, str]:
+    """The process environment, where the Functions host puts the app settings."""
+    return os.environ
+
+
+def hosted_in_azure(env: Mapping[str, str] | None = None) -> str | None:
     """The first platform variable that says this process runs on an Azure Functions host, or None."""
+    env = process_env() if env is None else env
     return next((name for name in AZURE_HOSTING_VARIABLES if env.get(name, "").strip()), None)
+
+
+def indexed_sweep_schedule(env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """The timer's schedule and, when SWEEP_SCHEDULE could not be used, why (the default is bound then).
+
+    Read when the worker indexes the app: the host resolves `%NAME%` in a binding from app settings only
+    and fails the function when the setting is missing, so the binding gets a literal. The worker indexes
+    after the host applied the app settings (azure_functions_runtime/handle_event.py
+    `function_environment_reload_request`), and changing the setting restarts the app, which indexes again.
+    """
+    return sweep_schedule((process_env() if env is None else env).get("SWEEP_SCHEDULE"))
+
+
+def auth_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """App Service authentication is on (the platform sets WEBSITE_AUTH_ENABLED=True): only then are the
+    caller headers the platform's own (`rotation.core.caller`)."""
+    return (process_env() if env is None else env).get("WEBSITE_AUTH_ENABLED", "").lower() == "true"
+
+
+def operator_cloud(env: Mapping[str, str] | None = None) -> OperatorCloud:
+    """The operator's cloud, from their shell (`rotation.cloud.operator_cloud`). ValueError: a bad AZURE_CLOUD."""
+    from rotation.cloud import operator_cloud as parse
+
+    return parse(process_env() if env is None else env)
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorLogin:
+    """What an operator's command reads from their shell besides the cloud: whose Azure login to use and
+    which kubeconfig to scan (the kubectl default: the first file of KUBECONFIG, else ~/.kube/config)."""
+
+    client_id: str | None
+    in_azure: bool
+    kubeconfig: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorLogin:
+        env = process_env() if env is None else env
+        first = env.get("KUBECONFIG", "").split(os.pathsep)[0]
+        return cls(client_id=env.get("AZURE_CLIENT_ID", "").strip() or None, in_azure=hosted_in_azure(env) is not None,
+                   kubeconfig=first or str(Path.home() / ".kube" / "config"))
+
+
+def load_into_environment(values: Mapping[str, object]) -> None:
+    """The CLI's `--settings FILE`: its non-empty values of the rotator's own settings become the
+    process's settings (`rotation.setting_names`); ValueError names the first other name, and then
+    nothing is loaded."""
+    from rotation.setting_names import settings_to_load
+
+    os.environ.update(settings_to_load(values))
+
+
+def _public_cloud() -> Cloud:
+    from rotation.cloud import CLOUDS, CloudName
+
+    return CLOUDS[CloudName.PUBLIC]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +125,7 @@ class Settings:
     sweep_concurrency: int = 8
     local_emulators: bool = False
     lease_container_url: str | None = None  # LEASE_CONTAINER_URL; unset: in-process leases (local only)
-    cloud: Cloud = CLOUDS[CloudName.PUBLIC]
+    cloud: Cloud = field(default_factory=_public_cloud)
     config_key_vault_url: str = ""
     in_azure: bool = False
 
@@ -67,10 +137,18 @@ class Settings:
     def relaxed_challenge(self, vault_url: str) -> bool:
         """Key Vault's challenge-resource check is skipped only for a loopback vault with the local
         emulators on, whatever else the environment says."""
+        from rotation.core.hosts import is_loopback_url
+
         return self.local_emulators and not self.in_azure and is_loopback_url(vault_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        from rotation.cloud import cloud_named
+        from rotation.core.errors import RegistryError
+        from rotation.core.hosts import server_problem
+        from rotation.core.redact import url_shown  # a rejected URL is echoed without userinfo or query
+        from rotation.core.registry import load_registry
+
         def text(name: str, default: str | None = None) -> str | None:
             value = env.get(name, "").strip()
             return value or default

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,14 +24,15 @@ from rotation.core.errors import (
     TransientError,
     UnknownGateway,
 )
-from rotation.core.schedule import sweep_schedule
+from rotation.settings import indexed_sweep_schedule
 
 if TYPE_CHECKING:
     from rotation.core.model import GatewayConfig
 
-# Indexing (the worker importing function_app on every cold start) loads only this blueprint: the
-# service, its settings and the core model are imported by the handlers, on first use (issue 13's
-# cold-import budget, benchmarks/cold_import.py; tests/functions/test_indexing.py lists what may load).
+# Indexing (the worker importing function_app on every cold start) loads only this blueprint and the
+# settings module's schedule read: the service, the parsed settings and the core model are imported by
+# the handlers, on first use (the cold-import budget of benchmarks/cold_import.py;
+# tests/functions/test_indexing.py lists what may load).
 
 log = logging.getLogger("rotation.triggers")
 # The SDKs log every request and response at INFO; in App Insights that drowns the rotation records.
@@ -46,12 +46,10 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 # azure_functions_runtime/functions.py `is_context_required`); the default serves direct calls.
 NO_CONTEXT = cast(func.Context, None)
 
-# The host resolves `%NAME%` in a binding from app settings only and fails the function when the
-# setting is missing; a literal read here at indexing (the worker indexes after the host applied the
-# app settings: azure_functions_runtime/handle_event.py `function_environment_reload_request`) always
-# has a value, and changing the setting restarts the app, which indexes again. A value the host could
-# not parse would put the sweep in error: the default is bound instead and /api/health says why.
-SWEEP_SCHEDULE, SWEEP_SCHEDULE_ERROR = sweep_schedule(os.environ.get("SWEEP_SCHEDULE"))
+# The timer binding needs a literal schedule at indexing (`indexed_sweep_schedule` says why). A value
+# the host could not parse would put the sweep in error: the default is bound instead and /api/health
+# says why.
+SWEEP_SCHEDULE, SWEEP_SCHEDULE_ERROR = indexed_sweep_schedule()
 
 
 class RotationIncomplete(TransientError):
@@ -74,7 +72,7 @@ def handle_event(payload: Mapping[str, Any]) -> None:
     """Reconcile the gateway an event names. Raises only when a retry can help."""
     from rotation import bootstrap
     from rotation.core.events import parse_event
-    from rotation.service import Heal
+    from rotation.core.restarts import Heal
 
     try:
         event = parse_event(payload)
@@ -301,6 +299,7 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
     from rotation import bootstrap
     from rotation.core.caller import caller_from_headers
     from rotation.core.model import KeyType
+    from rotation.settings import auth_enabled
 
     body = _body(req, {"fromKey": str, "dryRun": bool, "waitSeconds": int, "confirmRestarted": bool})
     wait_seconds = body.get("waitSeconds", 60)
@@ -313,7 +312,7 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
         raise InvalidInput("field 'fromKey' is required: the key to roll away from and regenerate, "
                            "'primary' or 'secondary'")
     box = bootstrap.container()
-    caller = caller_from_headers(req.headers, os.environ.get("WEBSITE_AUTH_ENABLED", "").lower() == "true")
+    caller = caller_from_headers(req.headers, auth_enabled())
     requested_by = caller.to_dict() if caller else None
     log.warning("key roll of %s requested by %s", config.ref, json.dumps(requested_by))
     report = box.rotator.roll_keys(config, from_key=KeyType(body["fromKey"]),
@@ -327,7 +326,7 @@ def roll_keys(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="health", methods=["GET"])
 def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.HttpResponse:
     from rotation import bootstrap, telemetry
-    from rotation.service import LOCAL_LEASE_WARNING
+    from rotation.app.status import LOCAL_LEASE_WARNING
 
     with telemetry.invocation(context):
         try:

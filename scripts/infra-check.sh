@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Infra checks without a Bicep compiler (none installs offline):
 #   1. pytest tests/infra in .venv-infra: every .bicep parses (pycep-parser 0.7.1), tree-sitter-bicep finds no
-#      ERROR/MISSING node, module wiring is consistent, the structural assertions of issues 4 and 10 hold, and the
+#      ERROR/MISSING node, module wiring is consistent, the structural assertions hold, and the
 #      deploy-time-rule checker (tests/infra/deploytime.py) passes its own tests.
 #   2. tests/infra/deploytime.py over infra/: Bicep's deploy-time-constant rules (BCP120/BCP177/BCP178/BCP182,
 #      transcribed from the Azure/bicep compiler) and ARM's name-length limits for worst-case parameter lengths.

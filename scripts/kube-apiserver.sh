@@ -66,6 +66,18 @@ if [ -x "$BIN" ]; then
 fi
 
 need_root golang-go
+# One build at a time: parallel test runs (or `make demo` beside `make test`) that all find the cache
+# empty wait here for the first build instead of compiling kube-apiserver several times over.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.kube-apiserver.lock"
+if ! flock -n 9; then
+  log "another build of kube-apiserver is running; waiting for it"
+  flock 9
+fi
+if [ -x "$BIN" ]; then
+  echo "$BIN"
+  exit 0
+fi
 echo "building kube-apiserver $UPSTREAM from Debian source (first run, ~3-5 min)…"
 start=$(date +%s)
 W="$(mktemp -d "${TMPDIR:-/tmp}/kube-src.XXXXXX")"

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from rotation.core.errors import Conflict, NotFound, UpstreamError
+from rotation.core.errors import Conflict, NotFound, PermanentError, UpstreamError
 from rotation.core.model import (
+    FINGERPRINT_PATTERN,
     Cluster,
     GatewayRef,
     KeyType,
@@ -107,14 +108,17 @@ class MemoryStore:
     lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
-    def get(self, secret_name: str, timeout: float | None = None) -> TokenRecord | None:
+    def get(self, secret_name: str, timeout: float | None = None, version: str | None = None) -> TokenRecord | None:
         self.calls.append(("get", secret_name))
         self.faults.hit("get")
         with self.lock:
             versions = self.secrets.get(secret_name.lower())
             if not versions:
                 return None
-            latest = versions[-1]
+            found = [v for v in versions if version is None or v.version == version]
+            if not found:
+                return None
+            latest = found[-1]
         return record_from(latest.value, latest.tags, latest.version, latest.created)
 
     def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:
@@ -136,7 +140,7 @@ class MemoryStore:
         self.calls.append(("versions", secret_name))
         self.faults.hit("versions")
         with self.lock:
-            return [info_from(secret_name, v.tags, v.expires_on, v.created)
+            return [info_from(secret_name, v.tags, v.expires_on, v.created, v.version)
                     for v in self.secrets.get(secret_name.lower(), [])]
 
     def read_text(self, secret_name: str) -> str:
@@ -163,6 +167,7 @@ class MemoryCluster:
     name: str
     secrets: dict[tuple[str, str], _Secret] = field(default_factory=dict)
     restarts: dict[tuple[str, str], list[datetime]] = field(default_factory=dict)
+    fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)  # the pod template's annotation
     calls: list[tuple[str, str]] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     conflicts: int = 0  # the next N writes find their resourceVersion stale (someone else wrote)
@@ -201,6 +206,28 @@ class MemoryCluster:
             self._annotate(secret, annotations or {})
             return str(secret.resource_version)
 
+    def write_secret_key_if(self, namespace: str, name: str, key: str, value: str, expected: str | None,
+                            timeout: float | None = None,
+                            annotations: Mapping[str, str | None] | None = None) -> str:
+        """The JSON Patch `test` + `add` of the Kubernetes adapter: written only if the key holds
+        `expected` (None: absent); `conflicts` makes the next N find another value there."""
+        self.calls.append(("write", f"{namespace}/{name}"))
+        self.faults.hit("write")
+        with self.lock:
+            secret = self.secrets.get((namespace, name))
+            if secret is None:
+                raise NotFound(f"cluster {self.name}: Secret {namespace}/{name} not found")
+            if self.conflicts > 0:
+                self.conflicts -= 1
+                raise Conflict(f"cluster {self.name}: Secret {namespace}/{name}: the key does not hold the "
+                               "expected value")
+            if secret.data.get(key) != expected:
+                raise Conflict(f"cluster {self.name}: Secret {namespace}/{name}: the key does not hold the "
+                               "expected value")
+            secret.data[key] = value
+            self._annotate(secret, annotations or {})
+            return str(secret.resource_version)
+
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
                         timeout: float | None = None, resource_version: str | None = None) -> None:
         self.calls.append(("annotate", f"{namespace}/{name}"))
@@ -220,18 +247,25 @@ class MemoryCluster:
                 secret.annotations[k] = v
         secret.resource_version += 1
 
-    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None) -> None:
+    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None,
+                fingerprint: str | None = None) -> None:
         self.calls.append(("restart", f"{namespace}/{workload}"))
         self.faults.hit("restart")
+        if fingerprint is not None and not FINGERPRINT_PATTERN.match(fingerprint):
+            raise PermanentError(f"cluster {self.name}: not a token fingerprint")
         with self.lock:
             self.restarts.setdefault((namespace, str(workload)), []).append(at)
+            if fingerprint is not None:
+                self.fingerprints[(namespace, str(workload))] = fingerprint
 
     def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
         self.calls.append(("rollout", f"{namespace}/{workload}"))
         self.faults.hit("rollout")
         with self.lock:
             restarts = self.restarts.get((namespace, str(workload)))
-        return RolloutState(workload, True, "1/1 updated", restarts[-1] if restarts else None)
+            fingerprint = self.fingerprints.get((namespace, str(workload)))
+        return RolloutState(workload, True, "1/1 updated", restarts[-1] if restarts else None,
+                            token_fingerprint=fingerprint)
 
     @property
     def writes(self) -> int:

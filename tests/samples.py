@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Copies of shared/reference (the samples the design was checked against), so a clone tests alone.
+# Samples of the wire and registry formats (tests/data): an event of each schema, the example registry.
 REFERENCE = Path(__file__).resolve().parent / "data"
 
 SUB = "11111111-2222-3333-4444-555555555555"

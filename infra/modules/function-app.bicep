@@ -1,4 +1,4 @@
-metadata description = 'Flex Consumption plan and the Python Function App, identity-based storage and telemetry, with every app setting of DESIGN section 5.'
+metadata description = 'Flex Consumption plan and the Python Function App, identity-based storage and telemetry, with every app setting the app reads (README Configuration).'
 
 @description('Name of the Function App.')
 param name string
@@ -124,7 +124,7 @@ var baseAppSettings = {
   // Telemetry with Entra ID auth (local auth is disabled on the component).
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-  // DESIGN sections 5 and 10.
+  // The app's own settings (README Configuration).
   ROTATION_REGISTRY: '@Microsoft.KeyVault(SecretUri=${configKeyVaultUri}secrets/${registrySecretName})'
   KEY_VAULT_URL: keyVaultUri
   CONFIG_KEY_VAULT_URL: configKeyVaultUri

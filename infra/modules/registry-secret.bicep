@@ -1,4 +1,4 @@
-metadata description = 'Stores the registry JSON (DESIGN section 4) as a Key Vault secret; ROTATION_REGISTRY is a Key Vault reference to it.'
+metadata description = 'Stores the registry JSON (README, The registry) as a Key Vault secret; ROTATION_REGISTRY is a Key Vault reference to it.'
 
 @description('Name of the existing Key Vault.')
 param vaultName string

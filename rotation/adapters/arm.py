@@ -1,13 +1,16 @@
 """`TokenIssuer` over azure-mgmt-apimanagement (`client.gateway`, the self-hosted gateway operations).
 
 One `ApiManagementClient` per subscription, built on first use and cached (thread-safe). The SDK is
-imported lazily. Errors become `rotation.core.errors` types whose messages name the operation and the
-gateway, never a token.
+imported lazily. Errors become `rotation.core.errors` types (`_arm_errors`, over the azure-core
+translation in `rotation.adapters.credential`) whose messages name the operation and the gateway,
+never a token. `list_gateways` serves the operator's `discover`, with the operator's credential.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +80,7 @@ class ArmTokenIssuer:
                        timeout: float | None = None) -> str:
         what = f"ARM generateToken for {gateway}"
         options = call_options(timeout, what)
-        try:
+        with _arm_errors(what):
             from azure.mgmt.apimanagement.models import GatewayTokenRequestContract
             from azure.mgmt.apimanagement.models import KeyType as SdkKeyType
 
@@ -86,12 +89,6 @@ class ArmTokenIssuer:
             with token_deadline(timeout):
                 result = self._client(gateway.subscription).gateway.generate_token(
                     gateway.resource_group, gateway.service, gateway.gateway, contract, **options)
-        except RotationError:
-            raise
-        except Exception as exc:
-            if is_azure_error(exc):
-                raise translate(exc, what) from None
-            raise
         value = getattr(result, "value", None)
         if not isinstance(value, str) or not value:
             raise UpstreamError(f"{what} returned no token")
@@ -105,7 +102,7 @@ class ArmTokenIssuer:
     def regenerate_key(self, gateway: GatewayRef, key_type: KeyType, timeout: float | None = None) -> None:
         what = f"ARM regenerateKey ({key_type.value}) for {gateway}"
         options = call_options(timeout, what)
-        try:
+        with _arm_errors(what):
             from azure.mgmt.apimanagement.models import GatewayKeyRegenerationRequestContract
             from azure.mgmt.apimanagement.models import KeyType as SdkKeyType
 
@@ -113,15 +110,30 @@ class ArmTokenIssuer:
             with token_deadline(timeout):
                 self._client(gateway.subscription).gateway.regenerate_key(
                     gateway.resource_group, gateway.service, gateway.gateway, contract, **options)
-        except RotationError:
-            raise
-        except Exception as exc:
-            if is_azure_error(exc):
-                raise translate(exc, what) from None
-            raise
+
+    def list_gateways(self, service_id: str) -> list[GatewayRef]:
+        """The self-hosted gateways of one APIM service (its full ARM id), in ARM's order (all pages)."""
+        probe = GatewayRef.parse(f"{service_id}/gateways/probe")
+        with _arm_errors(f"ARM list gateways of {probe.service}"):
+            items = self._client(probe.subscription).gateway.list_by_service(probe.resource_group, probe.service)
+            refs = [GatewayRef.parse(str(item.id)) for item in items]
+        return [ref for ref in refs if ref.service_id.lower() == service_id.lower()]
 
     def close(self) -> None:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+
+@contextmanager
+def _arm_errors(what: str) -> Iterator[None]:
+    """The one place an SDK exception of an ARM call becomes a `rotation.core.errors` type."""
+    try:
+        yield
+    except RotationError:
+        raise
+    except Exception as exc:
+        if is_azure_error(exc):
+            raise translate(exc, what) from None
+        raise

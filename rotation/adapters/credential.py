@@ -142,7 +142,7 @@ class BoundedCredential:
         call = _Call(request)
         # A daemon thread: an abandoned request must not hold the worker process at exit either.
         # Bound to the invocation like every pool thread (azure-identity logs its failures there).
-        from rotation.telemetry import attributed
+        from rotation.runtime.attribution import attributed
 
         threading.Thread(target=attributed(call.run), name="identity-token", daemon=True).start()
         if not call.done.wait(limit):

@@ -104,12 +104,12 @@ class KeyVaultTokenStore:
                 self._client_instance = SecretClient(self._vault_url, self._credential, **kwargs)
             return self._client_instance
 
-    def _fetch(self, secret_name: str, what: str, timeout: float | None) -> Any | None:
-        """The latest `KeyVaultSecret`, or None when it does not exist."""
+    def _fetch(self, secret_name: str, what: str, timeout: float | None, version: str | None = None) -> Any | None:
+        """The latest `KeyVaultSecret` (or that version), or None when it does not exist."""
         options = call_options(timeout, what)
         try:
             with token_deadline(timeout):
-                return self._client().get_secret(secret_name, **options)
+                return self._client().get_secret(secret_name, version, **options)
         except RotationError:
             raise
         except Exception as exc:
@@ -122,9 +122,9 @@ class KeyVaultTokenStore:
                 raise
             raise translated from None
 
-    def get(self, secret_name: str, timeout: float | None = None) -> TokenRecord | None:
-        what = f"Key Vault get of secret {secret_name!r}"
-        secret = self._fetch(secret_name, what, timeout)
+    def get(self, secret_name: str, timeout: float | None = None, version: str | None = None) -> TokenRecord | None:
+        what = f"Key Vault get of secret {secret_name!r}" + (f" version {version}" if version else "")
+        secret = self._fetch(secret_name, what, timeout, version)
         if secret is None:
             return None
         value = secret.value
@@ -199,7 +199,7 @@ class KeyVaultTokenStore:
                 raise
             raise translated from None
         found.sort(key=lambda p: p.created_on.timestamp() if p.created_on else 0.0)
-        return [_earliest(tags.info_from(secret_name, p.tags, p.expires_on, p.created_on), p.expires_on)
+        return [_earliest(tags.info_from(secret_name, p.tags, p.expires_on, p.created_on, p.version), p.expires_on)
                 for p in found]
 
     def read_text(self, secret_name: str, timeout: float | None = None) -> str:

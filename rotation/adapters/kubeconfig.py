@@ -198,20 +198,7 @@ def validate_kubeconfig(doc: object, *, cluster: str, secret: str) -> SafeKubeco
     named_user = c.obj(c.one(top["users"], "users"), "users[0]", {"name", "user"}, {"name", "user"})
     user_name = c.text(named_user["name"], "users[0].name")
     user = c.obj(named_user["user"], "users[0].user", {"token", "client-certificate-data", "client-key-data"})
-    token = cert = key = None
-    if "token" in user:
-        if "client-certificate-data" in user or "client-key-data" in user:
-            raise c.fail("users[0].user", "must hold a token or a client certificate, not both")
-        token = c.text(user["token"], "users[0].user.token")
-        if any(ch.isspace() for ch in token):
-            raise c.fail("users[0].user.token", "must not contain whitespace")
-    elif "client-certificate-data" in user or "client-key-data" in user:
-        if "client-certificate-data" not in user or "client-key-data" not in user:
-            raise c.fail("users[0].user", "needs both client-certificate-data and client-key-data")
-        cert = c.pem(user["client-certificate-data"], "users[0].user.client-certificate-data", "CERTIFICATE")
-        key = c.pem(user["client-key-data"], "users[0].user.client-key-data", "PRIVATE KEY")
-    else:
-        raise c.fail("users[0].user", "needs a token or client-certificate-data and client-key-data")
+    token, cert, key = _credential(c, user)
 
     named_context = c.obj(c.one(top["contexts"], "contexts"), "contexts[0]", {"name", "context"},
                           {"name", "context"})
@@ -230,6 +217,24 @@ def validate_kubeconfig(doc: object, *, cluster: str, secret: str) -> SafeKubeco
         raise c.fail("current-context", "must name the kubeconfig's context")
     return SafeKubeconfig(server=server.rstrip("/"), ca_pem=ca_pem, token=token, client_cert_pem=cert,
                           client_key_pem=key, namespace=namespace)
+
+
+def _credential(c: _Check, user: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(token, client certificate PEM, client key PEM): exactly one kind of credential."""
+    if "token" in user:
+        if "client-certificate-data" in user or "client-key-data" in user:
+            raise c.fail("users[0].user", "must hold a token or a client certificate, not both")
+        token = c.text(user["token"], "users[0].user.token")
+        if any(ch.isspace() for ch in token):
+            raise c.fail("users[0].user.token", "must not contain whitespace")
+        return token, None, None
+    if "client-certificate-data" in user or "client-key-data" in user:
+        if "client-certificate-data" not in user or "client-key-data" not in user:
+            raise c.fail("users[0].user", "needs both client-certificate-data and client-key-data")
+        cert = c.pem(user["client-certificate-data"], "users[0].user.client-certificate-data", "CERTIFICATE")
+        key = c.pem(user["client-key-data"], "users[0].user.client-key-data", "PRIVATE KEY")
+        return None, cert, key
+    raise c.fail("users[0].user", "needs a token or client-certificate-data and client-key-data")
 
 
 def _check_server(c: _Check, server: str) -> None:

@@ -24,14 +24,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import contextvars
 import json
 import logging
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rotation import known_secrets
 from rotation.adapters.credential import token_deadline
@@ -45,6 +48,8 @@ from rotation.core.errors import (
     UpstreamError,
 )
 from rotation.core.model import (
+    FINGERPRINT_PATTERN,
+    TOKEN_FINGERPRINT_ANNOTATION,
     AksAuth,
     Cluster,
     KubeconfigAuth,
@@ -53,19 +58,28 @@ from rotation.core.model import (
     Workload,
     WorkloadKind,
 )
+from rotation.core.rollout import rollout_status
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+V = TypeVar("V")
 
 AKS_SCOPE = "6dae42f8-4368-4678-94ff-3960e28e3630/.default"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 # Refresh the Entra token this long before it expires (AKS rejects an expired token with 401).
 REFRESH_MARGIN_SECONDS = 300
-# Connections kept per cluster: the service's MAX_FANOUT (targets of one reconcile run in parallel).
+# Connections kept per cluster: rotation.app.fanout's MAX_FANOUT (targets of one reconcile run in parallel).
 CONNECTION_POOL_SIZE = 128
+# A kubeconfig read from Key Vault is used this long, then read again (an operator replaces a
+# kubeconfig whose token or certificate was rotated); a 401 drops it at once.
+KUBECONFIG_TTL_SECONDS = 3600.0
+# A connection that failed before anything was sent is tried once more, if this much time is left.
+MIN_RETRY_SECONDS = 0.2
 
 _PLURAL = {
     WorkloadKind.DEPLOYMENT: "deployments",
@@ -113,36 +127,112 @@ def _scrub(text: str, *secrets: str | None) -> str:
             text = text.replace(s, "<redacted>")
     return text
 
+class _Cached(Generic[V]):
+    """A value many threads want, built once at a time and kept until it expires.
 
-class _BearerRefresher:
-    """`refresh_api_key_hook` for AKS: fetches a token for the AKS scope, renews it before expiry."""
+    The build runs on its own daemon thread and every caller (the one that started it included)
+    waits no longer than its own deadline: a slow Key Vault or identity endpoint holds no lock, and a
+    build a caller gave up on still completes and serves the next caller. The build runs in a copy of
+    the starting caller's context, so `token_deadline` bounds the identity requests it makes.
+    """
 
-    def __init__(self, cluster: str, credential: TokenCredential) -> None:
-        self._cluster = cluster
-        self._credential = credential
+    def __init__(self, name: str, build: Callable[[], tuple[V, float]], late: str = "") -> None:
+        self._name = name
+        self._late = late or f"{name}: not ready within the time left"
+        self._build = build  # returns the value and how many seconds it may be used
         self._lock = threading.Lock()
-        self._token: str | None = None
-        self._expires_on = 0.0
+        self._value: V | None = None
+        self._until = 0.0
+        self._flight: Future[V] | None = None
+
+    def get(self, timeout: float | None) -> V:
+        with self._lock:
+            if self._value is not None and time.monotonic() < self._until:
+                return self._value
+            flight = self._flight
+            if flight is None:
+                flight = self._flight = Future()
+                context = contextvars.copy_context()
+                threading.Thread(target=self._run, args=(flight, context), daemon=True,
+                                 name=f"kube-{self._name}").start()
+        try:
+            return flight.result(timeout=None if timeout is None else max(timeout, 0.0))
+        except FutureTimeout:
+            raise UpstreamError(self._late + (f" ({timeout:.1f}s)" if timeout is not None else "")) from None
+
+    def peek(self) -> V | None:
+        """The value if one was built (expired or not), without building one."""
+        with self._lock:
+            return self._value
+
+    def drop(self, value: V) -> None:
+        """Forget `value` (e.g. credentials the server rejected) so that the next caller builds anew."""
+        with self._lock:
+            if self._value is value:
+                self._value = None
+
+    def _run(self, flight: Future[V], context: contextvars.Context) -> None:
+        try:
+            value, ttl = context.run(self._build)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter as it is
+            with self._lock:
+                self._flight = None
+            flight.set_exception(exc)
+            return
+        with self._lock:
+            self._value, self._until, self._flight = value, time.monotonic() + ttl, None
+        flight.set_result(value)
+
+
+class _AksTokens:
+    """The Entra ID token for the AKS server application, shared by every `aks` cluster: one identity
+    request per token lifetime for the whole fleet, renewed REFRESH_MARGIN_SECONDS before it expires
+    (AKS rejects an expired token with 401)."""
+
+    def __init__(self, credential: TokenCredential) -> None:
+        self._credential = credential
+        self._cache: _Cached[str] = _Cached("Entra ID token for AKS", self._fetch,
+                                            late=f"could not get a token for {AKS_SCOPE} within the time left")
+
+    def get(self, cluster: str, timeout: float | None) -> str:
+        try:
+            return self._cache.get(timeout)
+        except RotationError as exc:
+            raise type(exc)(f"cluster {cluster}: {exc}") from None
+
+    def latest(self) -> str | None:
+        """The token fetched last, even if due for renewal: the one `get` just returned to the call
+        about to be made (within the margin it is still valid)."""
+        return self._cache.peek()
+
+    def _fetch(self) -> tuple[str, float]:
+        try:
+            access = self._credential.get_token(AKS_SCOPE)
+        except Exception as exc:  # noqa: BLE001 - any credential failure, translated below
+            raise _translate_credential_error(exc) from None
+        return access.token, float(access.expires_on) - time.time() - REFRESH_MARGIN_SECONDS
+
+
+def _translate_credential_error(exc: Exception) -> RotationError:
+    name = type(exc).__name__
+    if isinstance(exc, RotationError):
+        return exc
+    if name == "CredentialUnavailableError":
+        return AccessDenied(f"no managed identity available to get an Entra ID token for AKS ({name})")
+    return UpstreamError(f"could not get an Entra ID token for AKS ({name})")
+
+
+class _BearerHook:
+    """`refresh_api_key_hook`: puts the shared AKS token on each request (fetched beforehand, within
+    the call's deadline, by `KubernetesClusterClient._call`)."""
+
+    def __init__(self, cluster: str, tokens: _AksTokens) -> None:
+        self._cluster = cluster
+        self._tokens = tokens
 
     def __call__(self, configuration: Any) -> None:
-        with self._lock:
-            if self._token is None or self._expires_on - REFRESH_MARGIN_SECONDS <= time.time():
-                try:
-                    access = self._credential.get_token(AKS_SCOPE)
-                except Exception as exc:  # noqa: BLE001 - any credential failure, translated below
-                    raise self._translate(exc) from None
-                self._token, self._expires_on = access.token, float(access.expires_on)
-            configuration.api_key["BearerToken"] = self._token
-            configuration.api_key_prefix["BearerToken"] = "Bearer"
-
-    def _translate(self, exc: Exception) -> RotationError:
-        name = type(exc).__name__
-        if isinstance(exc, RotationError):
-            return exc
-        if name == "CredentialUnavailableError":
-            return AccessDenied(f"cluster {self._cluster}: no managed identity available to get an "
-                                f"Entra ID token for AKS ({name})")
-        return UpstreamError(f"cluster {self._cluster}: could not get an Entra ID token for AKS ({name})")
+        configuration.api_key["BearerToken"] = self._tokens.latest() or self._tokens.get(self._cluster, None)
+        configuration.api_key_prefix["BearerToken"] = "Bearer"
 
 
 def _configuration() -> Any:
@@ -150,10 +240,12 @@ def _configuration() -> Any:
     from kubernetes import client
 
     conf = client.Configuration()
-    # Retry a failed connect once (nothing was sent); never a read, a status or a redirect: PATCHes
-    # carry preconditions and the caller's deadline decides about retrying.
-    conf.retries = urllib3.Retry(total=1, connect=1, read=0, redirect=0, status=0, other=0,
-                                 backoff_factor=0.05)
+    # No retries inside urllib3: it gives each attempt a fresh copy of `Timeout(total=…)`, so one
+    # retried connect took twice the call's timeout. `KubernetesClusterClient._call` retries a connect
+    # that sent nothing itself, within what is left of the same deadline. Never a read, a status or a
+    # redirect: PATCHes carry preconditions and the caller's deadline decides about retrying.
+    conf.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0,
+                                 raise_on_redirect=True)
     # One pool per cluster serves every target of a fan-out at once. The client's default
     # (cpu_count * 5: 10 on a 2-core Functions worker) makes urllib3 open the 11th..100th
     # connection anyway and then discard it ("Connection pool is full"), so every reconcile would
@@ -162,41 +254,115 @@ def _configuration() -> Any:
     return conf
 
 
-class KubernetesClusterClient:
-    """One cluster, as the app's least-privilege identity. Thread-safe (one urllib3 pool)."""
+class _Connection:
+    """A built client of one cluster: the SDK's ApiClient (its urllib3 pool) and API objects made
+    once, reused by every call and every invocation of the worker."""
 
-    def __init__(self, name: str, api_client: Any) -> None:
+    def __init__(self, api_client: Any, tokens: _AksTokens | None) -> None:
+        from kubernetes import client
+
+        self.api = api_client
+        self.tokens = tokens  # None: the kubeconfig's own token or client certificate
+        self.core = client.CoreV1Api(api_client)
+        apps = client.AppsV1Api(api_client)
+        self.patch = {WorkloadKind.DEPLOYMENT: apps.patch_namespaced_deployment,
+                      WorkloadKind.STATEFULSET: apps.patch_namespaced_stateful_set,
+                      WorkloadKind.DAEMONSET: apps.patch_namespaced_daemon_set}
+        self.read = {WorkloadKind.DEPLOYMENT: apps.read_namespaced_deployment,
+                     WorkloadKind.STATEFULSET: apps.read_namespaced_stateful_set,
+                     WorkloadKind.DAEMONSET: apps.read_namespaced_daemon_set}
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.api.close()
+
+
+def _pointer(*parts: str) -> str:
+    """An RFC 6901 JSON Pointer (`~` and `/` escaped in each reference token)."""
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _conditional_ops(key: str, value: str, expected: str | None, annotations: Mapping[str, str | None],
+                     present: tuple[bool, bool, frozenset[str]] | None) -> list[dict[str, Any]]:
+    """The JSON Patch of `write_secret_key_if`. `present` is (data exists, annotations exist, the
+    annotation keys there) when the Secret was read; None assumes both maps exist (the usual case).
+
+    A `test` of null passes when the member is absent (RFC 6902 compares with null; evanphx/json-patch,
+    which the apiserver applies, returns success for a missing key tested against null), so "the key
+    is absent" needs no read either. `add` on a member replaces it, so it serves both cases.
+    """
+    data_exists, annotations_exist, annotation_keys = present or (True, True, frozenset())
+    ops: list[dict[str, Any]] = []
+    if data_exists:
+        ops.append({"op": "test", "path": _pointer("data", key), "value": None if expected is None else _b64(expected)})
+        ops.append({"op": "add", "path": _pointer("data", key), "value": _b64(value)})
+    else:  # only reachable for expected None (a read found no data at all)
+        ops.append({"op": "test", "path": _pointer("data"), "value": None})
+        ops.append({"op": "add", "path": _pointer("data"), "value": {key: _b64(value)}})
+    if annotations:
+        if annotations_exist:
+            for name, text in annotations.items():
+                path = _pointer("metadata", "annotations", name)
+                if text is not None:
+                    ops.append({"op": "add", "path": path, "value": text})
+                elif present is None:  # not known whether it is there: make sure, then remove
+                    ops.extend(({"op": "add", "path": path, "value": ""}, {"op": "remove", "path": path}))
+                elif name in annotation_keys:
+                    ops.append({"op": "remove", "path": path})
+        else:
+            added = {k: v for k, v in annotations.items() if v is not None}
+            if added:
+                ops.append({"op": "test", "path": _pointer("metadata", "annotations"), "value": None})
+                ops.append({"op": "add", "path": _pointer("metadata", "annotations"), "value": added})
+    return ops
+
+
+def _status_causes(body: object) -> str:
+    """The `details.causes[].message` of a Kubernetes `Status` response body, joined."""
+    if not isinstance(body, str | bytes) or not body:
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    details = doc.get("details") if isinstance(doc, dict) else None
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if not isinstance(causes, list):
+        return ""
+    return " ".join(str(c.get("message") or "") for c in causes if isinstance(c, dict))
+
+
+class KubernetesClusterClient:
+    """One cluster, as the app's least-privilege identity. Thread-safe; built once per cluster and kept
+    across invocations: its pooled, kept-alive TLS connections serve every later reconcile.
+
+    The SDK client is made on first use (for `kubeconfig` clusters that means reading the kubeconfig
+    from Key Vault), inside the first call and within its timeout.
+    """
+
+    def __init__(self, name: str, connect: Callable[[], tuple[_Connection, float]]) -> None:
         self.name = name
-        self._api = api_client
+        self._connection: _Cached[_Connection] = _Cached(f"cluster {name}: client", connect)
+
+    @property
+    def _api(self) -> Any:
+        """The SDK's ApiClient (built now if it was not yet)."""
+        return self._connection.get(None).api
 
     # --- ClusterClient --------------------------------------------------------------------------
 
     def read_secret(self, namespace: str, name: str, key: str, timeout: float | None = None) -> SecretState:
-        from kubernetes import client
-
-        with self._errors("get", f"secrets {namespace}/{name}", timeout) as t:
-            secret = _json(client.CoreV1Api(self._api).read_namespaced_secret(
-                name, namespace, _request_timeout=t, _preload_content=False))
-        data = secret.get("data") or {}
-        raw = data.get(key)
-        value: str | None = None
-        if isinstance(raw, str):
-            try:
-                value = base64.b64decode(raw, validate=True).decode("utf-8", errors="replace")
-            except (binascii.Error, ValueError):
-                value = None  # not base64: treat as no token (never echo it)
-        known_secrets.remember(value)
-        meta = secret.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
-        return SecretState(resource_version=str(meta.get("resourceVersion") or ""), value=value,
-                           annotations={str(k): str(v) for k, v in annotations.items()},
-                           labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()})
+        secret = self._call("get", f"secrets {namespace}/{name}", timeout, lambda c, t: _json(
+            c.core.read_namespaced_secret(name, namespace, _request_timeout=t, _preload_content=False)))
+        return _secret_state(secret, key)
 
     def write_secret_key(self, namespace: str, name: str, key: str, value: str, resource_version: str,
                          timeout: float | None = None,
                          annotations: Mapping[str, str | None] | None = None) -> str:
-        from kubernetes import client
-
         if not resource_version:
             raise PermanentError(f"cluster {self.name}: refusing to patch secrets {namespace}/{name} "
                                  "without a resourceVersion precondition")
@@ -204,146 +370,275 @@ class KubernetesClusterClient:
         if annotations:
             metadata["annotations"] = dict(annotations)  # None deletes a key in a strategic merge patch
         body = {"metadata": metadata, "stringData": {key: value}}
-        known_secrets.remember(value)  # a denial (an admission webhook) may quote it in any encoding
-        with self._errors("patch", f"secrets {namespace}/{name}", timeout, value) as t:
-            response = client.CoreV1Api(self._api).patch_namespaced_secret(
-                name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
-                _preload_content=False)
-            # The new resourceVersion lets the restart marker be cleared without reading the Secret
-            # again; an answer that is not JSON only costs that read ("").
-            try:
-                answer = _json(response)
-            except UpstreamError:
-                return ""
-        return str((answer.get("metadata") or {}).get("resourceVersion") or "")
+        return self._call("patch", f"secrets {namespace}/{name}", timeout, lambda c, t: _version(
+            c.core.patch_namespaced_secret(name, namespace, body, _content_type=STRATEGIC_MERGE,
+                                           _request_timeout=t, _preload_content=False)), value)
+
+    def write_secret_key_if(self, namespace: str, name: str, key: str, value: str, expected: str | None,
+                            timeout: float | None = None,
+                            annotations: Mapping[str, str | None] | None = None) -> str:
+        """One JSON Patch (RFC 6902): `test` that the key holds `expected` (null: absent), then `add` the
+        new value, so a writer that expects what is there needs no read first. The apiserver applies the
+        operations atomically to the object it stores (its patch handler retries on a storage conflict)
+        and answers 422 when an operation fails.
+
+        A 422 says which operation failed only on newer apiservers (kube-apiserver 1.20 answers a bare
+        "Invalid"), and it is also the answer when a map the patch adds to is missing (a Secret without
+        `data` or without annotations). So a 422 costs one read: a value other than `expected` is a
+        Conflict; otherwise the exact patch for the Secret as read is sent, guarded by its
+        resourceVersion as well, and a 422 to that is a Conflict too (it changed meanwhile).
+        """
+        what = f"secrets {namespace}/{name}"
+        wanted = dict(annotations or {})
+        end = None if timeout is None else time.monotonic() + timeout
+        ops = _conditional_ops(key, value, expected, wanted, None)
+        try:
+            return self._patch_secret(what, namespace, name, ops, timeout, value, expected)
+        except _PatchRejected:
+            pass
+        conflict = Conflict(f"cluster {self.name}: conflict on patch {what}: the key does not hold the expected "
+                            "value")
+        raw = self._call("get", what, None if end is None else end - time.monotonic(), lambda c, t: _json(
+            c.core.read_namespaced_secret(name, namespace, _request_timeout=t, _preload_content=False)))
+        if _secret_state(raw, key).value != expected:
+            raise conflict
+        meta = raw.get("metadata") or {}
+        found = meta.get("annotations")
+        present = (isinstance(raw.get("data"), dict), isinstance(found, dict), frozenset(found or {}))
+        ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": str(meta.get("resourceVersion") or "")},
+               *_conditional_ops(key, value, expected, wanted, present)]
+        try:
+            return self._patch_secret(what, namespace, name, ops,
+                                      None if end is None else end - time.monotonic(), value, expected)
+        except _PatchRejected:
+            raise conflict from None
+
+    def _patch_secret(self, what: str, namespace: str, name: str, ops: list[dict[str, Any]],
+                      timeout: float | None, value: str, expected: str | None) -> str:
+        return self._call("patch", what, timeout, lambda c, t: _version(
+            c.core.patch_namespaced_secret(name, namespace, ops, _content_type=JSON_PATCH,
+                                           _request_timeout=t, _preload_content=False)), value, expected,
+            json_patch=True)
 
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
                         timeout: float | None = None, resource_version: str | None = None) -> None:
-        from kubernetes import client
-
         metadata: dict[str, Any] = {"annotations": dict(annotations)}
         if resource_version:
             metadata["resourceVersion"] = resource_version  # precondition: 409 if changed meanwhile
         body = {"metadata": metadata}
-        with self._errors("patch", f"secrets {namespace}/{name}", timeout) as t:
-            _discard(client.CoreV1Api(self._api).patch_namespaced_secret(
-                name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
-                _preload_content=False))
+        self._call("patch", f"secrets {namespace}/{name}", timeout, lambda c, t: _discard(
+            c.core.patch_namespaced_secret(name, namespace, body, _content_type=STRATEGIC_MERGE,
+                                           _request_timeout=t, _preload_content=False)))
 
-    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None) -> None:
-        """`kubectl rollout restart`: one PATCH of the pod template's `restartedAt`.
+    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None,
+                fingerprint: str | None = None) -> None:
+        """`kubectl rollout restart`: one PATCH of the pod template's `restartedAt`, and with it the
+        fingerprint of the token the workload is restarted for (any change of the pod template rolls
+        the pods; both annotations in one write, so there is nothing to clear afterwards).
 
         kubectl reads a Deployment first and refuses a paused one. Here the PATCH answers with the
-        object, so a paused Deployment is found afterwards: the annotation is set (its pods roll with
+        object, so a paused Deployment is found afterwards: the annotations are set (its pods roll with
         the new token as soon as it is resumed) and the restart is reported as not done, so the target
-        fails and keeps its restart marker. One call per workload instead of two.
+        fails. One call per workload instead of two.
         """
-        from kubernetes import client
-
-        apps = client.AppsV1Api(self._api)
+        if fingerprint is not None and not FINGERPRINT_PATTERN.match(fingerprint):
+            # Whatever is passed here lands in a pod template anyone who can read it sees.
+            raise PermanentError(f"cluster {self.name}: refusing to annotate a pod template with a value "
+                                 "that is not a 12-hex-digit token fingerprint")
         what = f"{_PLURAL[workload.kind]} {namespace}/{workload.name}"
-        body = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: _rfc3339(at)}}}}}
-        patch = {WorkloadKind.DEPLOYMENT: apps.patch_namespaced_deployment,
-                 WorkloadKind.STATEFULSET: apps.patch_namespaced_stateful_set,
-                 WorkloadKind.DAEMONSET: apps.patch_namespaced_daemon_set}[workload.kind]
-        with self._errors("patch", what, timeout) as t:
-            patched = _json(patch(workload.name, namespace, body, _content_type=STRATEGIC_MERGE,
-                                  _request_timeout=t, _preload_content=False))
+        marks = {RESTARTED_AT: _rfc3339(at)}
+        if fingerprint is not None:
+            marks[TOKEN_FINGERPRINT_ANNOTATION] = fingerprint
+        body = {"spec": {"template": {"metadata": {"annotations": marks}}}}
+        patched = self._call("patch", what, timeout, lambda c, t: _json(c.patch[workload.kind](
+            workload.name, namespace, body, _content_type=STRATEGIC_MERGE, _request_timeout=t,
+            _preload_content=False)))
         if workload.kind is WorkloadKind.DEPLOYMENT and (patched.get("spec") or {}).get("paused"):
             raise PermanentError(f"cluster {self.name}: paused deployment {namespace}/{workload.name} "
                                  "does not roll: restartedAt is set, its pods pick up the token once it "
                                  "is resumed (kubectl rollout resume)")
 
     def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
-        from kubernetes import client
-
-        apps = client.AppsV1Api(self._api)
         what = f"{_PLURAL[workload.kind]} {namespace}/{workload.name}"
-        read = {WorkloadKind.DEPLOYMENT: apps.read_namespaced_deployment,
-                WorkloadKind.STATEFULSET: apps.read_namespaced_stateful_set,
-                WorkloadKind.DAEMONSET: apps.read_namespaced_daemon_set}[workload.kind]
-        with self._errors("get", what, timeout) as t:
-            obj = _json(read(workload.name, namespace, _request_timeout=t, _preload_content=False))
-        ready, detail = _rollout_status(workload.kind, obj)
+        obj = self._call("get", what, timeout, lambda c, t: _json(c.read[workload.kind](
+            workload.name, namespace, _request_timeout=t, _preload_content=False)))
+        ready, detail = rollout_status(workload.kind, obj)
         template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
-        restarted = (template.get("annotations") or {}).get(RESTARTED_AT)
-        # The same GET tells which Secrets the pod template reads (the consumption check, issue 14).
-        return RolloutState(workload=workload, ready=ready, detail=detail, restarted_at=_parse_rfc3339(restarted),
-                            uses=secret_uses(template_of(obj)))
+        annotations = template.get("annotations") or {}
+        mark = annotations.get(TOKEN_FINGERPRINT_ANNOTATION)
+        # The same GET tells which Secrets the pod template reads (the consumption check).
+        return RolloutState(workload=workload, ready=ready, detail=detail,
+                            restarted_at=_parse_rfc3339(annotations.get(RESTARTED_AT)),
+                            uses=secret_uses(template_of(obj)),
+                            token_fingerprint=mark if isinstance(mark, str) and FINGERPRINT_PATTERN.match(mark)
+                            else None)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._api.close()
+        conn = self._connection.peek()
+        if conn is not None:
+            conn.close()
 
-    # --- errors ---------------------------------------------------------------------------------
+    # --- one call -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _errors(self, verb: str, what: str, timeout: float | None,
-                secret: str | None = None) -> Iterator[float | None]:
-        """Yields the request timeout; translates whatever the call raises."""
+    def _call(self, verb: str, what: str, timeout: float | None, request: Callable[[_Connection, float | None], T],
+              secret: str | None = None, expected: str | None = None, *, json_patch: bool = False) -> T:
+        """Runs `request` with the client and the seconds left, all of it within `timeout`: building
+        the client, the AKS token, the request and its one retry share one deadline (urllib3 would give
+        each attempt the whole timeout again)."""
         import urllib3
-        from kubernetes.client.exceptions import ApiException
 
         if timeout is not None and timeout <= 0:
             raise UpstreamError(f"cluster {self.name}: no time left to {verb} {what}")
+        end = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            if end is None:
+                return None
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what} timed out after {timeout:g}s")
+            return remaining
+
+        for attempt in (1, 2):
+            with self._errors(verb, what, timeout, secret, expected, json_patch=json_patch):
+                conn = self._connection.get(left())
+                if conn.tokens is not None:
+                    with token_deadline(left()):
+                        conn.tokens.get(self.name, left())
+                t = left()
+                try:
+                    with token_deadline(t):
+                        return request(conn, t)
+                except urllib3.exceptions.MaxRetryError as exc:
+                    # Nothing was sent (a refused or timed-out connect): once more if time allows.
+                    unsent = isinstance(exc.reason, urllib3.exceptions.NewConnectionError)
+                    if attempt == 1 and unsent and (end is None or end - time.monotonic() >= MIN_RETRY_SECONDS):
+                        continue
+                    raise
+                except Exception as exc:
+                    if conn.tokens is None and getattr(exc, "status", None) == 401:
+                        self._connection.drop(conn)  # a replaced kubeconfig: read it again next time
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the second attempt returns or raises
+
+    def _errors(self, verb: str, what: str, timeout: float | None, secret: str | None = None,
+                expected: str | None = None, *, json_patch: bool = False) -> contextlib.AbstractContextManager[
+                    float | None]:
+        return api_errors(f"cluster {self.name}", verb, what, timeout, secret, expected, json_patch=json_patch)
+
+
+# --- errors: the one translation of the kubernetes client's exceptions ------------------------------
+
+
+@contextlib.contextmanager
+def api_errors(where: str, verb: str, what: str, timeout: float | None, secret: str | None = None,
+               expected: str | None = None, *, json_patch: bool = False) -> Iterator[float | None]:
+    """Yields the request timeout; translates whatever the call raises into `rotation.core.errors`.
+
+    `where` names the cluster in each message ("cluster east", or "context east" for the operator's
+    kubeconfig); `secret` is a value being written and `expected` the value a conditional write
+    expected, both scrubbed (and their base64) from any server message.
+    """
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    if timeout is not None and timeout <= 0:
+        raise UpstreamError(f"{where}: no time left to {verb} {what}")
+    known_secrets.remember(secret, expected)  # a denial (an admission webhook) may quote them in any encoding
+    try:
+        with token_deadline(timeout):  # the AKS token refresh happens inside the call
+            yield timeout
+    except RotationError:
+        raise
+    except ApiException as exc:
+        raise _api_error(where, exc, verb, what, (secret, expected), json_patch) from None
+    except urllib3.exceptions.NewConnectionError as exc:
+        raise UpstreamError(f"{where} unreachable: {verb} {what}: {_short_reason(exc)}") from None
+    except urllib3.exceptions.TimeoutError:
+        raise UpstreamError(f"{where} unreachable: {verb} {what} timed out"
+                            + (f" after {timeout:g}s" if timeout is not None else "")) from None
+    except urllib3.exceptions.MaxRetryError as exc:
+        reason = exc.reason
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
+            detail = _short_reason(reason)
+        elif isinstance(reason, urllib3.exceptions.TimeoutError):
+            detail = "timed out" + (f" after {timeout:g}s" if timeout is not None else "")
+        elif isinstance(reason, urllib3.exceptions.SSLError):
+            detail = f"TLS error: {reason}"
+        else:
+            detail = _short_reason(reason)
+        raise UpstreamError(f"{where} unreachable: {verb} {what}: {detail}") from None
+    except (urllib3.exceptions.HTTPError, ssl.SSLError, OSError) as exc:
+        raise UpstreamError(f"{where} unreachable: {verb} {what}: {type(exc).__name__}") from None
+    except (TypeError, ValueError) as exc:
+        # Client-side validation (pydantic) of arguments; its text may include the request body.
+        raise PermanentError(f"{where}: invalid request to {verb} {what} ({type(exc).__name__})") from None
+
+
+def _api_error(where: str, exc: Any, verb: str, what: str, secrets: tuple[str | None, str | None],
+               json_patch: bool) -> RotationError:
+    from rotation.boundary import clean
+
+    status = int(exc.status or 0)
+    hidden = [s for s in secrets if s] + [_b64(s) for s in secrets if s]
+    # The server's message may quote the request in any encoding (an admission webhook echoing `data`):
+    # the values written and expected are cut out as known secrets, then anything secret-shaped.
+    message = clean(_scrub(_status_message(exc.body), *hidden)[:_MAX_MESSAGE * 4])[:_MAX_MESSAGE]
+    suffix = f": {message}" if message else ""
+    if json_patch and status == 422:
+        # staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go (applyJSPatch): an operation
+        # that fails to apply is answered 422; newer apiservers name the failed operation in
+        # details.causes ("testing value … failed": evanphx/json-patch's ErrTestFailed).
+        if "testing value" in _status_causes(exc.body):
+            return Conflict(f"{where}: conflict on {verb} {what}: the key does not hold the expected value")
+        raise _PatchRejected
+    if status == 0:  # the client's wrapping of an SSL error
+        reason = clean(_scrub(str(exc.reason or ""), *hidden)[:_MAX_MESSAGE * 4]).splitlines()
+        return UpstreamError(f"{where} unreachable: {verb} {what}: {' '.join(reason)[:300] or 'TLS error'}")
+    if status == 404:
+        return NotFound(f"{where}: {what} not found")
+    if status == 401:
+        return AccessDenied(f"{where}: unauthorized to {verb} {what} (credentials rejected)")
+    if status == 403:
+        return AccessDenied(f"{where}: forbidden to {verb} {what}")
+    if status == 409:
+        return Conflict(f"{where}: conflict on {verb} {what}{suffix}")
+    if status in (400, 422):
+        return PermanentError(f"{where}: {verb} {what} rejected ({status}){suffix}")
+    if status == 429 or status >= 500:
+        return UpstreamError(f"{where}: {verb} {what} failed ({status}){suffix}")
+    return PermanentError(f"{where}: {verb} {what} failed ({status}){suffix}")
+
+
+class _PatchRejected(Exception):
+    """A JSON Patch the apiserver answered with 422: a failed `test`, or a map the patch assumed."""
+
+
+def _secret_state(secret: Mapping[str, Any], key: str) -> SecretState:
+    data = secret.get("data") or {}
+    raw = data.get(key)
+    value: str | None = None
+    if isinstance(raw, str):
         try:
-            with token_deadline(timeout):  # the AKS token refresh happens inside the call
-                yield timeout
-        except RotationError:
-            raise
-        except ApiException as exc:
-            raise self._api_error(exc, verb, what, secret) from None
-        except urllib3.exceptions.NewConnectionError as exc:
-            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
-                                f"{_short_reason(exc)}") from None
-        except urllib3.exceptions.TimeoutError:
-            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what} timed out"
-                                + (f" after {timeout:g}s" if timeout is not None else "")) from None
-        except urllib3.exceptions.MaxRetryError as exc:
-            reason = exc.reason
-            if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
-                detail = _short_reason(reason)
-            elif isinstance(reason, urllib3.exceptions.TimeoutError):
-                detail = "timed out" + (f" after {timeout:g}s" if timeout is not None else "")
-            elif isinstance(reason, urllib3.exceptions.SSLError):
-                detail = f"TLS error: {reason}"
-            else:
-                detail = _short_reason(reason)
-            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: {detail}") from None
-        except (urllib3.exceptions.HTTPError, ssl.SSLError, OSError) as exc:
-            raise UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
-                                f"{type(exc).__name__}") from None
-        except (TypeError, ValueError) as exc:
-            # Client-side validation (pydantic) of arguments; its text may include the request body.
-            raise PermanentError(f"cluster {self.name}: invalid request to {verb} {what} "
-                                 f"({type(exc).__name__})") from None
+            value = base64.b64decode(raw, validate=True).decode("utf-8", errors="replace")
+        except (binascii.Error, ValueError):
+            value = None  # not base64: treat as no token (never echo it)
+    known_secrets.remember(value)
+    meta = secret.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return SecretState(resource_version=str(meta.get("resourceVersion") or ""), value=value,
+                       annotations={str(k): str(v) for k, v in annotations.items()},
+                       labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()})
 
-    def _api_error(self, exc: Any, verb: str, what: str, secret: str | None) -> RotationError:
-        from rotation.boundary import clean
 
-        status = int(exc.status or 0)
-        # The server's message may quote the request (an admission webhook echoing `data`): the value
-        # written is cut out in any encoding, then anything secret-shaped.
-        message = clean(_scrub(_status_message(exc.body), secret)[:_MAX_MESSAGE * 4])[:_MAX_MESSAGE]
-        suffix = f": {message}" if message else ""
-        if status == 0:  # the client's wrapping of an SSL error
-            reason = clean(_scrub(str(exc.reason or ""), secret)[:_MAX_MESSAGE * 4]).splitlines()
-            return UpstreamError(f"cluster {self.name} unreachable: {verb} {what}: "
-                                 f"{' '.join(reason)[:300] or 'TLS error'}")
-        if status == 404:
-            return NotFound(f"cluster {self.name}: {what} not found")
-        if status == 401:
-            return AccessDenied(f"cluster {self.name}: unauthorized to {verb} {what} "
-                                "(credentials rejected)")
-        if status == 403:
-            return AccessDenied(f"cluster {self.name}: forbidden to {verb} {what}")
-        if status == 409:
-            return Conflict(f"cluster {self.name}: conflict on {verb} {what}{suffix}")
-        if status in (400, 422):
-            return PermanentError(f"cluster {self.name}: {verb} {what} rejected ({status}){suffix}")
-        if status == 429 or status >= 500:
-            return UpstreamError(f"cluster {self.name}: {verb} {what} failed ({status}){suffix}")
-        return PermanentError(f"cluster {self.name}: {verb} {what} failed ({status}){suffix}")
+def _version(response: Any) -> str:
+    """The resourceVersion a write answered with: the caller's next precondition without a read; an
+    answer that is not JSON only costs that read ("")."""
+    try:
+        answer = _json(response)
+    except UpstreamError:
+        return ""
+    return str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _short_reason(reason: object) -> str:
@@ -380,71 +675,21 @@ def _json(response: Any) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _rollout_status(kind: WorkloadKind, obj: Mapping[str, Any]) -> tuple[bool, str]:
-    """kubectl rollout status semantics, from the object's spec, metadata and status (API JSON)."""
-
-    def n(value: object) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status")
-    if not isinstance(status, dict) or n(status.get("observedGeneration")) < n(meta.get("generation")):
-        return False, "waiting for the new spec to be observed"
-
-    if kind is WorkloadKind.DAEMONSET:
-        desired = n(status.get("desiredNumberScheduled"))
-        updated = n(status.get("updatedNumberScheduled"))
-        available = n(status.get("numberAvailable"))
-        if updated < desired:
-            return False, f"{updated}/{desired} updated"
-        if available < desired:
-            return False, f"{available}/{desired} available"
-        return True, f"rolled out ({available}/{desired} available)"
-
-    desired = n(spec.get("replicas")) if spec.get("replicas") is not None else 1
-    updated = n(status.get("updatedReplicas"))
-    ready = n(status.get("readyReplicas"))
-    total = n(status.get("replicas"))
-    if kind is WorkloadKind.DEPLOYMENT:
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-                return False, "progress deadline exceeded"
-        available = n(status.get("availableReplicas"))
-        if updated < desired:
-            return False, f"{updated}/{desired} updated"
-        if total > updated:
-            old = total - updated
-            return False, f"{old} old replica{'s' if old != 1 else ''} pending termination"
-        if ready < desired:
-            return False, f"{ready}/{desired} ready"
-        if available < desired:
-            return False, f"{available}/{desired} available"
-        return True, f"rolled out ({available}/{desired} available)"
-
-    # StatefulSet
-    strategy = spec.get("updateStrategy") or {}
-    if strategy.get("type") == "OnDelete":
-        return False, "updateStrategy OnDelete: pods change only when deleted"
-    partition = n((strategy.get("rollingUpdate") or {}).get("partition"))
-    if updated < desired - partition:
-        return False, f"{updated}/{desired - partition} updated"
-    if ready < desired:
-        return False, f"{ready}/{desired} ready"
-    update_revision = status.get("updateRevision")
-    if partition == 0 and update_revision and status.get("currentRevision") != update_revision:
-        return False, f"{updated}/{desired} updated (rolling update in progress)"
-    return True, f"rolled out ({ready}/{desired} ready)"
-
-
 class KubernetesClusters:
-    """`Clusters`: one cached `KubernetesClusterClient` per registry cluster, built on first use."""
+    """`Clusters`: one `KubernetesClusterClient` per registry cluster, kept for the life of the worker.
+
+    Every `aks` cluster shares one Entra ID token (`_AksTokens`); a `kubeconfig` cluster's kubeconfig
+    is read from Key Vault by its first call, within that call's timeout, and again after
+    KUBECONFIG_TTL_SECONDS or a 401.
+    """
 
     def __init__(self, credential: TokenCredential | None,
                  read_kubeconfig: Callable[[str], str]) -> None:
         self._credential = credential
+        self._tokens = _AksTokens(credential) if credential is not None else None
         self._read_kubeconfig = read_kubeconfig
         self._lock = threading.Lock()
         self._clients: dict[Cluster, KubernetesClusterClient] = {}
-        self._building: dict[Cluster, threading.Lock] = {}
         self._temp_dirs: list[str] = []
 
     def client(self, cluster: Cluster) -> KubernetesClusterClient:
@@ -452,38 +697,26 @@ class KubernetesClusters:
             found = self._clients.get(cluster)
             if found is not None:
                 return found
-            building = self._building.setdefault(cluster, threading.Lock())
-        # Build outside the shared lock (a kubeconfig comes from Key Vault over the network), once
-        # per cluster: concurrent callers for the same cluster wait for the first one.
-        with building:
-            with self._lock:
-                found = self._clients.get(cluster)
-            if found is not None:
-                return found
-            made = KubernetesClusterClient(cluster.name, self._api_client(cluster))
-            log.debug("kubernetes client for cluster %s built (auth %s)", cluster.name,
-                      "aks" if isinstance(cluster.auth, AksAuth) else "kubeconfig")
-            with self._lock:
-                self._clients[cluster] = made
-            return made
+        connect = self._connector(cluster)  # validates what needs no network, raising here
+        with self._lock:
+            return self._clients.setdefault(cluster, KubernetesClusterClient(cluster.name, connect))
 
     def close(self) -> None:
         import shutil
 
         with self._lock:
-            for c in self._clients.values():
-                c.close()
-            self._clients.clear()
+            clients, self._clients = list(self._clients.values()), {}
             dirs, self._temp_dirs = self._temp_dirs, []
+        for c in clients:
+            c.close()
         for directory in dirs:
             shutil.rmtree(directory, ignore_errors=True)
 
-    def _api_client(self, cluster: Cluster) -> Any:
-        from kubernetes import client
-
+    def _connector(self, cluster: Cluster) -> Callable[[], tuple[_Connection, float]]:
         auth = cluster.auth
         if isinstance(auth, AksAuth):
-            if self._credential is None:
+            tokens = self._tokens
+            if tokens is None:
                 raise PermanentError(f"cluster {cluster.name}: auth 'aks' needs the app's Azure credential")
             try:
                 ca = base64.b64decode(auth.ca_data, validate=True).decode("ascii")
@@ -491,18 +724,24 @@ class KubernetesClusters:
                 raise PermanentError(f"cluster {cluster.name}: caData is not base64") from None
             if "-----BEGIN CERTIFICATE-----" not in ca:
                 raise PermanentError(f"cluster {cluster.name}: caData is not a base64 PEM certificate")
-            conf = _configuration()
-            conf.host = auth.server.rstrip("/")
-            conf.ca_cert_data = ca
-            conf.api_key = {"BearerToken": ""}
-            conf.api_key_prefix = {"BearerToken": "Bearer"}
-            conf.refresh_api_key_hook = _BearerRefresher(cluster.name, self._credential)
-            return client.ApiClient(conf)
+            return lambda: (self._aks_connection(cluster.name, auth, ca, tokens), float("inf"))
         if isinstance(auth, KubeconfigAuth):
-            return self._kubeconfig_client(cluster.name, auth)
+            return lambda: (self._kubeconfig_connection(cluster.name, auth), KUBECONFIG_TTL_SECONDS)
         raise PermanentError(f"cluster {cluster.name}: unsupported auth {type(auth).__name__}")
 
-    def _kubeconfig_client(self, name: str, auth: KubeconfigAuth) -> Any:
+    def _aks_connection(self, name: str, auth: AksAuth, ca: str, tokens: _AksTokens) -> _Connection:
+        from kubernetes import client
+
+        conf = _configuration()
+        conf.host = auth.server.rstrip("/")
+        conf.ca_cert_data = ca
+        conf.api_key = {"BearerToken": ""}
+        conf.api_key_prefix = {"BearerToken": "Bearer"}
+        conf.refresh_api_key_hook = _BearerHook(name, tokens)
+        log.debug("kubernetes client for cluster %s built (auth aks)", name)
+        return _Connection(client.ApiClient(conf), tokens)
+
+    def _kubeconfig_connection(self, name: str, auth: KubeconfigAuth) -> _Connection:
         """A client from the validated shape only (`rotation.adapters.kubeconfig`): the Kubernetes
         client's own loader would honour exec plugins, file paths, proxies and TLS switches."""
         from kubernetes import client
@@ -521,7 +760,8 @@ class KubernetesClusters:
             # urllib3 loads a client certificate only from files: private ones, removed on close.
             conf.cert_file, conf.key_file = self._client_cert_files(name, safe.client_cert_pem or "",
                                                                     safe.client_key_pem or "")
-        return client.ApiClient(conf)
+        log.debug("kubernetes client for cluster %s built (auth kubeconfig)", name)
+        return _Connection(client.ApiClient(conf), None)
 
     def _client_cert_files(self, name: str, cert: str, key: str) -> tuple[str, str]:
         import os

@@ -13,7 +13,7 @@ from typing import Any
 from rotation.adapters.credential import token_deadline
 from rotation.boundary import clean_tree
 from rotation.core.model import RotationReport
-from rotation.telemetry import Executor
+from rotation.runtime.attribution import Executor
 
 log = logging.getLogger("rotation.outcomes")
 

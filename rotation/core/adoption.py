@@ -7,7 +7,7 @@ has no token, the newest token the targets hold is stored instead, if it is wort
 gateway, not expired, and not due for renewal anyway (then minting is the right thing).
 
 A signature cannot be checked without the gateway's key, and the app has no right to read keys.
-The I/O half (`rotation.adoption`) asks ARM to generate a token of the same expiry from each key and
+The I/O half (`rotation.app.adoption`) asks ARM to generate a token of the same expiry from each key and
 compares: a match proves which key signed it. Pure here: which tokens are candidates, newest first.
 """
 

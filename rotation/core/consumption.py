@@ -21,34 +21,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # model imports SecretUse from here
+from rotation.core.podspec import SecretUse, UseKind
+
+if TYPE_CHECKING:
     from rotation.core.model import Target, Workload
+
+__all__ = ["HELM_LABEL", "HELM_VALUE", "Consumption", "ConsumptionState", "SecretUse", "UseKind", "check",
+           "consumers", "helm_fix", "is_helm_managed", "secret_uses", "template_of"]
 
 HELM_LABEL = "app.kubernetes.io/managed-by"
 HELM_VALUE = "Helm"
-
-
-class UseKind(StrEnum):
-    ENV = "env"
-    ENV_FROM = "envFrom"
-    VOLUME = "volume"
-
-
-@dataclass(frozen=True, slots=True)
-class SecretUse:
-    """One way a container reads a Secret; `key` None means every key of it."""
-
-    container: str
-    kind: UseKind
-    secret: str
-    key: str | None = None
-
-    def reads(self, secret: str, key: str) -> bool:
-        return self.secret == secret and (self.key is None or self.key == key)
-
-    def __str__(self) -> str:
-        what = f"key {self.key!r}" if self.key is not None else "every key"
-        return f"container {self.container} reads {what} of Secret {self.secret} ({self.kind.value})"
 
 
 def _list(value: object) -> list[Mapping[str, Any]]:
@@ -86,20 +68,27 @@ def secret_uses(template: Mapping[str, Any] | None) -> tuple[SecretUse, ...]:
     volumes = {str(v.get("name")): _volume_secrets(v) for v in _list(spec.get("volumes"))}
     uses: list[SecretUse] = []
     for container in _list(spec.get("initContainers")) + _list(spec.get("containers")):
-        cname = str(container.get("name") or "?")
-        for env in _list(container.get("env")):
-            source = env.get("valueFrom")
-            ref = source.get("secretKeyRef") if isinstance(source, Mapping) else None
-            if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and isinstance(ref.get("key"), str):
-                uses.append(SecretUse(cname, UseKind.ENV, ref["name"], ref["key"]))
-        for env_from in _list(container.get("envFrom")):
-            ref = env_from.get("secretRef")
-            if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
-                uses.append(SecretUse(cname, UseKind.ENV_FROM, ref["name"]))
-        for mount in _list(container.get("volumeMounts")):
-            for secret, key in volumes.get(str(mount.get("name")), []):
-                uses.append(SecretUse(cname, UseKind.VOLUME, secret, key))
+        uses.extend(_container_uses(container, volumes))
     return tuple(dict.fromkeys(uses))
+
+
+def _container_uses(container: Mapping[str, Any],
+                    volumes: Mapping[str, list[tuple[str, str | None]]]) -> list[SecretUse]:
+    cname = str(container.get("name") or "?")
+    uses: list[SecretUse] = []
+    for env in _list(container.get("env")):
+        source = env.get("valueFrom")
+        ref = source.get("secretKeyRef") if isinstance(source, Mapping) else None
+        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and isinstance(ref.get("key"), str):
+            uses.append(SecretUse(cname, UseKind.ENV, ref["name"], ref["key"]))
+    for env_from in _list(container.get("envFrom")):
+        ref = env_from.get("secretRef")
+        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+            uses.append(SecretUse(cname, UseKind.ENV_FROM, ref["name"]))
+    for mount in _list(container.get("volumeMounts")):
+        for secret, key in volumes.get(str(mount.get("name")), []):
+            uses.append(SecretUse(cname, UseKind.VOLUME, secret, key))
+    return uses
 
 
 def template_of(workload_json: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -155,24 +144,26 @@ def check(target: Target, workloads: Mapping[Workload, tuple[SecretUse, ...] | N
         uses = workloads.get(workload)
         if uses is None:
             unknown.append(str(workload))
-            continue
-        if any(u.reads(target.secret, target.key) for u in uses):
-            continue
-        same_secret = sorted({u.key for u in uses if u.secret == target.secret and u.key is not None})
-        if same_secret:
-            keys = ", ".join(repr(k) for k in same_secret)
-            problems.append(f"{workload} reads key {keys} of Secret {target.secret}, not {target.key!r}: "
-                            f"set the target's \"key\" to {same_secret[0]!r}")
-        else:
-            others = sorted({u.secret for u in uses})
-            seen = f"it reads Secret(s) {', '.join(others)}" if others else "it reads no Secret"
-            problems.append(f"{workload} does not read Secret {target.secret} ({seen}): fix the target's "
-                            "\"secret\" or its \"restart\" list")
+        elif not any(u.reads(target.secret, target.key) for u in uses):
+            problems.append(_misread(target, workload, uses))
     if problems:
         return Consumption(ConsumptionState.MISMATCH, "; ".join(problems), helm)
     if unknown:
         return Consumption(ConsumptionState.UNCHECKED, f"could not read the spec of {', '.join(unknown)}", helm)
     return Consumption(ConsumptionState.CONSUMED, None, helm)
+
+
+def _misread(target: Target, workload: Workload, uses: tuple[SecretUse, ...]) -> str:
+    """What a registered workload reads instead of the target's key, and the registry fix."""
+    same_secret = sorted({u.key for u in uses if u.secret == target.secret and u.key is not None})
+    if same_secret:
+        keys = ", ".join(repr(k) for k in same_secret)
+        return (f"{workload} reads key {keys} of Secret {target.secret}, not {target.key!r}: "
+                f"set the target's \"key\" to {same_secret[0]!r}")
+    others = sorted({u.secret for u in uses})
+    seen = f"it reads Secret(s) {', '.join(others)}" if others else "it reads no Secret"
+    return (f"{workload} does not read Secret {target.secret} ({seen}): fix the target's "
+            "\"secret\" or its \"restart\" list")
 
 
 def consumers(secret: str, key: str,

@@ -140,25 +140,10 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
                 token = parse_stored(value)
                 if token is None:
                     continue
-                about = {**_where(scan.name, secret, key), "gateway": token.gateway,
-                         "fingerprint": token.fingerprint, "expiresAt": token.expires_at.isoformat()}
-                if not plausible_signature(token):
-                    unmatched.append({"kind": "token-like-value", **about, "detail":
-                                      f"has the shape of a token of {token.gateway!r} but its signature is not "
-                                      f"base64 of an HMAC (at least {MIN_SIGNATURE_BYTES} bytes): not proposed; "
-                                      "register it by hand if a gateway really reads it"})
-                    continue
                 refs = by_name.get(token.gateway.lower(), [])
-                if not refs:
-                    unmatched.append({"kind": "token-of-unknown-gateway", **about, "detail":
-                                      f"holds a token of gateway {token.gateway!r}, which is not a self-hosted "
-                                      "gateway of the given APIM service(s)"})
-                    continue
-                if len(refs) > 1:
-                    unmatched.append({"kind": "ambiguous-gateway", **about, "detail":
-                                      f"gateway {token.gateway!r} exists in {len(refs)} services "
-                                      f"({', '.join(r.service for r in refs)}); a token names only the gateway: "
-                                      "register this target by hand"})
+                why = _not_proposed(token, refs, scan.name, secret, key)
+                if why is not None:
+                    unmatched.append(why)
                     continue
                 restart = tuple(sorted(consumers(secret.name, key, scan.workloads.get(secret.namespace, ())),
                                        key=str))
@@ -166,21 +151,8 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
                                      restart, token.fingerprint, token.expires_at.isoformat(),
                                      is_helm_managed(secret.labels))
                 found.append(target)
-                if not restart:
-                    warnings.append({"kind": "no-workload", **_where(scan.name, secret, key), "detail":
-                                     "no Deployment, StatefulSet or DaemonSet reads this key: nothing would be "
-                                     "restarted after a rotation (add \"restart\" by hand if pods read it)"})
-                if target.helm:
-                    warnings.append({"kind": "helm-managed", **_where(scan.name, secret, key),
-                                     "detail": helm_fix(secret.name)})
-    for scan in scans:
-        for namespace, why in sorted(scan.not_scanned.items()):
-            if namespace == ALL_NAMESPACES:
-                unmatched.append({"kind": "context-not-scanned", "cluster": scan.name,
-                                  "detail": f"{why}: targets in it, if any, are missing from this proposal"})
-                continue
-            unmatched.append({"kind": "namespace-not-scanned", "cluster": scan.name, "namespace": namespace,
-                              "detail": f"{why}: targets in it, if any, are missing from this proposal"})
+                warnings.extend(_warnings(target, scan.name, secret, key))
+    unmatched.extend(_not_scanned(scans))
     with_target = {t.gateway for t in found}
     for ref in gateways:
         if ref not in with_target:
@@ -188,6 +160,52 @@ def propose(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan], *,
                               f"no Secret in the scanned contexts/namespaces holds a token of {ref.gateway}"})
     return Proposal(_registry(gateways, scans, found), unmatched, manifests(found, scans, principal), warnings,
                     tuple(found))
+
+
+def _not_proposed(token: GatewayToken, refs: Sequence[GatewayRef], cluster: str, secret: ScannedSecret,
+                  key: str) -> dict[str, Any] | None:
+    """Why a token-shaped value is not proposed as a target (None: it is, for refs[0])."""
+    about = {**_where(cluster, secret, key), "gateway": token.gateway,
+             "fingerprint": token.fingerprint, "expiresAt": token.expires_at.isoformat()}
+    if not plausible_signature(token):
+        return {"kind": "token-like-value", **about, "detail":
+                f"has the shape of a token of {token.gateway!r} but its signature is not "
+                f"base64 of an HMAC (at least {MIN_SIGNATURE_BYTES} bytes): not proposed; "
+                "register it by hand if a gateway really reads it"}
+    if not refs:
+        return {"kind": "token-of-unknown-gateway", **about, "detail":
+                f"holds a token of gateway {token.gateway!r}, which is not a self-hosted "
+                "gateway of the given APIM service(s)"}
+    if len(refs) > 1:
+        return {"kind": "ambiguous-gateway", **about, "detail":
+                f"gateway {token.gateway!r} exists in {len(refs)} services "
+                f"({', '.join(r.service for r in refs)}); a token names only the gateway: "
+                "register this target by hand"}
+    return None
+
+
+def _warnings(target: FoundTarget, cluster: str, secret: ScannedSecret, key: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if not target.restart:
+        out.append({"kind": "no-workload", **_where(cluster, secret, key), "detail":
+                    "no Deployment, StatefulSet or DaemonSet reads this key: nothing would be "
+                    "restarted after a rotation (add \"restart\" by hand if pods read it)"})
+    if target.helm:
+        out.append({"kind": "helm-managed", **_where(cluster, secret, key), "detail": helm_fix(secret.name)})
+    return out
+
+
+def _not_scanned(scans: Sequence[ClusterScan]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for scan in scans:
+        for namespace, why in sorted(scan.not_scanned.items()):
+            if namespace == ALL_NAMESPACES:
+                out.append({"kind": "context-not-scanned", "cluster": scan.name,
+                            "detail": f"{why}: targets in it, if any, are missing from this proposal"})
+                continue
+            out.append({"kind": "namespace-not-scanned", "cluster": scan.name, "namespace": namespace,
+                        "detail": f"{why}: targets in it, if any, are missing from this proposal"})
+    return out
 
 
 def _registry(gateways: Sequence[GatewayRef], scans: Sequence[ClusterScan],

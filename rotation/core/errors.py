@@ -1,9 +1,19 @@
-"""Error taxonomy that decides retry behaviour.
+"""Error taxonomy: what went wrong, in terms each entry point maps to its own answer.
 
-Every failure the service sees is either *permanent* (bad input: retrying cannot help, so the event
-path logs and returns) or *transient* (an upstream hiccup: the event path raises so Event Grid
-redelivers). Adapters translate SDK exceptions into these so the service never imports an SDK.
-Messages must never contain a token value.
+*Permanent* means retrying the same input cannot succeed by itself; *transient* means a later retry
+may. Adapters translate SDK exceptions into these so the service never imports an SDK. Messages must
+never contain a token value.
+
+What each entry point does with them (rotation/triggers.py, rotation/cli.py):
+- The Event Grid handler acknowledges (logs and returns) only what no redelivery can change: an event
+  it cannot parse or does not act on, `InvalidInput`, and `SettingsError`. Every other failure is
+  raised so Event Grid redelivers and finally dead-letters the event, permanent ones included
+  (`AccessDenied`, `NotFound`, `UpstreamRejected`, ...): an operator fixes the role assignment or the
+  object, then a redelivery or the dead-letter replay succeeds. `SettingsPending` is raised too, and so
+  is a reconcile that ran but left a target failed.
+- HTTP: `UnknownGateway` 404, `InvalidInput` 400, `SettingsPending` and other transient errors 503 with
+  `Retry-After`, `SettingsError` 500, any other permanent error 502.
+- CLI: permanent errors exit 2, transient ones 1.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 PUBLIC_AKS_DNS_SUFFIX = "azmk8s.io"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -86,16 +86,28 @@ def server_problem(url: str, host_ok: re.Pattern[str] | None, allow_loopback: bo
         port = parts.port
     except ValueError:
         return "is not a valid URL"
+    why = _shape_problem(url, parts, allow_path)
+    if why is not None:
+        return why
+    host = parts.hostname or ""
+    if allow_loopback and is_loopback_host(host):
+        return None
+    return _host_problem(parts.netloc, host, port, host_ok)
+
+
+def _shape_problem(url: str, parts: SplitResult, allow_path: bool) -> str | None:
+    """Everything but the host: userinfo, query, fragment, path."""
     if "@" in parts.netloc:
         return "must not contain user information ('@')"
     if parts.query or parts.fragment or "?" in url or "#" in url:
         return "must not have a query or fragment"
     if parts.path not in ("", "/") and not allow_path:
         return "must not have a path"
-    host = parts.hostname or ""
-    if allow_loopback and is_loopback_host(host):
-        return None
-    if any(c.isupper() for c in parts.netloc):
+    return None
+
+
+def _host_problem(netloc: str, host: str, port: int | None, host_ok: re.Pattern[str] | None) -> str | None:
+    if any(c.isupper() for c in netloc):
         return "must be lowercase"
     if host.endswith("."):
         return "must not end with a dot"

@@ -8,11 +8,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from rotation.core.consumption import SecretUse
 from rotation.core.errors import InvalidGatewayId, InvalidInput
+from rotation.core.podspec import SecretUse
 from rotation.core.token import DEFAULT_FORMAT, GatewayToken
 
 DEFAULT_SECRET_KEY = "config.service.auth.key"  # noqa: S105 - a key name, not a secret
+# Pod-template annotation naming the token a workload was restarted for: its fingerprint (12 hex
+# characters of SHA-256, `rotation.core.token.fingerprint`), never the token. Changing it rolls the pods.
+TOKEN_FINGERPRINT_ANNOTATION = "apim-token-rotator/token-fingerprint"  # noqa: S105 - an annotation name
+FINGERPRINT_PATTERN = re.compile(r"^[0-9a-f]{12}$")
 
 # Names that reach URLs, Key Vault secret names and Kubernetes objects. Deliberately stricter than
 # ARM: a name that could traverse a path or smuggle an encoded separator never gets that far.
@@ -210,6 +214,8 @@ class TokenRecord:
     roll_from: KeyType | None = None  # set while a two-phase key roll away from this key is pending
     created_at: datetime | None = None  # when Key Vault stored this version (its `created` attribute)
     origin: str | None = None  # set when the token was adopted from a target instead of generated
+    generation: int | None = None  # the lease's fencing generation of the writer (rotation.core.fencing)
+    based_on: str | None = None  # the Key Vault version the writer read as the latest before writing
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +230,8 @@ class TokenInfo:
     roll_from: KeyType | None = None
     created_at: datetime | None = None  # the version's `created` (listings of versions only)
     origin: str | None = None
+    generation: int | None = None  # the writer's fencing generation (untagged: written before fencing)
+    version: str | None = None  # the version id (listings of versions only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +251,9 @@ class RolloutState:
     detail: str
     restarted_at: datetime | None = None  # the pod template's kubectl.kubernetes.io/restartedAt
     uses: tuple[SecretUse, ...] | None = None  # the Secrets its pod template reads (None: not read)
+    # The pod template's TOKEN_FINGERPRINT annotation: which token the workload was last restarted for
+    # (None: never restarted by this product, or the annotation is not a fingerprint).
+    token_fingerprint: str | None = None
 
 
 # --- what happened --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from rotation.core.fencing import FenceHead
 from rotation.core.model import (
     Cluster,
     GatewayRef,
@@ -40,8 +41,8 @@ class TokenIssuer(Protocol):
 class TokenStore(Protocol):
     """Key Vault: the source of truth for each gateway's current token."""
 
-    def get(self, secret_name: str, timeout: float | None = None) -> TokenRecord | None:
-        """The latest version, or None when the secret does not exist."""
+    def get(self, secret_name: str, timeout: float | None = None, version: str | None = None) -> TokenRecord | None:
+        """The latest version (or the given one), or None when the secret (or that version) does not exist."""
         ...
 
     def put(self, secret_name: str, record: TokenRecord, timeout: float | None = None) -> str:
@@ -72,18 +73,29 @@ class ClusterClient(Protocol):
         answer did not say)."""
         ...
 
+    def write_secret_key_if(self, namespace: str, name: str, key: str, value: str, expected: str | None,
+                            timeout: float | None = None,
+                            annotations: Mapping[str, str | None] | None = None) -> str:
+        """Sets one key only if it still holds `expected` (None: only if the key is absent), without
+        reading the Secret first; raises Conflict when it does not (nothing written). `annotations`
+        as for `write_secret_key`. Returns the Secret's new resourceVersion ("" if not said)."""
+        ...
+
     def annotate_secret(self, namespace: str, name: str, annotations: Mapping[str, str | None],
                         timeout: float | None = None, resource_version: str | None = None) -> None:
         """Sets (or with None removes) annotations on the Secret, without touching its data; with a
         `resource_version`, only if the Secret is still at it (raises Conflict otherwise)."""
         ...
 
-    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None) -> None:
-        """Sets `kubectl.kubernetes.io/restartedAt` on the pod template."""
+    def restart(self, namespace: str, workload: Workload, at: datetime, timeout: float | None = None,
+                fingerprint: str | None = None) -> None:
+        """Sets `kubectl.kubernetes.io/restartedAt` on the pod template and, with a `fingerprint`
+        (12 hex characters, never a token), TOKEN_FINGERPRINT_ANNOTATION, in one write."""
         ...
 
     def rollout(self, namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
-        """kubectl rollout status semantics, plus the pod template's last `restartedAt`."""
+        """kubectl rollout status semantics, plus the pod template's last `restartedAt` and token
+        fingerprint."""
         ...
 
 
@@ -100,7 +112,33 @@ class OutcomePublisher(Protocol):
 
 
 class HeldLease(Protocol):
-    """A lease this process holds; it expires on its own if the holder dies."""
+    """A lease this process holds; it expires on its own if the holder dies.
+
+    It also fences Key Vault writes (rotation.core.fencing): `generation` is this acquisition's
+    fencing generation, strictly greater than every earlier holder's; `head` the Key Vault version the
+    previous holders recorded as authoritative; `commit` records a new head only while the lease is
+    held, so a holder that lost it can write Key Vault but can never make that write count.
+    """
+
+    @property
+    def generation(self) -> int:
+        """This acquisition's fencing generation (advanced with the lease when it was acquired)."""
+        ...
+
+    @property
+    def head(self) -> FenceHead | None:
+        """The gateway's authoritative Key Vault version as last committed (None: never committed)."""
+        ...
+
+    def commit(self, head: FenceHead, timeout: float | None = None) -> None:
+        """Records `head` as the gateway's authoritative version, conditioned on holding the lease.
+        Raises UpstreamError when the lease was lost (then the write it names stays a fork)."""
+        ...
+
+    def remaining(self) -> float:
+        """Seconds the lease is still guaranteed to be this holder's (from its last confirmed renewal,
+        less a safety margin); a write's timeout is capped at it."""
+        ...
 
     def renew(self) -> None:
         """Resets the lease's clock. Raises UpstreamError when the lease was lost (expired and taken)."""
@@ -111,8 +149,9 @@ class HeldLease(Protocol):
         last confirmed renewal is older than half the duration (a pause the holder did not see)."""
         ...
 
-    def release(self) -> None:
-        """Best effort: must not raise (an unreleased lease expires)."""
+    def release(self, timeout: float | None = None) -> None:
+        """Best effort, within `timeout` seconds (the caller's time left; no call at all when none is
+        left): must not raise (an unreleased lease expires)."""
         ...
 
 
@@ -122,6 +161,11 @@ class Lease(Protocol):
     @property
     def shared(self) -> bool:
         """False for the in-process fallback, which serialises only this process."""
+        ...
+
+    def heads(self, names: Sequence[str], timeout: float | None = None) -> Mapping[str, FenceHead]:
+        """The committed heads of these leases (absent: never committed), read without taking them:
+        status and the sweep compare them with Key Vault's latest versions."""
         ...
 
     def acquire(self, name: str, *, duration: float, wait: float) -> HeldLease:

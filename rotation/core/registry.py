@@ -276,6 +276,13 @@ def load_registry(document: str | Mapping[str, object], *,
                 raise gateways_reader.child(i).fail(
                     f"Key Vault secret {gateway.key_vault_secret!r} is already used by {other.ref}"
                 )
+            # One Secret key feeds one gateway: under two, each reconcile would overwrite the other's
+            # token and both would report success while one gateway is cut off.
+            theirs = {(t.cluster, t.namespace, t.secret, t.key) for t in other.targets}
+            for j, t in enumerate(gateway.targets):
+                if (t.cluster, t.namespace, t.secret, t.key) in theirs:
+                    raise r.child("targets").child(j).fail(
+                        f"{t.cluster}/{t.namespace}/{t.secret} key {t.key!r} is already a target of {other.ref.id}")
         for cluster in clusters.values():
             # With one vault for both, a forced rotation would overwrite the kubeconfig with a token.
             if (isinstance(cluster.auth, KubeconfigAuth)

@@ -20,6 +20,8 @@ TAG_KEY_TYPE = "keyType"
 TAG_EXPIRES = "expiresAt"
 TAG_FINGERPRINT = "fingerprint"
 TAG_ROLL_FROM = "keyRollFrom"
+TAG_GENERATION = "fencingGeneration"  # the writer's lease generation (rotation.core.fencing)
+TAG_BASED_ON = "basedOn"  # the version the writer read as the latest
 TAG_ORIGIN = "origin"  # how an adopted token got here (Key Vault tag values are at most 256 chars)
 
 
@@ -49,7 +51,18 @@ def tags_for(record: TokenRecord) -> dict[str, str]:
         tags[TAG_ROLL_FROM] = record.roll_from.value
     if record.origin:
         tags[TAG_ORIGIN] = record.origin[:256]
+    if record.generation is not None:
+        tags[TAG_GENERATION] = str(record.generation)
+    if record.based_on:
+        tags[TAG_BASED_ON] = record.based_on[:256]
     return tags
+
+
+def _generation(value: str | None) -> int | None:
+    try:
+        return int(value) if value and value.isdigit() and len(value) <= 18 else None
+    except ValueError:
+        return None
 
 
 def record_from(value: str, tags: Mapping[str, str] | None, version: str | None,
@@ -65,11 +78,13 @@ def record_from(value: str, tags: Mapping[str, str] | None, version: str | None,
         roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
         created_at=created_at,
         origin=tags.get(TAG_ORIGIN),
+        generation=_generation(tags.get(TAG_GENERATION)),
+        based_on=tags.get(TAG_BASED_ON),
     )
 
 
 def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: datetime | None,
-              created_at: datetime | None = None) -> TokenInfo:
+              created_at: datetime | None = None, version: str | None = None) -> TokenInfo:
     tags = tags or {}
     return TokenInfo(
         secret_name=secret_name,
@@ -80,6 +95,8 @@ def info_from(secret_name: str, tags: Mapping[str, str] | None, expires_on: date
         roll_from=_key_type(tags.get(TAG_ROLL_FROM)),
         created_at=created_at,
         origin=tags.get(TAG_ORIGIN),
+        generation=_generation(tags.get(TAG_GENERATION)),
+        version=version,
     )
 
 

@@ -70,7 +70,7 @@ def test_generated_token_verifies_with_the_requested_key(fakes: Fakes, gateway: 
     assert fakes.arm.verify(gateway.id, secondary)["keyType"] == "secondary"
     assert len(generate_calls(fakes)) == 2
     # The app asked the managed-identity endpoint for the cloud's ARM audience, not for the endpoint it
-    # talks to (an ARM_ENDPOINT override must not choose the audience: issue 12).
+    # talks to (an ARM_ENDPOINT override must not choose the audience).
     resources = {r["resource"] for r in fakes.identity.requests() if r["headerOk"]}
     assert "https://management.azure.com" in resources and fakes.arm.url not in resources
 
@@ -254,3 +254,26 @@ def test_concurrent_calls_share_one_client_per_subscription(fakes: Fakes, gatewa
     assert all(fakes.arm.verify(ref.id, t)["valid"] for ref, t in zip(refs, tokens, strict=True))
     assert len(arm._clients) == 2
     arm.close()
+
+
+def test_list_gateways_returns_the_services_gateways_and_shares_the_error_translation(
+        fakes: Fakes, gateway: GatewayRef) -> None:
+    """`discover` lists gateways through this adapter: `client.gateway.list_by_service` (azure-mgmt-apimanagement,
+    GET .../service/{svc}/gateways, ARM's `{"value": [...]}` page shape) and the same translation of azure-core
+    errors as generateToken: a rejected bearer token is AccessDenied naming the operation, an unknown service
+    NotFound."""
+    other = GatewayRef(gateway.subscription, gateway.resource_group, gateway.service, f"{gateway.gateway}-b")
+    fakes.arm.create_gateway(other.id)
+    arm = issuer(fakes)
+    try:
+        found = arm.list_gateways(gateway.service_id)
+    finally:
+        arm.close()
+    assert {gateway, other} <= set(found)
+    assert all(ref.service_id.lower() == gateway.service_id.lower() for ref in found)
+    denied = Issuer(StaticCredential("not-a-token-the-identity-issued"), fakes.arm.url, retry_total=0)
+    with pytest.raises(AccessDenied, match=rf"ARM list gateways of {gateway.service} failed: 401"):
+        denied.list_gateways(gateway.service_id)
+    missing = gateway.service_id.replace(gateway.service, "apim-missing")
+    with pytest.raises(NotFound, match=r"ARM list gateways of apim-missing failed: 404"):
+        issuer(fakes, retry_total=0).list_gateways(missing)

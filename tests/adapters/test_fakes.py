@@ -235,3 +235,27 @@ def test_arm_get_and_list_keys_parse_in_the_mgmt_sdk(fakes: Fakes, gateway: Gate
     stored = fakes.arm.gateway(gateway.id)
     assert stored is not None
     assert keys.as_dict() == {"primary": stored.primary, "secondary": stored.secondary}
+
+
+def test_a_delayed_key_vault_put_lands_after_the_client_gave_up(fakes: Fakes) -> None:
+    """What the late-write tests need from the fake: a Set Secret the service received is applied even
+    if the client stopped waiting for the answer (the request carries no precondition to fail on:
+    learn.microsoft.com/rest/api/keyvault/secrets/set-secret/set-secret). A `delaySeconds` fault holds
+    the PUT; the SDK's read timeout fires first; the version becomes the latest afterwards."""
+    from azure.core.exceptions import AzureError
+
+    url, ca = fakes.keyvault.url, fakes.ca_path
+    client = SecretClient(url, build_credential(None), verify_challenge_resource=False, retry_total=0)
+    client.set_secret("late", "first")  # takes the challenge
+    control(url, ca, "POST", "/_devstack/faults", {"method": "PUT", "path": "^/secrets/late$", "delaySeconds": 1.5})
+
+    with pytest.raises(AzureError):
+        client.set_secret("late", "second", read_timeout=0.3)
+    assert control(url, ca, "GET", "/_devstack/faults") == []  # the held request took the fault
+    assert client.get_secret("late").value == "first"  # not applied yet
+    end = time.monotonic() + 10
+    while client.get_secret("late").value != "second":
+        assert time.monotonic() < end, "the held PUT was never applied"
+        time.sleep(0.1)
+    assert len(list(client.list_properties_of_secret_versions("late"))) == 2
+    client.close()

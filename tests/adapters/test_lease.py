@@ -138,8 +138,8 @@ def test_a_stalled_identity_endpoint_ends_the_acquire_within_its_wait(store: Lea
     """The blob client asks the app's identity for a storage token outside the per-call timeouts
     (azure-core `BearerTokenCredentialPolicy.on_request` calls `get_token` before sending; azure-identity
     gives a managed-identity request no overall timeout): the lease must scope that request to the
-    caller's wait with `token_deadline`, as the ARM and Key Vault adapters do (DESIGN §10 "Deadline
-    covers token acquisition"). A reconcile with 1 s left must not sit 20 s in the identity request."""
+    caller's wait with `token_deadline`, as the ARM and Key Vault adapters do (the deadline covers token
+    acquisition). A reconcile with 1 s left must not sit 20 s in the identity request."""
     store.fakes.identity.add_fault({"method": "GET", "path": "/msi/.*", "delaySeconds": 8, "status": 500,
                                     "times": 1})
     try:

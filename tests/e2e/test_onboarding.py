@@ -153,7 +153,7 @@ def registry_env(world: World, edit: Any) -> Iterator[dict[str, Any]]:
 
 
 def test_the_consumption_check_catches_a_key_mismatch(world: World, tmp_path: Path) -> None:
-    """The issue's silent failure: the registry writes `config.service.auth.key`, the portal-shaped
+    """The silent failure the check exists for: the registry writes `config.service.auth.key`, the portal-shaped
     Deployment reads `value`. A rotation says `updated`; status and validate-registry --live say
     `mismatch` and how to fix it."""
     def wrong_key(registry: dict[str, Any]) -> None:
@@ -343,7 +343,7 @@ def test_a_namespace_the_operator_cannot_list_is_reported_not_fatal(world: World
 
 def test_a_context_the_operator_cannot_scan_is_reported_and_the_others_proposed(world: World,
                                                                                  tmp_path: Path) -> None:
-    """Several contexts at once (the issue's interface): one whose identity may not list across the
+    """Several contexts at once (repeated --context): one whose identity may not list across the
     cluster must not lose what the others show. Here `east` is the admin context and `west` the
     partial operator (list in one namespace only, so an all-namespaces scan is forbidden there)."""
     import yaml

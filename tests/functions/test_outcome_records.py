@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from rotation import bootstrap, telemetry
+from rotation.app.holding import lease_name
 from rotation.core.errors import AccessDenied, UpstreamError
-from rotation.service import lease_name
 from tests.functions.conftest import deliver, http
 from tests.functions.test_event_handler import near_expiry
 from tests.service.conftest import World

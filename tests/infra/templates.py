@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ MODULES = INFRA / "modules"
 MAIN = INFRA / "main.bicep"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 
-# DESIGN section 5 (the contract) plus the dead-letter container the app replays from.
-DESIGN_SETTINGS = (
+# The app settings Bicep sets: README's configuration table (the contract) without the two it leaves to the
+# app's defaults (tests/infra/test_resources.py::test_the_pinned_settings_are_the_readmes_table holds them equal).
+APP_SETTINGS = (
     "ROTATION_REGISTRY",
     "KEY_VAULT_URL",
     "ARM_ENDPOINT",
@@ -32,14 +32,17 @@ DESIGN_SETTINGS = (
     "SWEEP_SCHEDULE",
     "OUTCOME_TOPIC_ENDPOINT",
     "AZURE_CLIENT_ID",
+    "DEADLETTER_BLOB_URL",
+    "LEASE_CONTAINER_URL",
+    "CONFIG_KEY_VAULT_URL",
+    "AZURE_CLOUD",
 )
-# ARM_ENDPOINT is an emulator-only override since the second round (DESIGN section 10, "Cloud"): set only when the
-# armEndpoint parameter is given. Every other DESIGN setting is always set.
+# ARM_ENDPOINT is an emulator-only override (a sovereign cloud is chosen with AZURE_CLOUD): set only when the
+# armEndpoint parameter is given. Every other setting is always set.
 CONDITIONAL_SETTINGS = ("ARM_ENDPOINT",)
-# Second-round names (COORD.md) plus the dead-letter container the app replays from.
-EXTRA_SETTINGS = ("DEADLETTER_BLOB_URL", "LEASE_CONTAINER_URL", "CONFIG_KEY_VAULT_URL", "AZURE_CLOUD")
 
-# DESIGN section 7 plus the sweep's expiry record: the only fields the alerts and the workbook may read.
+# The fields of the rotation.* records (README "Monitoring in the Portal") plus the sweep's expiry record: the
+# only fields the alerts and the workbook may read.
 LOG_FIELDS = frozenset({
     "event", "gatewayId", "service", "gateway", "rotated", "expiresAt", "keyType", "fingerprint", "reason",
     "durationMs", "outcome", "cluster", "namespace", "secret", "error", "hoursLeft",
@@ -125,16 +128,3 @@ def string_values(node: Any) -> list[str]:
 def source_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
-
-DESIGN_MD = REPO.parent / "shared" / "DESIGN.md"
-
-
-def design_settings_from_doc() -> list[str] | None:
-    """Setting names of DESIGN section 5, when the shared design doc is beside the checkout."""
-    if not DESIGN_MD.is_file():
-        return None
-    doc = DESIGN_MD.read_text(encoding="utf-8")
-    match = re.search(r"^## 5\..*?$(.*?)^## ", doc, re.S | re.M)
-    if not match:
-        return None
-    return re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", match.group(1), re.M)

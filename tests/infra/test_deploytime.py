@@ -86,7 +86,7 @@ def test_the_corpus_covers_every_rule() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Today's two defects (issue 10), as they were, and put back into the fixed templates.
+# Two defects the templates once had (BCP120, BCP178), as they were, and put back into the fixed templates.
 # ------------------------------------------------------------------------------------------------------------
 
 def test_fixture_app_settings_loop_over_runtime_values_is_bcp178() -> None:

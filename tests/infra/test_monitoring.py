@@ -19,7 +19,7 @@ from tests.infra.templates import INFRA, MAIN, MODULES, body, one_resource, pars
 
 ALERTS = MODULES / "alerts.bicep"
 
-# Every field rotation/service.py, rotation/triggers.py and rotation/telemetry.py put on a record.
+# Every field rotation/app/records.py, rotation/triggers.py and rotation/telemetry.py put on a record.
 RECORD_FIELDS = frozenset({
     "event", "gatewayId", "service", "gateway", "rotated", "fingerprint", "keyType", "expiresAt", "reason",
     "dryRun", "durationMs", "outcome", "failed", "errorClass", "error", "cluster", "namespace", "secret",
@@ -252,7 +252,7 @@ GATEWAY = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ApiManageme
 def test_expiry_alert_without_opentelemetry_is_a_log_alert_on_the_sweep_records() -> None:
     """With enableOpenTelemetry false rotation/telemetry.py records no metric (it needs OpenTelemetry loaded), so
     the metric alert would never fire: the template swaps in a log alert over the sweep's rotation.expiry records
-    (rotation/service.py), read from the message the classic path forwards. The regexes are checked against what
+    (rotation/app/records.py), read from the message the classic path forwards. The regexes are checked against what
     telemetry.emit really writes."""
     metric = resources("Microsoft.Insights/metricAlerts")
     assert parse(ALERTS)["resources"]["expiringToken"]["config"]["condition"] == "openTelemetry"

@@ -6,16 +6,14 @@ import json
 from typing import Any
 
 from tests.infra.templates import (
+    APP_SETTINGS,
     CONDITIONAL_SETTINGS,
-    DESIGN_SETTINGS,
-    EXTRA_SETTINGS,
     MAIN,
     MODULES,
     all_resources,
     body,
     condition,
     decorator,
-    design_settings_from_doc,
     one_resource,
     parse,
     text,
@@ -221,7 +219,7 @@ def test_event_subscription_waits_for_the_code_deployment() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Function App: Flex Consumption, Python 3.11, identity-based storage and telemetry, every DESIGN setting.
+# Function App: Flex Consumption, Python 3.11, identity-based storage and telemetry, every app setting.
 # ------------------------------------------------------------------------------------------------------------
 
 FUNCTION_APP = MODULES / "function-app.bicep"
@@ -234,7 +232,7 @@ def app_settings() -> dict[str, Any]:
 
 def test_every_design_setting_is_an_app_setting() -> None:
     settings = app_settings()
-    always = [n for n in (*DESIGN_SETTINGS, *EXTRA_SETTINGS) if n not in CONDITIONAL_SETTINGS]
+    always = [n for n in APP_SETTINGS if n not in CONDITIONAL_SETTINGS]
     missing = [name for name in always if name not in settings]
     assert missing == []
     # ARM_ENDPOINT only as the emulator override.
@@ -280,11 +278,12 @@ def test_sweep_schedule_is_always_set() -> None:
         assert decorator(param, "min_length") == 1
 
 
-def test_design_doc_lists_no_setting_the_template_lacks() -> None:
-    from_doc = design_settings_from_doc()
-    if from_doc is None:
-        return  # the shared design doc is not beside this checkout; the pinned list above still holds
-    assert sorted(from_doc) == sorted(DESIGN_SETTINGS)
+def test_the_pinned_settings_are_the_readmes_table() -> None:
+    """The pinned list is README's configuration table (the contract, kept in the repository) less the settings
+    Bicep leaves to the app's defaults."""
+    from tests.infra.test_settings_contract import NOT_SET_BY_BICEP, readme_settings
+
+    assert sorted(APP_SETTINGS) == sorted(set(readme_settings()) - set(NOT_SET_BY_BICEP))
 
 
 def test_app_settings_reach_the_site_as_one_object_without_a_loop() -> None:

@@ -343,10 +343,10 @@ def test_untrusted_server_certificate_is_upstream_error(kube_stack: KubeStack) -
 def test_bad_ca_data_and_kubeconfig_are_permanent(kube_stack: KubeStack) -> None:
     clusters = KubernetesClusters(StaticCredential("t"), lambda name: ":\n  - [not yaml")
     with pytest.raises(PermanentError, match="kubeconfig secret 'kc' is not valid YAML"):
-        clusters.client(Cluster("east", KubeconfigAuth("kc")))
+        clusters.client(Cluster("east", KubeconfigAuth("kc"))).read_secret(NS, SECRET, KEY, timeout=10)
     clusters = KubernetesClusters(StaticCredential("t"), lambda name: "apiVersion: v1\nkind: Config\n")
     with pytest.raises(PermanentError, match="kubeconfig secret 'kc': clusters is required"):
-        clusters.client(Cluster("east", KubeconfigAuth("kc")))
+        clusters.client(Cluster("east", KubeconfigAuth("kc"))).read_secret(NS, SECRET, KEY, timeout=10)
     with pytest.raises(PermanentError, match="caData is not a base64 PEM"):
         clusters.client(kube_stack.aks_cluster(ca_pem=b"garbage"))
 
@@ -368,8 +368,8 @@ def test_clients_are_cached_and_built_once_under_concurrency(kube_stack: KubeSta
     for t in threads:
         t.join()
     assert len({id(g) for g in got}) == 1
-    assert reads == ["kubeconfig-east"]
-    # and the cached client serves parallel calls
+    assert reads == []  # the kubeconfig is read by the first call, within its timeout
+    # and the cached client serves parallel calls, reading the kubeconfig once
     results: list[str | None] = []
     workers = [threading.Thread(target=lambda: results.append(got[0].read_secret(NS, SECRET, KEY).value))
                for _ in range(8)]
@@ -379,6 +379,7 @@ def test_clients_are_cached_and_built_once_under_concurrency(kube_stack: KubeSta
         w.join()
     assert len(results) == 8
     assert all(r and r.startswith("GatewayKey ") for r in results)
+    assert reads == ["kubeconfig-east"]
     clusters.close()
 
 

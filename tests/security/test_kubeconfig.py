@@ -187,7 +187,9 @@ def test_no_process_runs_and_no_file_is_read(tmp_path: Path) -> None:
         for field in shapes:
             with pytest.raises(PermanentError, match=f"cluster c-{field}: kubeconfig secret 'kc-{field}': .*"
                                f"{field} is refused"):
-                clusters.client(Cluster(f"c-{field}", KubeconfigAuth(f"kc-{field}")))
+                # The kubeconfig is read (and refused) by the cluster's first call, within its timeout.
+                clusters.client(Cluster(f"c-{field}", KubeconfigAuth(f"kc-{field}"))).read_secret(
+                    "apim", "gw-1-token", "value", timeout=10)
     finally:
         clusters.close()
     assert read == [f"kc-{f}" for f in shapes]

@@ -49,7 +49,7 @@ def test_the_lease_token_request_is_bounded_by_the_wait(app: App, identity: Any,
     from rotation.adapters import credential
     from rotation.adapters.lease import BlobLease
 
-    # BlobLease.acquire runs its calls under token_deadline (review11); unbounded, this would fail in 5 s.
+    # BlobLease.acquire runs its calls under token_deadline; unbounded, this would fail in 5 s.
     monkeypatch.setattr(credential, "DEFAULT_TOKEN_SECONDS", 5.0)
 
     identity.add_fault({"method": "GET", "path": "/msi/.*", "delaySeconds": 25, "status": 500, "times": 2})

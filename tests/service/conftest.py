@@ -4,10 +4,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rotation.adapters.lease import LocalLease
+from rotation.app.rotator import Rotator
 from rotation.core.model import GatewayConfig, KeyType, Registry, TokenRecord
 from rotation.core.registry import load_registry
 from rotation.core.token import GatewayToken
-from rotation.service import Rotator
 from tests.memory import MemoryCluster, MemoryClusters, MemoryIssuer, MemoryStore, RecordingPublisher
 from tests.samples import gateway, registry, target
 
@@ -34,7 +35,7 @@ class World:
         self.publisher = RecordingPublisher()
         self.rotator = Rotator(registry=self.registry, issuer=self.issuer, store=self.store,
                                clusters=MemoryClusters({"east": self.east, "west": self.west}),
-                               clock=lambda: self.now, publisher=self.publisher)
+                               clock=lambda: self.now, publisher=self.publisher, lease=LocalLease())
 
     @property
     def gw1(self) -> GatewayConfig:

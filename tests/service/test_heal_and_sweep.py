@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from rotation.core.model import Outcome
-from rotation.service import Heal
+from rotation.core.restarts import Heal
 from tests.service.conftest import World
 
 DAY = timedelta(days=1)
@@ -60,6 +60,17 @@ def test_an_event_about_the_current_token_heals_nothing(world: World) -> None:
                                      heal=Heal(instance="pod-1", instance_expires_at=token.expires_at))
     assert report.ok and all(t.outcome is Outcome.IN_SYNC and not t.restarted for t in report.targets)
     assert world.east.restarts == {}
+
+
+def test_a_heal_dropped_as_current_names_no_instance_in_the_report(world: World) -> None:
+    """The report (and so the rotation.reconcile record) names an event's instance only when the
+    reconcile healed for it: an instance that already runs Key Vault's token is not reported."""
+    token = world.seed_token(world.gw1, 20 * DAY)
+    current = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,
+                                      heal=Heal(instance="pod-1", instance_expires_at=token.expires_at))
+    stale = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,
+                                    heal=Heal(instance="pod-2", instance_expires_at=token.expires_at - DAY))
+    assert current.instance is None and stale.instance == "pod-2"
 
 
 def test_the_sweep_leaves_gateways_it_cannot_reach_within_its_budget_for_the_next_run(world: World) -> None:

@@ -1,4 +1,4 @@
-"""Review of issue 11, thinking in instances: several Rotators (Flex Consumption instances and the
+"""Thinking in instances: several Rotators (Flex Consumption instances and the
 operator's CLI) over the same Key Vault, clusters and lease store, and holders that pause or die.
 
 A "pause" is what a stop-the-world GC, a frozen VM or a slow rollout wait does to a lease holder: its
@@ -12,6 +12,7 @@ a clock the test moves.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -21,10 +22,12 @@ import pytest
 from rotation import bootstrap, replay
 from rotation.adapters.deadletter import DeadLetter, DeadLetteredEvent
 from rotation.adapters.lease import LocalLease
+from rotation.app.rotator import Rotator
 from rotation.core.errors import UpstreamError
+from rotation.core.fencing import FenceHead
 from rotation.core.model import GatewayRef, KeyType, Outcome, SyncState
+from rotation.core.restarts import RESTART_PENDING, Heal
 from rotation.core.status import KeyRollPhase
-from rotation.service import RESTART_PENDING, Heal, Rotator
 from rotation.settings import Settings
 from tests.samples import SERVICE_ID, gateway_id
 from tests.service.conftest import World
@@ -278,9 +281,9 @@ def test_every_spelling_of_a_gateway_takes_the_same_lease_blob() -> None:
     spell a gateway differently; all resolve to the registry's entry and so to one blob. The registry
     refuses a second spelling of a registered gateway (in another resource group too: APIM service
     names are global DNS names) and an id with a trailing slash."""
+    from rotation.app.holding import lease_name
     from rotation.core.errors import RegistryError
     from rotation.core.registry import load_registry
-    from rotation.service import lease_name
     from tests.samples import gateway as sample_gateway
     from tests.samples import registry, target
 
@@ -312,18 +315,31 @@ class RenewalsFail:
     def shared(self) -> bool:
         return True
 
+    def heads(self, names: Sequence[str], timeout: float | None = None) -> Mapping[str, FenceHead]:
+        return self.inner.heads(names, timeout)
+
     def acquire(self, name: str, *, duration: float, wait: float) -> Any:
         held = self.inner.acquire(name, duration=duration, wait=wait)
 
         class Held:
+            generation = held.generation
+            head = held.head
+
             def renew(self) -> None:
                 raise UpstreamError(f"lease {name} was lost or could not be renewed: 503 ServerBusy")
 
             def check(self) -> None:
                 held.check()
 
-            def release(self) -> None:
-                held.release()
+            def commit(self, head: FenceHead, timeout: float | None = None) -> None:
+                held.commit(head, timeout)
+                self.head = head
+
+            def remaining(self) -> float:
+                return held.remaining()
+
+            def release(self, timeout: float | None = None) -> None:
+                held.release(timeout)
 
         return Held()
 
@@ -350,6 +366,9 @@ def test_the_write_guard_costs_no_lease_call_when_nothing_paused(world: World) -
         def shared(self) -> bool:
             return True
 
+        def heads(self, names: Sequence[str], timeout: float | None = None) -> Mapping[str, FenceHead]:
+            return self.inner.heads(names, timeout)
+
         def acquire(self, name: str, *, duration: float, wait: float) -> Any:
             calls.append("acquire")
             held = self.inner.acquire(name, duration=duration, wait=wait)
@@ -359,9 +378,9 @@ def test_the_write_guard_costs_no_lease_call_when_nothing_paused(world: World) -
                 calls.append("renew")
                 real_renew()
 
-            def release() -> None:
+            def release(timeout: float | None = None) -> None:
                 calls.append("release")
-                real_release()
+                real_release(timeout)
 
             held.renew, held.release = renew, release  # type: ignore[method-assign]
             return held

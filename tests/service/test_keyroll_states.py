@@ -1,4 +1,4 @@
-"""The key roll's states and transitions (rotation.keyroll), with in-memory ports."""
+"""The key roll's states and transitions (rotation.app.keyroll), with in-memory ports."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from datetime import timedelta
 
 import pytest
 
+from rotation.adapters.lease import LocalLease
+from rotation.app.rotator import Rotator
 from rotation.core.errors import UpstreamError
+from rotation.core.keyroll import KeyRollRefused
 from rotation.core.model import KeyType, Outcome
+from rotation.core.restarts import RESTART_PENDING
 from rotation.core.status import KeyRollPhase
-from rotation.keyroll import KeyRollRefused
-from rotation.service import RESTART_PENDING, Rotator
 from tests.service.conftest import World
 from tests.service.test_roll_sequences import assert_roll_invariant
 
@@ -94,7 +96,7 @@ def test_a_second_instance_with_its_own_lease_carries_the_roll_and_the_roll_stay
     gw1 = replace(world.gw1, key_type=KeyType.PRIMARY)
     world.seed_token(gw1, 20 * DAY, key=KeyType.PRIMARY)
     other = Rotator(registry=world.registry, issuer=world.issuer, store=world.store, clusters=world.rotator.clusters,
-                    clock=lambda: world.now)
+                    clock=lambda: world.now, lease=LocalLease())
     real = world.east.rollout
     forced: list[Outcome] = []
 

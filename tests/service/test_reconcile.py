@@ -9,8 +9,8 @@ import pytest
 from rotation import telemetry
 from rotation.core.errors import AccessDenied, UpstreamError
 from rotation.core.model import KeyType, Outcome
+from rotation.core.restarts import RESTART_PENDING
 from rotation.core.token import GatewayToken
-from rotation.service import RESTART_PENDING
 from tests.service.conftest import World
 
 DAY = timedelta(days=1)

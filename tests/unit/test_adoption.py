@@ -10,7 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from rotation.adoption import adopt, choose
+from rotation.app.adoption import adopt, choose
+from rotation.app.context import Scope, deadline
 from rotation.core.model import KeyType, Outcome
 from rotation.core.status import TargetStatus
 from rotation.core.token import GatewayToken
@@ -77,9 +78,9 @@ def test_tokens_due_for_renewal_are_not_adopted_and_nothing_is_reproduced(world:
 def test_choose_writes_nothing_and_lists_what_it_considered(world: World) -> None:
     foreign = GatewayToken.parse(sign("gw-1", (world.now + timedelta(days=25)).replace(second=0), b"unknown"))
     put(world, 1, foreign.value)
-    adopted, considered = choose(world.rotator, world.gw1, world.now, lambda what: 5.0)
+    adopted, considered = choose(world.rotator.deps, world.gw1, world.now, lambda what: 5.0)
     assert adopted is None and [c.token.fingerprint for c in considered] == [foreign.fingerprint]
-    assert adopt(world.rotator, world.gw1, world.now, lambda what: 5.0) is None
+    assert adopt(world.rotator.deps, Scope(world.gw1, deadline(5)), world.now) is None
     assert world.store.get(world.gw1.key_vault_secret) is None and world.store.calls == [("get", world.gw1.key_vault_secret)]
 
 
@@ -119,12 +120,11 @@ def test_a_non_deterministic_generate_token_proves_nothing_and_the_reconcile_min
 def test_no_adoption_while_a_key_roll_is_pending(world: World) -> None:
     """A key roll lives in Key Vault's tags (keyRollFrom): with no Key Vault token there is no roll,
     and the roll's own reconcile (key_type / roll_from given) never adopts, even if Key Vault is empty."""
-    from rotation.service import _Deadline
+    from rotation.app.reconcile import Reconcile, Request
 
     put(world, 0, f"GatewayKey {portal_token(world, 30).value}")
-    deadline = _Deadline(5)
-    report = world.rotator.reconcile_held(world.gw1, reason="key roll", deadline=deadline, started=0.0,
-                                          key_type=KeyType.SECONDARY, roll_from=KeyType.PRIMARY)
+    request = Request("key roll", key_type=KeyType.SECONDARY, roll_from=KeyType.PRIMARY)
+    report = Reconcile(world.rotator.deps, world.gw1, request, deadline(5), 0.0).run()
     stored = world.store.get(world.gw1.key_vault_secret)
     assert report.rotated and stored is not None and stored.origin is None
     assert stored.key_type is KeyType.SECONDARY and stored.roll_from is KeyType.PRIMARY

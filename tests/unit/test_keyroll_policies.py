@@ -1,5 +1,5 @@
-"""Pure decisions of issue 11: carried key rolls, heal restarts, phase-2 blockers, the in-process lease,
-and the LEASE_CONTAINER_URL setting."""
+"""Pure decisions around key rolls and leases: carried key rolls, heal restarts, phase-2 blockers, the in-process
+lease, and the LEASE_CONTAINER_URL setting."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rotation.adapters.lease import LocalLease, lease_duration
+from rotation.core.convergence import token_stored_at
 from rotation.core.errors import SettingsError, UpstreamError
+from rotation.core.keyroll import KeyRollRefused, blockers, check_direction
 from rotation.core.model import KeyType, TokenInfo, TokenRecord
-from rotation.core.policies import HealAction, heal_action, instance_is_stale, key_type_for, token_stored_at
+from rotation.core.renewal import key_type_for
+from rotation.core.restarts import RestartAction, instance_is_stale, restart_action
 from rotation.core.token import GatewayToken
-from rotation.keyroll import KeyRollRefused, blockers, check_direction
 from rotation.settings import Settings
 from tests.samples import gateway, registry
 
@@ -36,16 +38,12 @@ def test_direction() -> None:
         check_direction(KeyType.PRIMARY, KeyType.SECONDARY)
 
 
-@pytest.mark.parametrize(("restarted", "stored", "expected"), [
-    (None, NOW, HealAction.RESTART),
-    (NOW - timedelta(days=1), NOW, HealAction.RESTART),
-    (NOW + timedelta(seconds=5), NOW, HealAction.CURRENT),
-    (NOW - timedelta(seconds=30), NOW, HealAction.CURRENT),   # within the clock-skew allowance
-    (NOW - timedelta(minutes=5), NOW, HealAction.COOLDOWN),   # predates the token, but restarted recently
-    (NOW - timedelta(minutes=5), None, HealAction.COOLDOWN),  # unknown storage time: rate limit only
-])
-def test_heal_action(restarted: datetime | None, stored: datetime | None, expected: HealAction) -> None:
-    assert heal_action(restarted, stored, NOW + timedelta(minutes=1), timedelta(minutes=10)) is expected
+def test_restart_decisions_compare_fingerprints_not_clocks() -> None:
+    """A workload owes a restart unless its pod template names the token's fingerprint: no clock of the
+    restarting machine is compared with Key Vault's, so a writer minutes off neither misses nor repeats one."""
+    assert restart_action("aaaaaaaaaaaa", "aaaaaaaaaaaa") is RestartAction.CURRENT
+    assert restart_action("bbbbbbbbbbbb", "aaaaaaaaaaaa") is RestartAction.RESTART
+    assert restart_action(None, "aaaaaaaaaaaa") is RestartAction.RESTART  # never restarted by the product
 
 
 def test_instance_staleness_and_first_storage_time() -> None:

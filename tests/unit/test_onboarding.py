@@ -92,7 +92,7 @@ def test_consumption_is_consumed_when_the_workload_reads_that_key() -> None:
 
 
 def test_consumption_catches_a_key_mismatch_and_says_the_fix() -> None:
-    """The issue's silent failure: the token goes to `config.service.auth.key`, the portal's YAML reads `value`."""
+    """The silent failure the check exists for: the token goes to `config.service.auth.key`, the portal's YAML reads `value`."""
     uses = secret_uses(template(env=[env_ref("gw-token", "value")]))
     result = check(target(), {GW: uses})
     assert result.state is ConsumptionState.MISMATCH

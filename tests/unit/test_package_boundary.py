@@ -1,8 +1,8 @@
 """The product package does not import the development stack.
 
 `devstack/` ships with the source checkout, not with the Function App (it is kept out of the deployed
-package), so any `import devstack` from `rotation` would fail in Azure. `python -m rotation demo` and
-`devstack up|down` stay (DESIGN §6) by looking `devstack.cli` up at run time only.
+package), so any `import devstack` from `rotation` would fail in Azure. It has its own entry point,
+`python -m devstack up|down|demo`; `python -m rotation demo` and `devstack up|down` only point there.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ for name in names:
     importlib.import_module(name)
 import function_app
 from rotation.cli import main, parser
-parser().parse_args(["demo"]); parser().parse_args(["devstack", "up"])
+parser().parse_args(["demo"]); parser().parse_args(["devstack", "up", "--dir", "d"])
 print(json.dumps({"modules": names, "devstack": sorted(m for m in sys.modules if m.split(".")[0] == "devstack")}))
 """
 
@@ -47,22 +47,29 @@ def test_no_rotation_module_names_devstack_in_an_import_statement() -> None:
     assert offenders == []
 
 
-def test_the_cli_aliases_say_clearly_when_the_devstack_is_absent(tmp_path: Path) -> None:
-    """A deployed package has rotation/ but no devstack/: the alias fails with a one-line error (exit 2)."""
+def test_no_rotation_module_names_devstack_at_all() -> None:
+    """Not even as a string handed to importlib: the product looks nothing of the local stack up."""
+    offenders = []
+    for path in sorted((ROOT / "rotation").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    node.value.split(".")[0] == "devstack" and "." in node.value:
+                offenders.append(f"{path.relative_to(ROOT)}: {node.value!r}")
+    assert offenders == []
+
+
+def test_the_local_stack_commands_point_to_its_own_entry_point(tmp_path: Path) -> None:
+    """In a checkout and in a deployed package alike (rotation/ without devstack/): one line on stderr naming the
+    `python -m devstack` command to run, exit 2 (a usage error), nothing started or stopped."""
     import shutil
 
     shutil.copytree(ROOT / "rotation", tmp_path / "rotation")
-    result = subprocess.run([sys.executable, "-m", "rotation", "devstack", "down", "--dir", str(tmp_path / "d")],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stdout == ""
-    assert "the local stack (devstack/) is not installed here" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-
-
-def test_the_cli_aliases_delegate_to_the_devstack_in_a_checkout(tmp_path: Path) -> None:
-    """`python -m rotation devstack down` (DESIGN §6) still works from the repository: it runs devstack.cli."""
-    result = subprocess.run([sys.executable, "-m", "rotation", "devstack", "down", "--dir", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"devstack down in {tmp_path}: stopped nothing"
+    for cwd in (ROOT, tmp_path):
+        for argv, expected in ((["devstack", "down", "--dir", "d"], "python -m devstack down --dir d"),
+                               (["demo", "--keep"], "python -m devstack demo --keep")):
+            result = subprocess.run([sys.executable, "-m", "rotation", *argv], cwd=cwd, capture_output=True,
+                                    text=True, timeout=120)
+            assert result.returncode == 2 and result.stdout == ""
+            assert f"run `{expected}` from the source checkout" in result.stderr
+            assert "Traceback" not in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1

@@ -4,17 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rotation.core.convergence import Desired, TargetAction, doomed_by_roll, promotable, target_action
 from rotation.core.model import KeyType, TokenInfo, TokenRecord
-from rotation.core.policies import (
-    Desired,
-    TargetAction,
-    doomed_by_roll,
-    key_type_for,
-    new_expiry,
-    promotable,
-    renewal_reason,
-    target_action,
-)
+from rotation.core.renewal import key_type_for, new_expiry, renewal_reason
 from rotation.core.token import GatewayToken
 
 NOW = datetime(2026, 11, 26, 12, 0, 30, 123456, tzinfo=UTC)

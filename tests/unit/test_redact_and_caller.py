@@ -1,4 +1,4 @@
-"""Pure helpers of issue 12: free-text scrubbing and the App Service caller headers."""
+"""Pure helpers at the trust boundary: free-text scrubbing and the App Service caller headers."""
 
 from __future__ import annotations
 

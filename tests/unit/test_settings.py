@@ -143,3 +143,17 @@ def test_unresolved_key_vault_reference_is_transient() -> None:
     with pytest.raises(SettingsPending) as caught:
         Settings.from_env({**BASE, "ROTATION_REGISTRY": "@Microsoft.KeyVault(SecretUri=https://kv/secrets/r)"})
     assert isinstance(caught.value, TransientError) and isinstance(caught.value, SettingsError)
+
+
+def test_the_operator_login_reads_the_kubectl_default_kubeconfig_and_the_client_id() -> None:
+    """kubectl reads the files of KUBECONFIG (os.pathsep-separated) and otherwise ~/.kube/config
+    (kubernetes.io, "Organizing Cluster Access Using kubeconfig Files"); discover scans the first."""
+    import os
+    from pathlib import Path
+
+    from rotation.settings import OperatorLogin
+
+    login = OperatorLogin.from_env({"KUBECONFIG": os.pathsep.join(["/a/one", "/b/two"]), "AZURE_CLIENT_ID": " id "})
+    assert (login.kubeconfig, login.client_id, login.in_azure) == ("/a/one", "id", False)
+    bare = OperatorLogin.from_env({"WEBSITE_INSTANCE_ID": "x"})
+    assert bare.kubeconfig == str(Path.home() / ".kube" / "config") and bare.client_id is None and bare.in_azure

@@ -1,4 +1,4 @@
-"""status flags a registered Secret that holds another gateway's token (round 1 left it to --live).
+"""status flags a registered Secret that holds another gateway's token (not only validate-registry --live).
 
 A gateway token names its gateway in clear (`{gateway}&{expiry}&{signature}`), so a status read that
 already fetches the Secret sees it for free. Such a target is not `stale`: a rotation would overwrite

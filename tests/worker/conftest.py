@@ -1,9 +1,8 @@
 """Worker tier: the app run by Microsoft's Python worker library, as the Functions host drives it.
 
 The host's side of the gRPC stream lives here: the protocol messages are compiled at test time from
-the host's own .proto files (Azure/azure-functions-language-worker-protobuf, MIT; found beside the
-repository in ../shared/reference/functions-rpc, or the copy in tests/data for a lone clone) with
-grpcio-tools, never vendored. The worker side (tests/worker/worker_process.py) is a separate
+the host's own .proto files (Azure/azure-functions-language-worker-protobuf, MIT; the copy in
+tests/data/functions-rpc) with grpcio-tools; no generated code is vendored. The worker side (tests/worker/worker_process.py) is a separate
 process, as on Azure: `azure_functions_runtime` indexes and imports the app there, and OpenTelemetry
 configured there cannot leak into other tests. The backend is the devstack (tests/e2e fixtures).
 """
@@ -28,12 +27,12 @@ from devstack import stack as devstack
 from tests.e2e.conftest import World, stack  # noqa: F401 - the e2e tier's session devstack, reused
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTO_DIRS = (ROOT.parent / "shared" / "reference" / "functions-rpc", ROOT / "tests" / "data" / "functions-rpc")
+PROTO_DIR = ROOT / "tests" / "data" / "functions-rpc"
 PROTO_FILES = ("FunctionRpc.proto", "identity/ClaimsIdentityRpc.proto", "shared/NullableTypes.proto")
 
 
 def proto_dir() -> Path:
-    return next(d for d in PROTO_DIRS if (d / "FunctionRpc.proto").is_file())
+    return PROTO_DIR
 
 
 @pytest.fixture(scope="session")

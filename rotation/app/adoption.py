@@ -19,18 +19,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 
+from rotation.app.context import Deps, Scope
+from rotation.app.vault import fenced_put
 from rotation.core.adoption import Candidate, candidates, key_order, origin
-from rotation.core.errors import RotationError
+from rotation.core.errors import RotationError, UpstreamError
 from rotation.core.model import GatewayConfig, KeyType, Target, TokenRecord
 from rotation.core.token import GatewayToken
-from rotation.telemetry import Executor
-
-if TYPE_CHECKING:
-    from rotation.service import Rotator
+from rotation.telemetry import Executor, emit
 
 log = logging.getLogger("rotation")
 
@@ -49,13 +47,13 @@ class Adopted:
         return self.record.key_type
 
 
-def held_tokens(rotator: Rotator, config: GatewayConfig, check: Callable[[str], float],
+def held_tokens(deps: Deps, config: GatewayConfig, check: Callable[[str], float],
                 budget: float = 1.0) -> list[tuple[Target, str | None]]:
     """What each target's Secret key holds, read in parallel within `budget` (a share of the
     deadline: the targets still need the rest). A target that fails or is slow holds nothing here;
     the fan-out that follows reports it."""
     def read(target: Target) -> tuple[Target, str | None]:
-        client = rotator.clusters.client(rotator.registry.clusters[target.cluster])
+        client = deps.clusters.client(deps.registry.clusters[target.cluster])
         state = client.read_secret(target.namespace, target.secret, target.key,
                                    timeout=min(check("reading the Secret"), budget))
         return target, state.value
@@ -78,30 +76,38 @@ def held_tokens(rotator: Rotator, config: GatewayConfig, check: Callable[[str], 
     return held
 
 
-def signing_key(rotator: Rotator, config: GatewayConfig, token: GatewayToken,
+def signing_key(deps: Deps, config: GatewayConfig, token: GatewayToken,
                 check: Callable[[str], float]) -> KeyType | None:
-    """The key whose ARM-generated token of the same expiry is this token, if any."""
+    """The key whose ARM-generated token of the same expiry is this token, if any. A transient ARM
+    error is retried once and never stops the other key from being tried: one 503 must not turn a
+    running token into a needless mint (and a restart of every pod)."""
     for key_type in key_order(config.key_type):
-        try:
-            again = rotator.issuer.generate_token(config.ref, key_type, token.expires_at,
-                                                  timeout=check("generateToken (adoption check)"))
-        except RotationError as exc:
-            log.info("%s: adoption could not reproduce token %s with the %s key: %s", config.ref,
-                     token.fingerprint, key_type.value, exc)
-            return None  # an expiry ARM refuses, or ARM failing: nothing is proven
-        if again == token.value:
-            return key_type
+        for attempt in (1, 2):
+            try:
+                again = deps.issuer.generate_token(config.ref, key_type, token.expires_at,
+                                                   timeout=check("generateToken (adoption check)"))
+            except UpstreamError as exc:
+                log.info("%s: adoption could not reproduce token %s with the %s key (attempt %d): %s", config.ref,
+                         token.fingerprint, key_type.value, attempt, exc)
+                continue
+            except RotationError as exc:  # refused (an expiry ARM will not sign): this key proves nothing
+                log.info("%s: adoption could not reproduce token %s with the %s key: %s", config.ref,
+                         token.fingerprint, key_type.value, exc)
+                break
+            if again == token.value:
+                return key_type
+            break
     return None
 
 
-def choose(rotator: Rotator, config: GatewayConfig, now: datetime,
+def choose(deps: Deps, config: GatewayConfig, now: datetime,
            check: Callable[[str], float]) -> tuple[Adopted | None, list[Candidate]]:
     """The token to adopt (None: a new one is minted), and every candidate considered. Writes nothing."""
     # At most a third of what is left: the fan-out to the targets must still fit in the deadline.
     budget = max(0.1, check("reading the targets for adoption") / 3)
-    found = candidates(held_tokens(rotator, config, check, budget), config.ref.gateway, now, rotator.renew_before)
+    found = candidates(held_tokens(deps, config, check, budget), config.ref.gateway, now, deps.renew_before)
     for candidate in found:
-        key_type = signing_key(rotator, config, candidate.token, check)
+        key_type = signing_key(deps, config, candidate.token, check)
         if key_type is not None:
             record = TokenRecord(token=candidate.token, key_type=key_type, gateway_id=config.ref.id,
                                  origin=origin(candidate, key_type))
@@ -109,14 +115,15 @@ def choose(rotator: Rotator, config: GatewayConfig, now: datetime,
     return None, found
 
 
-def adopt(rotator: Rotator, config: GatewayConfig, now: datetime, check: Callable[[str], float]) -> Adopted | None:
-    """Choose and store (Key Vault before any cluster, like a minted token). None: nothing adopted."""
-    from rotation.service import emit
-
-    adopted, _ = choose(rotator, config, now, check)
+def adopt(deps: Deps, scope: Scope, now: datetime) -> Adopted | None:
+    """Choose and store (Key Vault before any cluster, like a minted token). None: nothing adopted.
+    Every step checks the lease first: adoption writes Key Vault, so only the gateway's writer may."""
+    config = scope.config
+    adopted, _ = choose(deps, config, now, scope.writing)
     if adopted is None:
         return None
-    rotator.store.put(config.key_vault_secret, adopted.record, timeout=check("writing Key Vault"))
+    version = fenced_put(deps, scope, adopted.record, based_on=None)
+    adopted = replace(adopted, record=replace(adopted.record, version=version))
     token = adopted.token
     emit("rotation.token", {"gatewayId": config.ref.id, "fingerprint": token.fingerprint,
                             "expiresAt": token.expires_at.isoformat(), "keyType": adopted.key_type.value,

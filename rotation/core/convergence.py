@@ -1,53 +1,19 @@
-"""The decisions of a reconcile, as pure functions of what was gathered and the time.
+"""How each target converges on Key Vault's token: pure decisions of what was read.
 
-Modelled on cert-manager's renewal policy: renew a fixed window before expiry, never hand out
-something that expires sooner than what a target already holds, and keep the signing key stable
-unless a key roll explicitly moves it.
+Never hand a target something that expires sooner than what it already holds (unless a key roll
+dooms that token), never overwrite another gateway's token, and make a later-expiring version the
+targets kept Key Vault's latest again so every target ends on what Key Vault says.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from rotation.core.model import KeyType, TokenInfo, TokenRecord
 from rotation.core.token import GatewayToken, parse_stored
-
-MAX_LIFETIME = timedelta(days=30)
-
-
-def renewal_reason(current: TokenRecord | None, now: datetime, renew_before: timedelta,
-                   force: bool = False) -> str | None:
-    """Why a new token is needed, or None when the stored one is good for longer than the window."""
-    if force:
-        return "forced"
-    if current is None:
-        return "no token in Key Vault"
-    left = current.token.expires_at - now
-    if left <= timedelta(0):
-        return "stored token has expired"
-    if left <= renew_before:
-        return f"stored token expires in {_human(left)} (renew window {_human(renew_before)})"
-    return None
-
-
-def new_expiry(now: datetime, lifetime: timedelta) -> datetime:
-    """now + lifetime, capped at APIM's 30 days and truncated to whole minutes (the token's precision)."""
-    return (now + min(lifetime, MAX_LIFETIME)).replace(second=0, microsecond=0)
-
-
-def key_type_for(configured: KeyType | None, current: TokenRecord | None) -> KeyType:
-    """A pending key roll first (never sign with the key being retired, whatever the registry pins),
-    then the registry's choice, else stay on the key that signed the current token, else primary."""
-    if current is not None and current.roll_from is not None:
-        return current.roll_from.other
-    if configured is not None:
-        return configured
-    if current is not None:
-        return current.key_type
-    return KeyType.PRIMARY
 
 
 class TargetAction(StrEnum):
@@ -64,6 +30,10 @@ class Desired:
     gateway: str
     fingerprint: str
     expires_at: datetime
+
+    @classmethod
+    def of(cls, token: GatewayToken) -> Desired:
+        return cls(token.gateway, token.fingerprint, token.expires_at)
 
 
 def target_action(secret_value: str | None, desired: Desired, fmt: str,
@@ -102,12 +72,7 @@ def promotable(latest: TokenRecord, versions: Sequence[TokenInfo], held: Iterabl
     """
     if latest.roll_from is not None:
         return None
-    same_key: set[str] = set()
-    for info in reversed(versions):
-        if info.key_type is not latest.key_type or info.roll_from is not None:
-            break
-        if info.fingerprint:
-            same_key.add(info.fingerprint)
+    same_key = _since_last_key_change(latest, versions)
     best: GatewayToken | None = None
     for token in held:
         if (token.gateway.lower() != gateway.lower() or token.fingerprint not in same_key
@@ -118,39 +83,18 @@ def promotable(latest: TokenRecord, versions: Sequence[TokenInfo], held: Iterabl
     return best
 
 
+def _since_last_key_change(latest: TokenRecord, versions: Sequence[TokenInfo]) -> set[str]:
+    same_key: set[str] = set()
+    for info in reversed(versions):
+        if info.key_type is not latest.key_type or info.roll_from is not None:
+            break
+        if info.fingerprint:
+            same_key.add(info.fingerprint)
+    return same_key
+
+
 def token_stored_at(versions: Sequence[TokenInfo], fingerprint: str) -> datetime | None:
     """When Key Vault first stored this token: the earliest version holding it. (Clearing a roll's tag
     or promoting writes the same token again; pods restarted after the first write run it already.)"""
     times = [v.created_at for v in versions if v.fingerprint == fingerprint and v.created_at is not None]
     return min(times) if times else None
-
-
-# Clock difference tolerated between Key Vault's `created` and the restartedAt this app writes.
-CLOCK_SKEW = timedelta(seconds=60)
-
-
-class HealAction(StrEnum):
-    RESTART = "restart"    # its pods started before the token was stored: restart them
-    CURRENT = "current"    # restarted since the token was stored: its pods run it (or are rolling to it)
-    COOLDOWN = "cooldown"  # restarted too recently to restart again (per-instance duplicate events)
-
-
-def heal_action(restarted_at: datetime | None, stored_at: datetime | None, now: datetime,
-                cooldown: timedelta) -> HealAction:
-    """Whether a workload of an in-sync target must be restarted so its pods load the stored token."""
-    if restarted_at is not None and stored_at is not None and restarted_at >= stored_at - CLOCK_SKEW:
-        return HealAction.CURRENT
-    if restarted_at is not None and now - restarted_at < cooldown:
-        return HealAction.COOLDOWN
-    return HealAction.RESTART
-
-
-def instance_is_stale(instance_expires_at: datetime | None, stored_expires_at: datetime) -> bool:
-    """An event's instance runs an older token than Key Vault's when its token expires earlier (tokens
-    carry whole minutes; an event without an expiry is taken at its word)."""
-    return instance_expires_at is None or instance_expires_at < stored_expires_at - timedelta(minutes=1)
-
-
-def _human(delta: timedelta) -> str:
-    hours = int(delta.total_seconds() // 3600)
-    return f"{hours // 24}d{hours % 24}h" if hours >= 24 else f"{hours}h{int(delta.total_seconds() % 3600 // 60)}m"

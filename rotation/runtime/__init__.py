@@ -1,0 +1,1 @@
+"""Process and thread plumbing shared by the adapters and the application (standard library only)."""
