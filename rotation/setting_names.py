@@ -12,6 +12,8 @@ step) plus AZURE_CLIENT_ID, the user-assigned identity's client id.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 APP_SETTINGS = frozenset({
     "ROTATION_REGISTRY", "KEY_VAULT_URL", "CONFIG_KEY_VAULT_URL", "ARM_ENDPOINT", "AZURE_CLOUD",
     "TOKEN_LIFETIME_DAYS", "RENEW_BEFORE_DAYS", "ROTATION_DEADLINE_SECONDS", "SWEEP_SCHEDULE",
@@ -31,7 +33,7 @@ HOST_SETTINGS = frozenset({
 _TRUE = {"1", "true", "yes", "on"}
 
 
-def settings_to_load(values: dict[str, object]) -> dict[str, str]:
+def settings_to_load(values: Mapping[str, object]) -> dict[str, str]:
     """The environment entries a settings file contributes; ValueError names the first name refused."""
     unknown = sorted(str(k) for k in values if k not in APP_SETTINGS | LOCAL_STACK_SETTINGS | HOST_SETTINGS)
     if unknown:
