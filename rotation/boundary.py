@@ -1,11 +1,17 @@
 """The one scrubbing step for text that leaves the process.
 
 Reports, records, HTTP bodies, outcome events and CLI output carry text from outside: upstream error
-messages (which may echo a request body), an operator's reason, names from events and Secrets. Each
-boundary passes what it is about to send through `clean` (one string) or `clean_tree` (a JSON-shaped
-value): the values the process holds are cut out in any encoding (`rotation.known_secrets`), then
-anything secret-shaped (`rotation.core.redact`). `shown` is the same for text printed on a terminal,
-with non-printable characters escaped so that a crafted name cannot rewrite what the operator sees.
+messages (which may echo a request body), an operator's reason, names from events and Secrets. Two
+steps, each where it fits:
+
+- Where upstream text enters a message (a Kubernetes API error, `credential.translate`, a `reason`),
+  `clean` removes the known values and then anything secret-shaped (`rotation.core.redact`): the
+  shape rules read free text, so they run once, on the upstream text alone.
+- Where a message leaves (records, HTTP bodies, outcome events, the terminal), `clean_tree`/`shown`
+  cut out every value the process holds (`rotation.known_secrets`), in any encoding and in pieces of
+  12 characters: precise, so the rotator's own prose ("reads key 'value' …, not 'config.service.auth
+  .key': set …") passes unchanged. `shown` also escapes non-printable characters, so that a crafted
+  name cannot rewrite what the operator sees.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from rotation.known_secrets import KNOWN
 
 
 def clean(text: str) -> str:
+    """Upstream free text: known values cut out, then anything secret-shaped."""
     return KNOWN.scrub(text)
 
 
 def clean_tree(value: Any) -> Any:
-    """A JSON-shaped value (dicts, lists, tuples, scalars) with every string in it cleaned; keys too."""
+    """A JSON-shaped value (dicts, lists, tuples, scalars) with the known values cut out of every
+    string in it, keys too."""
     if isinstance(value, str):
-        return KNOWN.scrub(value)
+        return KNOWN.scrub_known(value)
     if isinstance(value, dict):
         return {clean_tree(k) if isinstance(k, str) else k: clean_tree(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -33,8 +41,8 @@ def clean_tree(value: Any) -> Any:
 
 
 def shown(value: object) -> str:
-    """`value` for a terminal or a log line: cleaned, non-printable characters escaped."""
-    return printable(KNOWN.scrub(str(value)))
+    """`value` for a terminal or a log line: known values cut out, non-printable characters escaped."""
+    return printable(KNOWN.scrub_known(str(value)))
 
 
 class Terminal(io.TextIOBase):
