@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from rotation.core.consumption import Consumption, ConsumptionState
 from rotation.core.errors import PermanentError, RotationError, SettingsError, UpstreamError
@@ -61,7 +61,10 @@ def _load_settings_file(path: str) -> None:
     values = data.get("Values", data) if isinstance(data, dict) else None
     if not isinstance(values, dict):
         raise UsageError(f"--settings {path}: expected a JSON object of settings")
-    load_into_environment(values)
+    try:
+        load_into_environment(values)  # the rotator's own names only
+    except ValueError as exc:
+        raise UsageError(f"--settings {path}: {exc}") from None
 
 
 def _operator_cloud() -> OperatorCloud:
@@ -385,7 +388,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    from rotation.boundary import Terminal
+
+    # Names from events, Secrets and blobs escaped and known secrets cut out, whatever prints them.
+    terminal = Terminal(out or sys.stdout)
+    try:
+        return _run(argv, cast(TextIO, terminal))
+    finally:
+        terminal.flush()
+
+
+def _run(argv: Sequence[str] | None, out: TextIO) -> int:
+    from rotation.boundary import shown
+
     p = parser()
     args, extra = p.parse_known_args(argv)
     if extra and args.func is not cmd_local_stack:
@@ -397,10 +412,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return int(args.func(args, out))
     except (UsageError, PermanentError) as exc:
         kind = "configuration error" if isinstance(exc, SettingsError) else "error"
-        print(f"{kind}: {exc}", file=sys.stderr)
+        print(f"{kind}: {shown(exc)}", file=sys.stderr)
         return 2
     except RotationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

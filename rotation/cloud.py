@@ -39,6 +39,7 @@ from rotation.core.hosts import (
     server_problem,
     vault_host_pattern,
 )
+from rotation.core.redact import url_shown
 
 
 class CloudName(StrEnum):
@@ -147,6 +148,6 @@ def operator_cloud(env: Mapping[str, str]) -> OperatorCloud:
     problem = None
     if endpoint != cloud.arm_endpoint and (
             not local or server_problem(endpoint, None, allow_loopback=True) is not None):
-        problem = (f"ARM_ENDPOINT {endpoint[:80]!r} is only an override for a loopback emulator with "
+        problem = (f"ARM_ENDPOINT {url_shown(endpoint)!r} is only an override for a loopback emulator with "
                    "ROTATION_LOCAL_EMULATORS; set AZURE_CLOUD for a sovereign cloud")
     return OperatorCloud(cloud, local, endpoint, problem)

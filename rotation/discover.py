@@ -30,6 +30,7 @@ from rotation.core.discovery import (
     Proposal,
     ScannedSecret,
     candidate_tokens,
+    distinct_contexts,
     parse_service_id,
     propose,
 )
@@ -138,6 +139,7 @@ def discover(service_ids: Sequence[str], *, kubeconfig: str, contexts: Sequence[
     services = list(dict.fromkeys(parse_service_id(s) for s in service_ids))
     config = OperatorKubeconfig(kubeconfig)
     chosen = list(dict.fromkeys(contexts)) or [config.current_context]
+    distinct_contexts(chosen)
     if not chosen[0]:
         raise InvalidInput(f"--kubeconfig {kubeconfig} has no current-context: pass --context NAME")
     unknown_aks = sorted(set(aks) - set(chosen))

@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TextIO
 
+from rotation.boundary import shown
 from rotation.core.consumption import Consumption, ConsumptionState, SecretUse, check
 from rotation.core.errors import RotationError
 from rotation.core.model import GatewayConfig, KeyType, Registry, Target, Workload
 from rotation.core.ports import Clusters
+from rotation.core.printable import printable
 from rotation.core.token import GatewayToken, parse_stored
 
 Verify = Callable[[GatewayConfig, GatewayToken], KeyType | None]
@@ -68,7 +70,7 @@ def _one(registry: Registry, clusters: Clusters, config: GatewayConfig, target: 
     else:
         key = verify(config, held) if verify is not None else None
         proof = f"{key.value} key, verified" if key is not None else "UNVERIFIED"
-        holds = (f"token {held.fingerprint} named {held.gateway!r}, expires "
+        holds = (f"token {held.fingerprint} named {printable(held.gateway)}, expires "
                  f"{held.expires_at:%Y-%m-%d %H:%M} UTC ({proof})")
         if key is None and state == ConsumptionState.CONSUMED.value:
             # Provenance, not the name inside the value: a planted or forged token is never "consumed".
@@ -98,8 +100,8 @@ def print_results(results: Sequence[LiveResult], out: TextIO) -> None:
     for r in results:
         t = r.target
         print(f"  {r.state:11} {r.gateway.ref} -> {t.cluster}/{t.namespace}/{t.secret} key {t.key!r}"
-              + (f": {r.holds}" if r.holds else ""), file=out)
+              + (f": {shown(r.holds)}" if r.holds else ""), file=out)
         if r.fix:
-            print(f"              fix: {r.fix}", file=out)
+            print(f"              fix: {shown(r.fix)}", file=out)
         if r.helm:
             print(f"              helm: {r.helm}", file=out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from rotation.boundary import shown
 from rotation.core.model import RotationReport
 
 
@@ -18,8 +19,8 @@ def print_report(report: RotationReport, out: TextIO) -> None:
           f"{report.fingerprint or '-'} expires {expires} ({report.key_type or '-'} key), "
           f"{report.duration_ms} ms", file=out)
     if report.error:
-        print(f"  error: {report.error}", file=out)
+        print(f"  error: {shown(report.error)}", file=out)
     for t in report.targets:
         extra = f"  restarted {', '.join(t.restarted)}" if t.restarted and t.outcome.value == "updated" else ""
-        err = f"  ({t.error})" if t.error else ""
+        err = f"  ({shown(t.error)})" if t.error else ""
         print(f"  {t.outcome.value:8} {t.cluster}/{t.namespace}/{t.secret}{extra}{err}", file=out)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from rotation.core.errors import IgnoredEvent, InvalidEvent, InvalidInput, RotationError, SettingsError
 from rotation.core.events import GatewayTokenEvent, parse_event
 from rotation.core.model import GatewayConfig, RotationReport
+from rotation.core.redact import url_shown
 from rotation.core.restarts import Heal
 
 if TYPE_CHECKING:
@@ -128,12 +129,23 @@ def replay(args: argparse.Namespace, out: TextIO) -> int:
     from rotation import bootstrap
     from rotation.adapters.deadletter import DeadLetterSource
 
-    since = _since(getattr(args, "since", None))
     box = bootstrap.container()
     settings = box.settings
-    url = getattr(args, "container_url", None) or settings.deadletter_blob_url
+    given = getattr(args, "container_url", None)
+    url = given or settings.deadletter_blob_url
     if not url:
         raise SettingsError("no dead-letter container: pass --container-url or set DEADLETTER_BLOB_URL")
+    if given:
+        # It gets the operator's Storage token (or the SAS it carries): DEADLETTER_BLOB_URL's host rule (a
+        # blob endpoint of the cloud; a loopback Azurite with the local emulators), checked before any
+        # credential is asked. The query is the SAS, which the setting cannot carry.
+        base, _, query = given.partition("?")
+        why = settings.cloud.blob_problem(base.lower(), settings.local_emulators)
+        if why is None and query and "sig=" not in query:
+            why = "may carry a query only as a SAS (sig=)"
+        if why is not None:
+            raise SettingsError(f"--container-url {url_shown(given)!r} {why}")
+    since = _since(getattr(args, "since", None))
     dry_run = bool(getattr(args, "dry_run", False))
     keep = bool(getattr(args, "keep", False))
     source = DeadLetterSource(url, box.credential)
@@ -267,10 +279,11 @@ def _summary(blobs: Sequence[BlobResult], reports: dict[tuple[str, str], Rotatio
 
 def _print(url: str, blobs: Sequence[BlobResult], reports: Sequence[RotationReport], summary: dict[str, int],
            dry_run: bool, out: TextIO) -> None:
+    from rotation.boundary import shown
     from rotation.printing import print_report
 
     mode = " (dry run: nothing written, nothing deleted)" if dry_run else ""
-    print(f"dead-letter replay of {url}{mode}", file=out)
+    print(f"dead-letter replay of {shown(url)}{mode}", file=out)
     if not blobs:
         print("  no dead-lettered events", file=out)
         return
@@ -286,13 +299,16 @@ def _print(url: str, blobs: Sequence[BlobResult], reports: Sequence[RotationRepo
 
 
 def _print_blob(blob: BlobResult, out: TextIO) -> None:
+    from rotation.boundary import shown
+
     when = f" ({blob.last_modified})" if blob.last_modified else ""
     action = blob.action.replace("_", " ")
-    print(f"blob {blob.name}{when}: {action}" + (f" ({blob.note})" if blob.note else ""), file=out)
+    # Blob names, event ids, types and reasons are whatever the blob holds: escaped.
+    print(f"blob {shown(blob.name)}{when}: {action}" + (f" ({shown(blob.note)})" if blob.note else ""), file=out)
     for e in blob.events:
-        dead = e.dead_letter_reason or "-"
+        dead = shown(e.dead_letter_reason or "-")
         if e.delivery_attempts is not None:
             dead += f" after {e.delivery_attempts} attempt(s)"
-        detail = f": {e.detail}" if e.detail else ""
-        print(f"  {e.outcome:8} {e.event_id or '(no id)'} {e.event_type or '-'} {e.gateway or '-'} "
-              f"[dead-lettered: {dead}]{detail}", file=out)
+        detail = f": {shown(e.detail)}" if e.detail else ""
+        print(f"  {e.outcome:8} {shown(e.event_id or '(no id)')} {shown(e.event_type or '-')} "
+              f"{shown(e.gateway or '-')} [dead-lettered: {dead}]{detail}", file=out)

@@ -96,8 +96,12 @@ class OperatorLogin:
 
 
 def load_into_environment(values: Mapping[str, object]) -> None:
-    """The CLI's `--settings FILE`: its non-empty values become the process's settings."""
-    os.environ.update({str(k): str(v) for k, v in values.items() if v is not None and v != ""})
+    """The CLI's `--settings FILE`: its non-empty values of the rotator's own settings become the
+    process's settings (`rotation.setting_names`); ValueError names the first other name, and then
+    nothing is loaded."""
+    from rotation.setting_names import settings_to_load
+
+    os.environ.update(settings_to_load(values))
 
 
 def _public_cloud() -> Cloud:
@@ -142,6 +146,7 @@ class Settings:
         from rotation.cloud import cloud_named
         from rotation.core.errors import RegistryError
         from rotation.core.hosts import server_problem
+        from rotation.core.redact import url_shown  # a rejected URL is echoed without userinfo or query
         from rotation.core.registry import load_registry
 
         def text(name: str, default: str | None = None) -> str | None:
@@ -155,7 +160,7 @@ class Settings:
                     raise SettingsError(f"{name} is required")
                 return None
             if not value.startswith("https://") or " " in value:
-                raise SettingsError(f"{name} must be an https:// URL, got {value[:80]!r}")
+                raise SettingsError(f"{name} must be an https:// URL, got {url_shown(value)!r}")
             return value.rstrip("/")
 
         def number(name: str, default: float, low: float, high: float) -> float:
@@ -215,14 +220,14 @@ class Settings:
                 return None
             why = cloud.vault_problem(url.lower(), allow_loopback=local_emulators)
             if why is not None:
-                raise SettingsError(f"{name} {url[:80]!r} {why}")
+                raise SettingsError(f"{name} {url_shown(url)!r} {why}")
             return url
 
         arm_endpoint = https_url("ARM_ENDPOINT", cloud.arm_endpoint) or cloud.arm_endpoint
         if arm_endpoint != cloud.arm_endpoint and (
                 not local_emulators or server_problem(arm_endpoint, None, allow_loopback=True) is not None):
             raise SettingsError(
-                f"ARM_ENDPOINT {arm_endpoint[:80]!r} differs from {cloud.name.value}'s Resource Manager "
+                f"ARM_ENDPOINT {url_shown(arm_endpoint)!r} differs from {cloud.name.value}'s Resource Manager "
                 f"({cloud.arm_endpoint}): it is only an override for a loopback emulator with "
                 "ROTATION_LOCAL_EMULATORS; set AZURE_CLOUD for a sovereign cloud")
         try:
@@ -239,7 +244,7 @@ class Settings:
                 return None
             why = problem(url.lower(), local_emulators)
             if why is not None:
-                raise SettingsError(f"{name} {url[:80]!r} {why}")
+                raise SettingsError(f"{name} {url_shown(url)!r} {why}")
             return url
 
         lease_container_url = service_url("LEASE_CONTAINER_URL", cloud.blob_problem)
@@ -261,8 +266,8 @@ class Settings:
             sweep_schedule=text("SWEEP_SCHEDULE", DEFAULT_SWEEP_SCHEDULE) or DEFAULT_SWEEP_SCHEDULE,
             outcome_topic_endpoint=service_url("OUTCOME_TOPIC_ENDPOINT", cloud.eventgrid_problem),
             client_id=text("AZURE_CLIENT_ID"),
-            deadletter_blob_url=service_url("DEADLETTER_BLOB_URL", cloud.blob_problem) if not local_emulators
-            else text("DEADLETTER_BLOB_URL"),
+            # The local emulators allow a loopback Azurite, like LEASE_CONTAINER_URL: no other host.
+            deadletter_blob_url=service_url("DEADLETTER_BLOB_URL", cloud.blob_problem),
             sweep_concurrency=int(number("SWEEP_CONCURRENCY", 8, 1, 64)),
             local_emulators=local_emulators,
         )

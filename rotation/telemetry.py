@@ -35,6 +35,9 @@ from rotation.runtime.attribution import (
 __all__ = ["Executor", "InvocationContext", "attributed", "current_invocation_id", "emit", "error_class",
            "fields_of", "hours_left", "invocation"]
 
+from rotation.boundary import shown
+from rotation.core.printable import printable
+
 log = logging.getLogger("rotation")
 
 # Metric names as Application Insights stores them (customMetrics.name; the alert's metricName).
@@ -49,27 +52,34 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"m
 # --- structured records ----------------------------------------------------------------------------
 
 
-def _dimension(value: object) -> str | bool | int | float | None:
-    """A value OpenTelemetry accepts as an attribute (and Application Insights as a dimension)."""
-    if value is None or isinstance(value, str | bool | int | float):
+# Fields whose values are the registry's validated names, enumerations, fingerprints and times: no
+# secret fits their shapes, so only non-printables are escaped (scrubbing every field of every record
+# would cost a fan-out more than its Kubernetes calls). Every other field goes through the boundary.
+_STRUCTURAL = frozenset({"gatewayId", "service", "gateway", "cluster", "namespace", "secret", "keyType", "from",
+                         "to", "outcome", "fingerprint", "expiresAt", "errorClass", "restarted", "schedule"})
+
+
+def _dimension(key: str, value: object) -> str | bool | int | float | None:
+    """A value OpenTelemetry accepts as an attribute (and Application Insights as a dimension). Text
+    is the boundary's: known secrets and secret-shaped text cut out, non-printables escaped."""
+    if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, list | tuple | set | frozenset):
-        return ",".join(str(v) for v in value)
-    return str(value)
+    text = ",".join(str(v) for v in value) if isinstance(value, list | tuple | set | frozenset) else str(value)
+    return printable(text) if key in _STRUCTURAL else shown(text)
 
 
 def _text(value: object) -> str:
     text = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    if text and not any(c in text for c in ' "=\n'):
+    if text and text.isprintable() and not any(c in text for c in ' "=\n'):
         return text
     return json.dumps(text)
 
 
 def emit(event: str, fields: Mapping[str, object], level: int = logging.INFO) -> None:
     """One structured record: fields as attributes (customDimensions), `event k=v ...` as the message."""
-    dimensions = {k: v for k, v in ((k, _dimension(v)) for k, v in fields.items())
+    dimensions = {k: v for k, v in ((k, _dimension(k, v)) for k, v in fields.items())
                   if v is not None and k not in _STANDARD}
     dimensions["event"] = event
     message = " ".join([event, *(f"{k}={_text(v)}" for k, v in dimensions.items() if k != "event")])

@@ -147,7 +147,11 @@ def on_gateway_token_event(event: func.EventGridEvent, context: func.Context = N
 
 def _json(status: int, body: Mapping[str, Any] | list[Any], headers: Mapping[str, str] | None = None,
           ) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json",
+    """Every HTTP body leaves through here: its text goes through the boundary's scrub."""
+    from rotation.boundary import clean_tree
+
+    body = clean_tree(json.loads(json.dumps(body, default=str)))
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json",
                              headers=dict(headers or {}))
 
 
@@ -174,6 +178,8 @@ def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse], req: func.
         return handler(req)
     except UnknownGateway as exc:
         return _error(404, str(exc))
+    except BodyTooLarge as exc:
+        return _error(413, str(exc))
     except InvalidInput as exc:
         return _error(400, str(exc))
     except SettingsPending as exc:  # e.g. a Key Vault reference not resolved yet: try again later
@@ -196,8 +202,22 @@ def _gateway_from_route(req: func.HttpRequest) -> GatewayConfig:
     return bootstrap.container().rotator.gateway(service, gateway)
 
 
+# The routes take a few small fields; a body is refused from its length before it is parsed (json.loads
+# of an 80 MB body would hold about twice that in memory before any field could be checked).
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyTooLarge(InvalidInput):
+    """413: the body is longer than MAX_BODY_BYTES (declared or actual)."""
+
+
 def _body(req: func.HttpRequest, fields: Mapping[str, type]) -> dict[str, Any]:
+    declared = (req.headers.get("content-length") or "").strip()
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"request body too large: at most {MAX_BODY_BYTES} bytes")
     raw = req.get_body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"request body too large: at most {MAX_BODY_BYTES} bytes")
     if not raw.strip():
         return {}
     try:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rotation import known_secrets
 from rotation.adapters.credential import call_options, is_azure_error, token_deadline, translate
 from rotation.core.errors import InvalidInput, RotationError, UpstreamError
 from rotation.core.model import GatewayRef, KeyType
@@ -91,6 +92,7 @@ class ArmTokenIssuer:
         value = getattr(result, "value", None)
         if not isinstance(value, str) or not value:
             raise UpstreamError(f"{what} returned no token")
+        known_secrets.remember(value)  # before anything can echo it
         try:
             GatewayToken.parse(value)
         except RotationError:

@@ -238,6 +238,7 @@ def translate(exc: Exception, what: str) -> RotationError:
     )
 
     status, code, message = _detail(exc)
+    code = scrub(str(code))[:80] if code else code  # upstream text too (an error code may echo the request)
     head = f"{what} failed: {status} {code}" if status is not None else f"{what} failed"
     if status is None and code:
         head = f"{what} failed: {code}"

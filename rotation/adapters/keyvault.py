@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from rotation import known_secrets
 from rotation.adapters.credential import call_options, is_azure_error, scrub, token_deadline, translate
 from rotation.core import tags
 from rotation.core.errors import (
@@ -127,6 +128,8 @@ class KeyVaultTokenStore:
         if secret is None:
             return None
         value = secret.value
+        if isinstance(value, str):
+            known_secrets.remember(value)
         if not isinstance(value, str) or not value:
             raise UnusableSecret(f"Key Vault secret {secret_name!r} is empty, not a gateway token "
                                  "(rotate with force to overwrite it)")

@@ -41,6 +41,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from rotation import known_secrets
 from rotation.adapters.credential import token_deadline
 from rotation.core.consumption import secret_uses, template_of
 from rotation.core.errors import (
@@ -122,6 +123,9 @@ def _status_message(body: object) -> str:
         return ""
     msg = doc.get("message") if isinstance(doc, dict) else None
     return msg if isinstance(msg, str) else ""
+
+
+_MAX_MESSAGE = 1000  # of a server's message, kept in an error (the head tells what went wrong)
 
 
 def _scrub(text: str, *secrets: str | None) -> str:
@@ -555,6 +559,7 @@ def api_errors(where: str, verb: str, what: str, timeout: float | None, secret: 
 
     if timeout is not None and timeout <= 0:
         raise UpstreamError(f"{where}: no time left to {verb} {what}")
+    known_secrets.remember(secret, expected)  # a denial (an admission webhook) may quote them in any encoding
     try:
         with token_deadline(timeout):  # the AKS token refresh happens inside the call
             yield timeout
@@ -587,9 +592,13 @@ def api_errors(where: str, verb: str, what: str, timeout: float | None, secret: 
 
 def _api_error(where: str, exc: Any, verb: str, what: str, secrets: tuple[str | None, str | None],
                json_patch: bool) -> RotationError:
+    from rotation.boundary import clean
+
     status = int(exc.status or 0)
     hidden = [s for s in secrets if s] + [_b64(s) for s in secrets if s]
-    message = _scrub(_status_message(exc.body), *hidden)
+    # The server's message may quote the request in any encoding (an admission webhook echoing `data`):
+    # the values written and expected are cut out as known secrets, then anything secret-shaped.
+    message = clean(_scrub(_status_message(exc.body), *hidden)[:_MAX_MESSAGE * 4])[:_MAX_MESSAGE]
     suffix = f": {message}" if message else ""
     if json_patch and status == 422:
         # staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go (applyJSPatch): an operation
@@ -599,7 +608,7 @@ def _api_error(where: str, exc: Any, verb: str, what: str, secrets: tuple[str | 
             return Conflict(f"{where}: conflict on {verb} {what}: the key does not hold the expected value")
         raise _PatchRejected
     if status == 0:  # the client's wrapping of an SSL error
-        reason = _scrub(str(exc.reason or ""), *hidden).splitlines()
+        reason = clean(_scrub(str(exc.reason or ""), *hidden)[:_MAX_MESSAGE * 4]).splitlines()
         return UpstreamError(f"{where} unreachable: {verb} {what}: {' '.join(reason)[:300] or 'TLS error'}")
     if status == 404:
         return NotFound(f"{where}: {what} not found")
@@ -629,6 +638,7 @@ def _secret_state(secret: Mapping[str, Any], key: str) -> SecretState:
             value = base64.b64decode(raw, validate=True).decode("utf-8", errors="replace")
         except (binascii.Error, ValueError):
             value = None  # not base64: treat as no token (never echo it)
+    known_secrets.remember(value)
     meta = secret.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     return SecretState(resource_version=str(meta.get("resourceVersion") or ""), value=value,

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from rotation.adapters.credential import token_deadline
+from rotation.boundary import clean_tree
 from rotation.core.model import RotationReport
 from rotation.runtime.attribution import Executor
 
@@ -80,7 +81,9 @@ class EventGridOutcomePublisher:
         from azure.core.messaging import CloudEvent
 
         event_type = TOKEN_ROTATED if report.ok else ROTATION_FAILED
-        event = CloudEvent(source=SOURCE, type=event_type, subject=report.gateway_id, data=report.to_dict())
+        # Leaves the process: upstream text in the report (target errors) goes through the boundary.
+        event = CloudEvent(source=SOURCE, type=event_type, subject=report.gateway_id,
+                           data=clean_tree(report.to_dict()))
         options = {**_CALL_OPTIONS, "connection_timeout": budget / 2, "read_timeout": budget / 2}
         # azure-core asks the credential outside the call's timeouts: the same budget bounds it, or a
         # stalled identity endpoint would hold this thread (and the next events queued behind it) for

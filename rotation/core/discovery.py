@@ -24,9 +24,8 @@ from rotation.core.consumption import SecretUse, consumers, helm_fix, is_helm_ma
 from rotation.core.errors import InvalidInput
 from rotation.core.model import GatewayRef, Workload, WorkloadKind
 from rotation.core.provenance import possible
-from rotation.core.token import DEFAULT_FORMAT, PREFIX, GatewayToken, parse_stored
+from rotation.core.token import DEFAULT_FORMAT, PREFIX, RAW_FORMAT, GatewayToken, fingerprint, parse_stored
 
-RAW_FORMAT = "{token}"
 APP_USER = "apim-token-rotator"  # the kubeconfig identity's user name (infra/k8s/rolebinding-kubeconfig.yaml)
 PRINCIPAL_PLACEHOLDER = "${PRINCIPAL}"
 ROLE_LABELS = {"app.kubernetes.io/name": "apim-token-rotator"}
@@ -307,5 +306,27 @@ def cluster_entry(context: str, *, server: str | None, ca_data: str | None, aks:
             raise InvalidInput(f"context {context}: --aks needs an https server and inline "
                                "certificate-authority-data in the kubeconfig")
         return {"name": context, "auth": "aks", "server": server, "caData": ca_data}
-    secret = re.sub(r"[^0-9a-zA-Z-]", "-", f"kubeconfig-{context}")[:127]
-    return {"name": context, "auth": "kubeconfig", "kubeconfigSecret": secret}
+    return {"name": context, "auth": "kubeconfig", "kubeconfigSecret": kubeconfig_secret_name(context)}
+
+
+def kubeconfig_secret_name(context: str) -> str:
+    """`kubeconfig-{context}` when that is a Key Vault name as it stands (lowercase letters, digits,
+    '-'); otherwise the vault-safe, lowercased name plus 8 hex of the context's SHA-256. Key Vault names
+    are case-insensitive and allow no '_' or '.', so `aks_prod` and `aks-prod` (or `Prod` and `prod`)
+    would otherwise share one secret; the suffix keeps the name stable from one run to the next."""
+    plain = f"kubeconfig-{context}"
+    if re.fullmatch(r"[0-9a-z-]{1,127}", plain):
+        return plain
+    safe = re.sub(r"[^0-9a-z-]", "-", plain.lower())[:118]
+    return f"{safe}-{fingerprint(context)[:8]}"
+
+
+def distinct_contexts(contexts: Sequence[str]) -> None:
+    """Registry cluster names are the contexts' names and unique ignoring case (as Key Vault names
+    are): two contexts that differ only in case cannot both be proposed. InvalidInput names them."""
+    seen: dict[str, str] = {}
+    for context in contexts:
+        other = seen.setdefault(context.lower(), context)
+        if other != context:
+            raise InvalidInput(f"contexts {other!r} and {context!r} differ only in case: registry cluster names "
+                               "are unique ignoring case; rename one (kubectl config rename-context)")

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from rotation.core.errors import IgnoredEvent, InvalidEvent, InvalidInput
 from rotation.core.model import GatewayRef, check_gateway_name
+from rotation.core.printable import printable
 
 _SERVICE_ID = re.compile(
     r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ApiManagement/service/[^/]+$", re.I
@@ -99,7 +100,7 @@ def parse_event(payload: Mapping[str, object]) -> GatewayTokenEvent:
         kind=kind,
         gateway=gateway,
         service_id=service_id,
-        instance=instance[:128] if instance else None,
+        instance=printable(instance)[:128] if instance else None,
         expires_at=expires,
     )
 
@@ -122,6 +123,9 @@ def _identity(payload: Mapping[str, object], cloud: bool) -> tuple[str, EventKin
         raise InvalidEvent("event has no " + ("'type'" if cloud else "'eventType'"))
     if not isinstance(event_id, str) or not event_id:
         raise InvalidEvent("event has no 'id'")
+    # Whoever can publish to the topic chooses the id and the instance; both are only shown (logs,
+    # reports, outcome events, the operator's terminal), so they are kept escaped from here on.
+    event_id = printable(event_id)
     try:
         return event_id, EventKind(event_type)
     except ValueError:

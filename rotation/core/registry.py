@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from rotation.core.errors import InvalidInput, RegistryError
@@ -29,7 +29,11 @@ from rotation.core.model import (
     Workload,
     WorkloadKind,
 )
-from rotation.core.token import DEFAULT_FORMAT
+from rotation.core.redact import url_shown
+from rotation.core.token import DEFAULT_FORMAT, RAW_FORMAT
+
+# The forms `GatewayToken.parse` reads back (it strips only a leading `GatewayKey `).
+FORMATS = (RAW_FORMAT, DEFAULT_FORMAT)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -106,7 +110,7 @@ def _cluster(r: _Reader, aks_servers: AksServerRule) -> Cluster:
         # The app's Entra token for AKS goes to this host: only AKS API servers of the cloud qualify.
         why = aks_servers.problem(server)
         if why is not None:
-            raise r.child("server").fail(f"{_show(server)} {why}")
+            raise r.child("server").fail(f"{url_shown(server)!r} {why}")
         ca_reader = r.child("caData")
         ca = ca_reader.string()
         try:
@@ -146,6 +150,12 @@ def _target(r: _Reader, clusters: Mapping[str, Cluster]) -> Target:
     fmt = fmt_reader.string(default=DEFAULT_FORMAT)
     if fmt.count("{token}") != 1:
         raise fmt_reader.fail(f"{_show(fmt)} must contain {{token}} exactly once")
+    if fmt not in FORMATS:
+        # Anything else is never read back as a token: every reconcile would rewrite the Secret and
+        # restart its workloads, and the foreign/newer checks would not see what the Secret holds.
+        raise fmt_reader.fail(f"{_show(fmt)} must be exactly {' or '.join(map(repr, FORMATS))}: the forms a "
+                              "Secret's token is read back from (the raw token, or the portal's 'GatewayKey ' "
+                              "prefix)")
     restart_reader = r.child("restart")
     restart = () if restart_reader.value is None else tuple(_workload(w) for w in restart_reader.items())
     if len(set(restart)) != len(restart):
@@ -212,6 +222,20 @@ def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _distinct(r: _Reader, cluster: Cluster, earlier: Iterable[Cluster]) -> None:
+    """Key Vault secret names are case-insensitive: two kubeconfigs under names differing only in case
+    are one secret (the second stored overwrites the first). Cluster names follow the same rule."""
+    for other in earlier:
+        if other.name.lower() == cluster.name.lower():
+            raise r.child("name").fail(f"duplicate cluster name {_show(cluster.name)} (ignoring case: "
+                                       f"{_show(other.name)})")
+        if (isinstance(cluster.auth, KubeconfigAuth) and isinstance(other.auth, KubeconfigAuth)
+                and cluster.auth.secret_name.lower() == other.auth.secret_name.lower()):
+            raise r.child("kubeconfigSecret").fail(
+                f"{_show(cluster.auth.secret_name)} is already the kubeconfig secret of cluster {other.name} "
+                "(Key Vault names are case-insensitive): each cluster needs its own")
+
+
 def load_registry(document: str | Mapping[str, object], *,
                   aks_servers: AksServerRule | None = None) -> Registry:
     """Parse and validate a registry; raises RegistryError naming the first problem.
@@ -239,6 +263,7 @@ def load_registry(document: str | Mapping[str, object], *,
         cluster = _cluster(r, aks_servers)
         if cluster.name in clusters:
             raise r.child("name").fail(f"duplicate cluster name {_show(cluster.name)}")
+        _distinct(r, cluster, clusters.values())
         clusters[cluster.name] = cluster
     gateways: list[GatewayConfig] = []
     gateways_reader = root.child("gateways")

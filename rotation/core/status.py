@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from rotation.core.consumption import Consumption
 from rotation.core.model import KeyType, RolloutState, RotationReport, SyncState
+from rotation.core.printable import printable
 from rotation.core.token import parse_stored
 
 
@@ -27,7 +28,7 @@ def foreign_token(secret_value: str | None, gateway: str) -> str | None:
     held = parse_stored(secret_value)
     if held is None or held.gateway.lower() == gateway.lower():
         return None
-    return (f"the Secret key holds a token of gateway {held.gateway} (fingerprint {held.fingerprint}), not "
+    return (f"the Secret key holds a token of gateway {printable(held.gateway)} (fingerprint {held.fingerprint}), not "
             f"{gateway}: is this target registered to the wrong gateway? A rotation would overwrite it")
 
 

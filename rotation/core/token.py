@@ -17,6 +17,7 @@ from rotation.core.errors import InvalidToken
 
 PREFIX = "GatewayKey "
 DEFAULT_FORMAT = "GatewayKey {token}"
+RAW_FORMAT = "{token}"
 _SHAPE = re.compile(r"^(?P<gateway>[^&\s]{1,256})&(?P<expiry>\d{12})&(?P<sig>[A-Za-z0-9+/=_-]{8,1024})$")
 
 

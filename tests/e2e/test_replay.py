@@ -316,7 +316,7 @@ def test_bad_input_and_configuration_exit_2(world: World, dead: DeadLetters, mon
     assert replay("--since", "last week")[0] == 2
     assert "--since must be a date YYYY-MM-DD" in capsys.readouterr().err
     assert replay("--container-url", "http://127.0.0.1:1/devstoreaccount1/deadletter")[0] == 2
-    assert "must be https://" in capsys.readouterr().err
+    assert "--container-url 'http://127.0.0.1:1/devstoreaccount1/deadletter' must be an https:// URL" in capsys.readouterr().err
     monkeypatch.delenv("DEADLETTER_BLOB_URL")
     assert replay()[0] == 2
     assert "pass --container-url or set DEADLETTER_BLOB_URL" in capsys.readouterr().err

@@ -135,7 +135,9 @@ def test_arm_rejecting_the_request_is_502_not_400(app: App) -> None:
     assert status == 502 and "400 ValidationError" in body["error"], body
 
 
-@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"force": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"])
+# Within the 64 KiB body limit (a larger body is 413 before it is parsed): still far deeper than the
+# interpreter's recursion limit.
+@pytest.mark.parametrize("body", [b"[" * 60_000, b'{"force": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"])
 def test_deeply_nested_json_body_is_400(app: App, body: bytes) -> None:
     status, answer = http("rotate", "POST", ROTATE, ROUTE, body)
     assert status == 400 and answer["error"] in ("request body is nested too deeply",

@@ -221,7 +221,8 @@ def test_bad_input_is_a_clear_error() -> None:
         cluster_entry("arn:aws:eks:eu-west-1:1:cluster/prod", server="https://x", ca_data="eA==", aks=False)
     with pytest.raises(InvalidInput, match="--aks needs an https server"):
         cluster_entry("east", server="http://x", ca_data="eA==", aks=True)
-    assert cluster_entry("west_1", server=None, ca_data=None, aks=False)["kubeconfigSecret"] == "kubeconfig-west-1"
+    # '_' is not allowed in a Key Vault name: replaced, with a hash of the context so that west-1 stays distinct
+    assert cluster_entry("west_1", server=None, ca_data=None, aks=False)["kubeconfigSecret"] == "kubeconfig-west-1-99c725b9"
 
 
 # --- adoption -------------------------------------------------------------------------------------
