@@ -49,32 +49,37 @@ def status(deps: Deps, configs: Sequence[GatewayConfig], *, timeout: float, leas
             for config in configs]
 
 
+def _key_vault_problem(deps: Deps, config: GatewayConfig, info: TokenInfo | None, head: FenceHead | None,
+                       heads_error: str | None) -> str | None:
+    """Why Key Vault's token is not one the product may stand behind (None: it is)."""
+    if info is None:
+        return "no token in Key Vault"
+    if (info.gateway_id or "").lower() != config.ref.id.lower():
+        return (f"Key Vault's token was written for {info.gateway_id or 'no gateway'}, not this gateway: it is "
+                "never pushed; run rotate with force")
+    if head is not None and chain_state(None, info.fingerprint, head) is Chain.FORK:
+        return (f"Key Vault's latest version (fingerprint {info.fingerprint}) is not the one the gateway's lease "
+                f"holder committed ({head.fingerprint}, generation {head.generation}): a late or foreign write, "
+                "never pushed; the next rotate stores the committed token again")
+    if heads_error is not None:
+        return heads_error
+    if info.expires_at is not None and info.expires_at <= deps.clock():
+        return (f"Key Vault's token expired at {info.expires_at:%Y-%m-%d %H:%M} UTC: no target's copy "
+                "verifies; run rotate")
+    return None
+
+
 def _gateway_status(deps: Deps, config: GatewayConfig, info: TokenInfo | None, results: Iterator[TargetStatus],
                     warning: str | None, head: FenceHead | None, heads_error: str | None) -> GatewayStatus:
-    error = None if info else "no token in Key Vault"
-    if info is not None and (info.gateway_id or "").lower() != config.ref.id.lower():
-        error = (f"Key Vault's token was written for {info.gateway_id or 'no gateway'}, not this gateway: it is "
-                 "never pushed; run rotate with force")
-    elif info is not None and chain_state(None, info.fingerprint, head) is Chain.FORK:
-        assert head is not None
-        error = (f"Key Vault's latest version (fingerprint {info.fingerprint}) is not the one the gateway's lease "
-                 f"holder committed ({head.fingerprint}, generation {head.generation}): a late or foreign write, "
-                 "never pushed; the next rotate stores the committed token again")
-    elif info is not None and heads_error is not None:
-        error = heads_error
-    elif info is not None and info.expires_at is not None and info.expires_at <= deps.clock():
-        error = (f"Key Vault's token expired at {info.expires_at:%Y-%m-%d %H:%M} UTC: no target's copy "
-                 "verifies; run rotate")
+    targets = tuple(next(results) for _ in config.targets)
+    if info is None:
+        return GatewayStatus(config.ref.id, config.ref.service, config.ref.gateway, config.key_vault_secret,
+                             None, None, None, targets, error="no token in Key Vault", warning=warning)
     return GatewayStatus(
         gateway_id=config.ref.id, service=config.ref.service, gateway=config.ref.gateway,
-        key_vault_secret=config.key_vault_secret,
-        expires_at=info.expires_at if info else None, key_type=info.key_type if info else None,
-        fingerprint=info.fingerprint if info else None,
-        targets=tuple(next(results) for _ in config.targets),
-        key_roll_pending=info.roll_from if info else None,
-        error=error,
-        warning=warning,
-        origin=info.origin if info else None,
+        key_vault_secret=config.key_vault_secret, expires_at=info.expires_at, key_type=info.key_type,
+        fingerprint=info.fingerprint, targets=targets, key_roll_pending=info.roll_from,
+        error=_key_vault_problem(deps, config, info, head, heads_error), warning=warning, origin=info.origin,
     )
 
 

@@ -178,6 +178,10 @@ def _without_writing(scope: Scope, target: Target, plan: TargetPlan, source: Tok
                 f"holds an unverified value ({verdict.why}): it would be overwritten")
 
 
+def _who(heal: Heal | None) -> str:
+    return f"gateway instance {heal.instance}" if heal is not None and heal.instance else "a gateway instance"
+
+
 def restart_workloads(deps: Deps, scope: Scope, target: Target, synced: Synced, heal: Heal | None) -> Synced:
     """Phase 2 for one target: its workloads restarted for the token its Secret holds (see module)."""
     report = synced.report
@@ -192,27 +196,15 @@ def restart_workloads(deps: Deps, scope: Scope, target: Target, synced: Synced, 
 
     if not target.restart:
         if heal is not None and heal.unrestartable_fails and not synced.written:
-            who = f"gateway instance {heal.instance}" if heal.instance else "a gateway instance"
-            return finish((), f"{who} still runs an older token than this Secret's, and the target has no `restart` "
-                              f"list: restart the gateway's pods in namespace {target.namespace} (kubectl rollout "
-                              "restart), or add its workloads to the target's `restart` list in the registry",
+            return finish((), f"{_who(heal)} still runs an older token than this Secret's, and the target has no "
+                              f"`restart` list: restart the gateway's pods in namespace {target.namespace} (kubectl "
+                              "rollout restart), or add its workloads to the target's `restart` list in the registry",
                           Outcome.FAILED)
         return synced
     restarted: list[str] = []
+    rolling: list[str] = []
     try:
-        client = _client(deps, target)
-        rolling: list[str] = []
-        for workload in target.restart:
-            if not synced.written:
-                state = client.rollout(target.namespace, workload, timeout=scope.check(f"reading {workload}"))
-                action = restart_action(state.token_fingerprint, synced.holds)
-                if action is RestartAction.CURRENT:
-                    if heal is not None and not state.ready:
-                        rolling.append(f"{workload} is still rolling out to the token ({state.detail})")
-                    continue
-            client.restart(target.namespace, workload, deps.clock(), timeout=scope.writing(f"restarting {workload}"),
-                           fingerprint=synced.holds)
-            restarted.append(str(workload))
+        _restart_each(deps, scope, target, synced, heal, restarted, rolling)
     except RotationError as exc:
         outcome = Outcome.TIMEOUT if scope.deadline.left() <= 0 else Outcome.FAILED
         return finish(restarted, f"restart: {exc}", outcome)
@@ -220,7 +212,24 @@ def restart_workloads(deps: Deps, scope: Scope, target: Target, synced: Synced, 
         emit("rotation.heal", {"gatewayId": scope.config.ref.id, "instance": heal.instance if heal else None,
                                "target": str(target), "restarted": restarted, "fingerprint": synced.holds})
     if rolling and not restarted:
-        who = f"gateway instance {heal.instance}" if heal and heal.instance else "a gateway instance"
-        return finish(restarted, f"{who} runs an older token: " + "; ".join(rolling) + " (retry later)",
+        return finish(restarted, f"{_who(heal)} runs an older token: " + "; ".join(rolling) + " (retry later)",
                       Outcome.FAILED)
     return finish(restarted)
+
+
+def _restart_each(deps: Deps, scope: Scope, target: Target, synced: Synced, heal: Heal | None,
+                  restarted: list[str], rolling: list[str]) -> None:
+    """Restarts each workload not restarted for the Secret's token (all of them after a write, without a
+    look); `rolling` gets, for a heal, those restarted for it whose rollout has not finished."""
+    assert synced.holds is not None
+    client = _client(deps, target)
+    for workload in target.restart:
+        if not synced.written:
+            state = client.rollout(target.namespace, workload, timeout=scope.check(f"reading {workload}"))
+            if restart_action(state.token_fingerprint, synced.holds) is RestartAction.CURRENT:
+                if heal is not None and not state.ready:
+                    rolling.append(f"{workload} is still rolling out to the token ({state.detail})")
+                continue
+        client.restart(target.namespace, workload, deps.clock(), timeout=scope.writing(f"restarting {workload}"),
+                       fingerprint=synced.holds)
+        restarted.append(str(workload))
