@@ -64,6 +64,7 @@ from rotation.core.model import (
     WorkloadKind,
 )
 from rotation.core.rollout import rollout_status
+from rotation.runtime.attribution import attributed
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -163,8 +164,9 @@ class _Cached(Generic[V]):
             if flight is None:
                 flight = self._flight = Future()
                 context = contextvars.copy_context()
-                threading.Thread(target=self._run, args=(flight, context), daemon=True,
-                                 name=f"kube-{self._name}").start()
+                # Its records belong to the invocation that started it (the worker's thread-local id).
+                run = attributed(lambda: self._run(flight, context))
+                threading.Thread(target=run, daemon=True, name=f"kube-{self._name}").start()
             if self._serve_stale and self._value is not None:
                 return self._value
         try:
