@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -24,6 +25,7 @@ from rotation.core.model import (
     check_gateway_name,
     check_service_name,
 )
+from rotation.core.status import GatewayStatus, TargetStatus
 from rotation.core.token import GatewayToken
 from rotation.printing import print_report
 from rotation.settings import load_into_environment
@@ -122,31 +124,43 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         json.dump({"gateways": [s.to_dict() for s in statuses]}, out, indent=2, default=str)
         print(file=out)
     else:
-        from rotation.bootstrap import utcnow
-
-        now = utcnow()
-        for s in statuses:
-            left = f"{(s.expires_at - now).total_seconds() / 86400:.1f} days left" if s.expires_at else "no token"
-            expires = s.expires_at.strftime("%Y-%m-%d %H:%M UTC") if s.expires_at else "-"
-            roll = f", key roll from {s.key_roll_pending} pending" if s.key_roll_pending else ""
-            print(f"{s.service}/{s.gateway}: expires {expires} ({left}), {s.key_type or '-'} key, "
-                  f"token {s.fingerprint or '-'}{roll}", file=out)
-            if s.error and s.expires_at:
-                print(f"  {s.error}", file=out)
-            if s.origin:
-                print(f"  token {s.origin}: Key Vault's first version is the one the targets already ran",
-                      file=out)
-            for t in s.targets:
-                rollouts = "".join(f"  {r.workload}: {'ready' if r.ready else 'rolling'} ({r.detail})"
-                                   for r in t.rollouts)
-                err = f"  ({t.error})" if t.error else ""
-                if t.restart_pending:
-                    err += "  (restart onto this token not done: rotate restarts its workloads)"
-                print(f"  {t.state.value:11} {t.cluster}/{t.namespace}/{t.secret}{rollouts}{err}", file=out)
-                _print_consumption(t.consumption, out)
-        for warning in sorted({s.warning for s in statuses if s.warning}):
-            print(f"warning: {warning}", file=out)
+        _print_statuses(statuses, out)
     return 0 if all(s.healthy for s in statuses) else 1
+
+
+def _print_statuses(statuses: Sequence[GatewayStatus], out: TextIO) -> None:
+    from rotation.bootstrap import utcnow
+
+    now = utcnow()
+    for s in statuses:
+        _print_gateway_status(s, now, out)
+        for t in s.targets:
+            _print_target_status(t, out)
+            _print_consumption(t.consumption, out)
+    for warning in sorted({s.warning for s in statuses if s.warning}):
+        print(f"warning: {warning}", file=out)
+
+
+def _print_gateway_status(s: GatewayStatus, now: datetime, out: TextIO) -> None:
+    left = f"{(s.expires_at - now).total_seconds() / 86400:.1f} days left" if s.expires_at else "no token"
+    expires = s.expires_at.strftime("%Y-%m-%d %H:%M UTC") if s.expires_at else "-"
+    roll = f", key roll from {s.key_roll_pending} pending" if s.key_roll_pending else ""
+    print(f"{s.service}/{s.gateway}: expires {expires} ({left}), {s.key_type or '-'} key, "
+          f"token {s.fingerprint or '-'}{roll}", file=out)
+    if s.error and s.expires_at:
+        print(f"  {s.error}", file=out)
+    if s.origin:
+        print(f"  token {s.origin}: Key Vault's first version is the one the targets already ran",
+              file=out)
+
+
+def _print_target_status(t: TargetStatus, out: TextIO) -> None:
+    rollouts = "".join(f"  {r.workload}: {'ready' if r.ready else 'rolling'} ({r.detail})"
+                       for r in t.rollouts)
+    err = f"  ({t.error})" if t.error else ""
+    if t.restart_pending:
+        err += "  (restart onto this token not done: rotate restarts its workloads)"
+    print(f"  {t.state.value:11} {t.cluster}/{t.namespace}/{t.secret}{rollouts}{err}", file=out)
 
 
 def _print_consumption(consumption: Consumption | None, out: TextIO) -> None:

@@ -27,6 +27,7 @@ from rotation.core.consumption import SecretUse, secret_uses, template_of
 from rotation.core.discovery import (
     ALL_NAMESPACES,
     ClusterScan,
+    FoundTarget,
     Proposal,
     ScannedSecret,
     candidate_tokens,
@@ -224,21 +225,39 @@ def _print(proposal: Proposal, gateways: Sequence[GatewayRef], contexts: Sequenc
     print(f"discover: {len(gateways)} self-hosted gateway(s) in APIM; scanned {', '.join(contexts)} ({scope})",
           file=out)
     for ref in gateways:
-        mine = [t for t in proposal.targets if t.gateway == ref]
-        print(f"  {ref}: {len(mine)} target(s)", file=out)
-        for t in mine:
-            restart = ", ".join(str(w) for w in t.restart) or "nothing (no workload reads it)"
-            print(f"    {t.cluster}/{t.namespace}/{t.secret} key {t.key!r} format {t.format!r}: token "
-                  f"{t.fingerprint} expires {t.expires_at[:16]}Z; restart {restart}"
-                  + ("; Secret managed by Helm" if t.helm else ""), file=out)
+        _print_gateway_targets(ref, [t for t in proposal.targets if t.gateway == ref], out)
     for item in proposal.unmatched:
-        where = (f"{item['cluster']}/{item['namespace']}/{item['secret']} key {item['key']!r}: " if "secret" in item
-                 else f"{item['cluster']}/{item['namespace']}: " if "namespace" in item
-                 else f"{item['cluster']}: " if "cluster" in item else "")
-        print(f"  unmatched ({item['kind']}): {where}{item['detail']}", file=out)
+        print(f"  unmatched ({item['kind']}): {_unmatched_where(item)}{item['detail']}", file=out)
     for item in proposal.warnings:
         print(f"  warning ({item['kind']}) {item['cluster']}/{item['namespace']}/{item['secret']}: {item['detail']}",
               file=out)
+    _print_registry(proposal, wrote, out)
+    for cluster, docs in proposal.manifests.items():
+        print(f"RBAC for cluster {cluster} (kubectl --context {cluster} apply -f -):", file=out)
+        print(_yaml(docs), end="", file=out)
+
+
+def _print_gateway_targets(ref: GatewayRef, mine: Sequence[FoundTarget], out: TextIO) -> None:
+    print(f"  {ref}: {len(mine)} target(s)", file=out)
+    for t in mine:
+        restart = ", ".join(str(w) for w in t.restart) or "nothing (no workload reads it)"
+        print(f"    {t.cluster}/{t.namespace}/{t.secret} key {t.key!r} format {t.format!r}: token "
+              f"{t.fingerprint} expires {t.expires_at[:16]}Z; restart {restart}"
+              + ("; Secret managed by Helm" if t.helm else ""), file=out)
+
+
+def _unmatched_where(item: dict[str, Any]) -> str:
+    """As precise as the item is: a Secret's key, a namespace, a cluster, or nothing."""
+    if "secret" in item:
+        return f"{item['cluster']}/{item['namespace']}/{item['secret']} key {item['key']!r}: "
+    if "namespace" in item:
+        return f"{item['cluster']}/{item['namespace']}: "
+    if "cluster" in item:
+        return f"{item['cluster']}: "
+    return ""
+
+
+def _print_registry(proposal: Proposal, wrote: str | None, out: TextIO) -> None:
     if wrote:
         print(f"registry proposal written to {wrote}; review it, then: python -m rotation validate-registry "
               f"{wrote} --live", file=out)
@@ -246,9 +265,6 @@ def _print(proposal: Proposal, gateways: Sequence[GatewayRef], contexts: Sequenc
         print("registry proposal (review it, save it, then: python -m rotation validate-registry FILE --live):",
               file=out)
         print(json.dumps(proposal.registry, indent=2), file=out)
-    for cluster, docs in proposal.manifests.items():
-        print(f"RBAC for cluster {cluster} (kubectl --context {cluster} apply -f -):", file=out)
-        print(_yaml(docs), end="", file=out)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:

@@ -40,6 +40,7 @@ from rotation.core.restarts import Heal
 if TYPE_CHECKING:
     from rotation.adapters.deadletter import DeadLetter, DeadLetteredEvent, DeadLetterSource
     from rotation.bootstrap import Container
+    from rotation.settings import Settings
 
 
 @dataclass
@@ -130,21 +131,7 @@ def replay(args: argparse.Namespace, out: TextIO) -> int:
     from rotation.adapters.deadletter import DeadLetterSource
 
     box = bootstrap.container()
-    settings = box.settings
-    given = getattr(args, "container_url", None)
-    url = given or settings.deadletter_blob_url
-    if not url:
-        raise SettingsError("no dead-letter container: pass --container-url or set DEADLETTER_BLOB_URL")
-    if given:
-        # It gets the operator's Storage token (or the SAS it carries): DEADLETTER_BLOB_URL's host rule (a
-        # blob endpoint of the cloud; a loopback Azurite with the local emulators), checked before any
-        # credential is asked. The query is the SAS, which the setting cannot carry.
-        base, _, query = given.partition("?")
-        why = settings.cloud.blob_problem(base.lower(), settings.local_emulators)
-        if why is None and query and "sig=" not in query:
-            why = "may carry a query only as a SAS (sig=)"
-        if why is not None:
-            raise SettingsError(f"--container-url {url_shown(given)!r} {why}")
+    url = _container_url(getattr(args, "container_url", None), box.settings)
     since = _since(getattr(args, "since", None))
     dry_run = bool(getattr(args, "dry_run", False))
     keep = bool(getattr(args, "keep", False))
@@ -168,6 +155,28 @@ def replay(args: argparse.Namespace, out: TextIO) -> int:
     else:
         _print(source.url, blobs, list(reports.values()), summary, dry_run, out)
     return 0 if ok else 1
+
+
+def _container_url(given: str | None, settings: Settings) -> str:
+    """--container-url wins over DEADLETTER_BLOB_URL; one of them must name the container."""
+    url = given or settings.deadletter_blob_url
+    if not url:
+        raise SettingsError("no dead-letter container: pass --container-url or set DEADLETTER_BLOB_URL")
+    if given:
+        _check_given_url(given, settings)
+    return url
+
+
+def _check_given_url(given: str, settings: Settings) -> None:
+    """It gets the operator's Storage token (or the SAS it carries): DEADLETTER_BLOB_URL's host rule (a
+    blob endpoint of the cloud; a loopback Azurite with the local emulators), checked before any
+    credential is asked. The query is the SAS, which the setting cannot carry."""
+    base, _, query = given.partition("?")
+    why = settings.cloud.blob_problem(base.lower(), settings.local_emulators)
+    if why is None and query and "sig=" not in query:
+        why = "may carry a query only as a SAS (sig=)"
+    if why is not None:
+        raise SettingsError(f"--container-url {url_shown(given)!r} {why}")
 
 
 def _collect(letters: Sequence[DeadLetter], box: Container,

@@ -143,131 +143,189 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        from rotation.cloud import cloud_named
-        from rotation.core.errors import RegistryError
-        from rotation.core.hosts import server_problem
-        from rotation.core.redact import url_shown  # a rejected URL is echoed without userinfo or query
-        from rotation.core.registry import load_registry
-
-        def text(name: str, default: str | None = None) -> str | None:
-            value = env.get(name, "").strip()
-            return value or default
-
-        def https_url(name: str, default: str | None = None, required: bool = False) -> str | None:
-            value = text(name, default)
-            if value is None:
-                if required:
-                    raise SettingsError(f"{name} is required")
-                return None
-            if not value.startswith("https://") or " " in value:
-                raise SettingsError(f"{name} must be an https:// URL, got {url_shown(value)!r}")
-            return value.rstrip("/")
-
-        def number(name: str, default: float, low: float, high: float) -> float:
-            raw = text(name)
-            if raw is None:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SettingsError(f"{name} must be a number, got {raw[:40]!r}") from None
-            if not low <= value <= high:
-                raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
-            return value
-
-        raw_registry = text("ROTATION_REGISTRY")
-        if raw_registry is None:
-            raise SettingsError("ROTATION_REGISTRY is required (the registry JSON)")
-        if raw_registry.startswith("@Microsoft.KeyVault("):
-            # Right after a deployment the platform may not have resolved it yet (role assignment
-            # propagation): transient, so an event is redelivered rather than acknowledged and lost.
-            raise SettingsPending(
-                "ROTATION_REGISTRY is an unresolved Key Vault reference: grant the app's identity "
-                "'Key Vault Secrets User' on the configuration vault and check the reference"
-            )
-        try:
-            cloud = cloud_named(text("AZURE_CLOUD"))
-        except ValueError as exc:
-            raise SettingsError(f"AZURE_CLOUD: {exc}") from None
-
-        lifetime = number("TOKEN_LIFETIME_DAYS", 29, 1, 30)
-        renew = number("RENEW_BEFORE_DAYS", 7, 0, 29)
-        if renew >= lifetime:
-            raise SettingsError(
-                f"RENEW_BEFORE_DAYS ({renew:g}) must be less than TOKEN_LIFETIME_DAYS ({lifetime:g}), "
-                "or every run would renew"
-            )
-        local = (text("ROTATION_LOCAL_EMULATORS") or "").lower()
-        if local not in _TRUE | _FALSE:
-            raise SettingsError(f"ROTATION_LOCAL_EMULATORS must be true or false, got {local[:20]!r}")
-        local_emulators = local in _TRUE
-        azure = hosted_in_azure(env)
-        if local_emulators and azure:
-            raise SettingsError(
-                "ROTATION_LOCAL_EMULATORS relaxes Key Vault challenge checks for the local stack and is "
-                f"refused in Azure ({azure} is set): remove the setting"
-            )
-        if local_emulators:
-            log.warning(
-                "ROTATION_LOCAL_EMULATORS is on: Key Vault challenge resource verification is OFF for "
-                "loopback vaults and aks clusters may be on loopback. This is for the local devstack only "
-                "and is refused in Azure."
-            )
-
-        def vault(name: str, required: bool) -> str | None:
-            url = https_url(name, required=required)
-            if url is None:
-                return None
-            why = cloud.vault_problem(url.lower(), allow_loopback=local_emulators)
-            if why is not None:
-                raise SettingsError(f"{name} {url_shown(url)!r} {why}")
-            return url
-
-        arm_endpoint = https_url("ARM_ENDPOINT", cloud.arm_endpoint) or cloud.arm_endpoint
-        if arm_endpoint != cloud.arm_endpoint and (
-                not local_emulators or server_problem(arm_endpoint, None, allow_loopback=True) is not None):
-            raise SettingsError(
-                f"ARM_ENDPOINT {url_shown(arm_endpoint)!r} differs from {cloud.name.value}'s Resource Manager "
-                f"({cloud.arm_endpoint}): it is only an override for a loopback emulator with "
-                "ROTATION_LOCAL_EMULATORS; set AZURE_CLOUD for a sovereign cloud")
-        try:
-            registry = load_registry(raw_registry, aks_servers=cloud.aks_rule(allow_loopback=local_emulators))
-        except RegistryError as exc:
-            raise SettingsError(f"ROTATION_REGISTRY: {exc}") from None
-        key_vault_url = vault("KEY_VAULT_URL", required=True) or ""
-
-        def service_url(name: str, problem: Callable[[str, bool], str | None]) -> str | None:
-            """A URL that receives one of the app's tokens: a host of that service in this cloud (a
-            setting may be a Key Vault reference: it must not redirect the credential)."""
-            url = https_url(name)
-            if url is None:
-                return None
-            why = problem(url.lower(), local_emulators)
-            if why is not None:
-                raise SettingsError(f"{name} {url_shown(url)!r} {why}")
-            return url
-
-        lease_container_url = service_url("LEASE_CONTAINER_URL", cloud.blob_problem)
-        if lease_container_url is None and azure:
-            raise SettingsError(
-                f"LEASE_CONTAINER_URL is required in Azure ({azure} is set): without it, "
-                "instances cannot agree on one writer per gateway and a key roll is unsafe")
+        read = _Env(env)
+        # Every name is read here, in this order, so the `--settings` allow-list can be checked against it.
+        raw_registry = _raw_registry(read.text("ROTATION_REGISTRY"))
+        cloud = _cloud(read.text("AZURE_CLOUD"))
+        lifetime = read.number("TOKEN_LIFETIME_DAYS", 29, 1, 30)
+        renew = read.number("RENEW_BEFORE_DAYS", 7, 0, 29)
+        _check_renewal(lifetime, renew)
+        local_emulators = _local_emulators(read.text("ROTATION_LOCAL_EMULATORS"))
+        azure = _hosting(env, local_emulators)
+        urls = _Urls(read, cloud, local_emulators)
+        arm_endpoint = _arm_endpoint(read.https_url("ARM_ENDPOINT", cloud.arm_endpoint) or cloud.arm_endpoint,
+                                     cloud, local_emulators)
+        registry = _registry(raw_registry, cloud, local_emulators)
+        key_vault_url = urls.vault("KEY_VAULT_URL", required=True) or ""
+        lease_container_url = _lease_container_url(urls.service_url("LEASE_CONTAINER_URL", cloud.blob_problem), azure)
         return cls(
             lease_container_url=lease_container_url,
             registry=registry,
             key_vault_url=key_vault_url,
-            config_key_vault_url=vault("CONFIG_KEY_VAULT_URL", required=False) or "",
+            config_key_vault_url=urls.vault("CONFIG_KEY_VAULT_URL", required=False) or "",
             cloud=cloud,
             in_azure=azure is not None,
             arm_endpoint=arm_endpoint,
             token_lifetime=timedelta(days=lifetime),
             renew_before=timedelta(days=renew),
-            deadline_seconds=number("ROTATION_DEADLINE_SECONDS", 20, 1, 25),
-            sweep_schedule=text("SWEEP_SCHEDULE", DEFAULT_SWEEP_SCHEDULE) or DEFAULT_SWEEP_SCHEDULE,
-            outcome_topic_endpoint=service_url("OUTCOME_TOPIC_ENDPOINT", cloud.eventgrid_problem),
-            client_id=text("AZURE_CLIENT_ID"),
+            deadline_seconds=read.number("ROTATION_DEADLINE_SECONDS", 20, 1, 25),
+            sweep_schedule=read.text("SWEEP_SCHEDULE", DEFAULT_SWEEP_SCHEDULE) or DEFAULT_SWEEP_SCHEDULE,
+            outcome_topic_endpoint=urls.service_url("OUTCOME_TOPIC_ENDPOINT", cloud.eventgrid_problem),
+            client_id=read.text("AZURE_CLIENT_ID"),
             # The local emulators allow a loopback Azurite, like LEASE_CONTAINER_URL: no other host.
-            deadletter_blob_url=service_url("DEADLETTER_BLOB_URL", cloud.blob_problem),
-            sweep_concurrency=int(number("SWEEP_CONCURRENCY", 8, 1, 64)),
+            deadletter_blob_url=urls.service_url("DEADLETTER_BLOB_URL", cloud.blob_problem),
+            sweep_concurrency=int(read.number("SWEEP_CONCURRENCY", 8, 1, 64)),
             local_emulators=local_emulators,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Env:
+    """One environment mapping's values as settings: blank is unset, a bad value a SettingsError naming it."""
+
+    env: Mapping[str, str]
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def https_url(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+        from rotation.core.redact import url_shown  # a rejected URL is echoed without userinfo or query
+
+        value = self.text(name, default)
+        if value is None:
+            if required:
+                raise SettingsError(f"{name} is required")
+            return None
+        if not value.startswith("https://") or " " in value:
+            raise SettingsError(f"{name} must be an https:// URL, got {url_shown(value)!r}")
+        return value.rstrip("/")
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw[:40]!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Urls:
+    """The settings naming a host that receives one of the app's tokens: a host of that service in this
+    cloud (a setting may be a Key Vault reference: it must not redirect the credential)."""
+
+    read: _Env
+    cloud: Cloud
+    local_emulators: bool
+
+    def vault(self, name: str, required: bool) -> str | None:
+        from rotation.core.redact import url_shown
+
+        url = self.read.https_url(name, required=required)
+        if url is None:
+            return None
+        why = self.cloud.vault_problem(url.lower(), allow_loopback=self.local_emulators)
+        if why is not None:
+            raise SettingsError(f"{name} {url_shown(url)!r} {why}")
+        return url
+
+    def service_url(self, name: str, problem: Callable[[str, bool], str | None]) -> str | None:
+        from rotation.core.redact import url_shown
+
+        url = self.read.https_url(name)
+        if url is None:
+            return None
+        why = problem(url.lower(), self.local_emulators)
+        if why is not None:
+            raise SettingsError(f"{name} {url_shown(url)!r} {why}")
+        return url
+
+
+def _raw_registry(raw_registry: str | None) -> str:
+    if raw_registry is None:
+        raise SettingsError("ROTATION_REGISTRY is required (the registry JSON)")
+    if raw_registry.startswith("@Microsoft.KeyVault("):
+        # Right after a deployment the platform may not have resolved it yet (role assignment
+        # propagation): transient, so an event is redelivered rather than acknowledged and lost.
+        raise SettingsPending(
+            "ROTATION_REGISTRY is an unresolved Key Vault reference: grant the app's identity "
+            "'Key Vault Secrets User' on the configuration vault and check the reference"
+        )
+    return raw_registry
+
+
+def _cloud(name: str | None) -> Cloud:
+    from rotation.cloud import cloud_named
+
+    try:
+        return cloud_named(name)
+    except ValueError as exc:
+        raise SettingsError(f"AZURE_CLOUD: {exc}") from None
+
+
+def _check_renewal(lifetime: float, renew: float) -> None:
+    if renew >= lifetime:
+        raise SettingsError(
+            f"RENEW_BEFORE_DAYS ({renew:g}) must be less than TOKEN_LIFETIME_DAYS ({lifetime:g}), "
+            "or every run would renew"
+        )
+
+
+def _local_emulators(value: str | None) -> bool:
+    local = (value or "").lower()
+    if local not in _TRUE | _FALSE:
+        raise SettingsError(f"ROTATION_LOCAL_EMULATORS must be true or false, got {local[:20]!r}")
+    return local in _TRUE
+
+
+def _hosting(env: Mapping[str, str], local_emulators: bool) -> str | None:
+    """The Azure hosting variable set, if any; the local emulators are refused in Azure and loud elsewhere."""
+    azure = hosted_in_azure(env)
+    if local_emulators and azure:
+        raise SettingsError(
+            "ROTATION_LOCAL_EMULATORS relaxes Key Vault challenge checks for the local stack and is "
+            f"refused in Azure ({azure} is set): remove the setting"
+        )
+    if local_emulators:
+        log.warning(
+            "ROTATION_LOCAL_EMULATORS is on: Key Vault challenge resource verification is OFF for "
+            "loopback vaults and aks clusters may be on loopback. This is for the local devstack only "
+            "and is refused in Azure."
+        )
+    return azure
+
+
+def _arm_endpoint(arm_endpoint: str, cloud: Cloud, local_emulators: bool) -> str:
+    from rotation.core.hosts import server_problem
+    from rotation.core.redact import url_shown
+
+    if arm_endpoint != cloud.arm_endpoint and (
+            not local_emulators or server_problem(arm_endpoint, None, allow_loopback=True) is not None):
+        raise SettingsError(
+            f"ARM_ENDPOINT {url_shown(arm_endpoint)!r} differs from {cloud.name.value}'s Resource Manager "
+            f"({cloud.arm_endpoint}): it is only an override for a loopback emulator with "
+            "ROTATION_LOCAL_EMULATORS; set AZURE_CLOUD for a sovereign cloud")
+    return arm_endpoint
+
+
+def _registry(raw_registry: str, cloud: Cloud, local_emulators: bool) -> Registry:
+    from rotation.core.errors import RegistryError
+    from rotation.core.registry import load_registry
+
+    try:
+        return load_registry(raw_registry, aks_servers=cloud.aks_rule(allow_loopback=local_emulators))
+    except RegistryError as exc:
+        raise SettingsError(f"ROTATION_REGISTRY: {exc}") from None
+
+
+def _lease_container_url(lease_container_url: str | None, azure: str | None) -> str | None:
+    if lease_container_url is None and azure:
+        raise SettingsError(
+            f"LEASE_CONTAINER_URL is required in Azure ({azure} is set): without it, "
+            "instances cannot agree on one writer per gateway and a key roll is unsafe")
+    return lease_container_url

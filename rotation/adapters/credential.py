@@ -238,30 +238,43 @@ def translate(exc: Exception, what: str) -> RotationError:
     )
 
     status, code, message = _detail(exc)
-    code = scrub(str(code))[:80] if code else code  # upstream text too (an error code may echo the request)
-    head = f"{what} failed: {status} {code}" if status is not None else f"{what} failed"
-    if status is None and code:
-        head = f"{what} failed: {code}"
-    tail = f" ({scrub(message)})" if message else ""
+    text = _head(what, status, code) + _tail(message)
     if isinstance(exc, ResourceNotFoundError) or status == 404:
-        return NotFound(head + tail)
+        return NotFound(text)
     if isinstance(exc, ClientAuthenticationError) and status is None:
         # Raised by the credential itself (no HTTP status of the target service).
         return AccessDenied(f"{what} failed: could not get a token for the app's identity "
                             f"({scrub(str(exc))})")
     if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-        return AccessDenied(head + tail)
+        return AccessDenied(text)
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         kind = type(exc).__name__
         return UpstreamError(f"{what} failed: {kind} ({scrub(str(exc))})")
     if isinstance(exc, HttpResponseError) and status is not None:
-        if status in (408, 409, 423, 429) or status >= 500:
-            return UpstreamError(head + tail)
-        if status in (400, 422):
-            # The request came from the registry and stored state, not the caller: a server-side problem.
-            return UpstreamRejected(head + tail)
-        return PermanentError(head + tail)
+        return _by_status(status, text)
     return UpstreamError(f"{what} failed: {type(exc).__name__} ({scrub(str(exc))})")
+
+
+def _head(what: str, status: int | None, code: str | None) -> str:
+    code = scrub(str(code))[:80] if code else code  # upstream text too (an error code may echo the request)
+    head = f"{what} failed: {status} {code}" if status is not None else f"{what} failed"
+    if status is None and code:
+        head = f"{what} failed: {code}"
+    return head
+
+
+def _tail(message: str | None) -> str:
+    return f" ({scrub(message)})" if message else ""
+
+
+def _by_status(status: int, text: str) -> RotationError:
+    """An HTTP error response the SDK has no narrower exception for."""
+    if status in (408, 409, 423, 429) or status >= 500:
+        return UpstreamError(text)
+    if status in (400, 422):
+        # The request came from the registry and stored state, not the caller: a server-side problem.
+        return UpstreamRejected(text)
+    return PermanentError(text)
 
 
 def is_azure_error(exc: BaseException) -> bool:

@@ -603,15 +603,29 @@ def _api_error(where: str, exc: Any, verb: str, what: str, secrets: tuple[str | 
     message = clean(_scrub(_status_message(exc.body), *hidden)[:_MAX_MESSAGE * 4])[:_MAX_MESSAGE]
     suffix = f": {message}" if message else ""
     if json_patch and status == 422:
-        # staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go (applyJSPatch): an operation
-        # that fails to apply is answered 422; newer apiservers name the failed operation in
-        # details.causes ("testing value … failed": evanphx/json-patch's ErrTestFailed).
-        if "testing value" in _status_causes(exc.body):
-            return Conflict(f"{where}: conflict on {verb} {what}: the key does not hold the expected value")
-        raise _PatchRejected
+        return _patch_error(where, verb, what, exc.body)
     if status == 0:  # the client's wrapping of an SSL error
-        reason = clean(_scrub(str(exc.reason or ""), *hidden)[:_MAX_MESSAGE * 4]).splitlines()
-        return UpstreamError(f"{where} unreachable: {verb} {what}: {' '.join(reason)[:300] or 'TLS error'}")
+        return _tls_error(where, verb, what, exc.reason, hidden)
+    return _status_error(where, verb, what, status, suffix)
+
+
+def _patch_error(where: str, verb: str, what: str, body: Any) -> RotationError:
+    """staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go (applyJSPatch): an operation
+    that fails to apply is answered 422; newer apiservers name the failed operation in
+    details.causes ("testing value … failed": evanphx/json-patch's ErrTestFailed)."""
+    if "testing value" in _status_causes(body):
+        return Conflict(f"{where}: conflict on {verb} {what}: the key does not hold the expected value")
+    raise _PatchRejected
+
+
+def _tls_error(where: str, verb: str, what: str, exc_reason: Any, hidden: list[str]) -> RotationError:
+    from rotation.boundary import clean
+
+    reason = clean(_scrub(str(exc_reason or ""), *hidden)[:_MAX_MESSAGE * 4]).splitlines()
+    return UpstreamError(f"{where} unreachable: {verb} {what}: {' '.join(reason)[:300] or 'TLS error'}")
+
+
+def _status_error(where: str, verb: str, what: str, status: int, suffix: str) -> RotationError:
     if status == 404:
         return NotFound(f"{where}: {what} not found")
     if status == 401:

@@ -242,53 +242,70 @@ def load_registry(document: str | Mapping[str, object], *,
 
     `aks_servers` says where `aks` clusters may be (default: the public cloud's AKS domain, no
     loopback); settings pass the configured cloud's rule."""
-    if isinstance(document, str):
-        try:
-            data: object = json.loads(document, object_pairs_hook=_unique_fields)
-        except _DuplicateField as dup:
-            raise RegistryError(f"registry: duplicate field {dup.name!r}: readers disagree on which one "
-                                "counts (JSON keeps the last)") from None
-        except RecursionError:
-            raise RegistryError("registry: not valid JSON: nested too deeply") from None
-        except json.JSONDecodeError as exc:
-            where = f"line {exc.lineno} column {exc.colno}"
-            raise RegistryError(f"registry: not valid JSON: {exc.msg} at {where}") from None
-    else:
-        data = dict(document)
+    data = _parse(document) if isinstance(document, str) else dict(document)
     aks_servers = aks_servers or AksServerRule()
     root = _Reader("", data)
     root.obj({"clusters", "gateways", "$schema"})
+    clusters = _clusters(root.child("clusters"), aks_servers)
+    gateways = _gateways(root.child("gateways"), clusters)
+    return Registry(clusters=clusters, gateways=tuple(gateways))
+
+
+def _parse(document: str) -> object:
+    try:
+        data: object = json.loads(document, object_pairs_hook=_unique_fields)
+    except _DuplicateField as dup:
+        raise RegistryError(f"registry: duplicate field {dup.name!r}: readers disagree on which one "
+                            "counts (JSON keeps the last)") from None
+    except RecursionError:
+        raise RegistryError("registry: not valid JSON: nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise RegistryError(f"registry: not valid JSON: {exc.msg} at {where}") from None
+    return data
+
+
+def _clusters(readers: _Reader, aks_servers: AksServerRule) -> dict[str, Cluster]:
     clusters: dict[str, Cluster] = {}
-    for r in root.child("clusters").items():
+    for r in readers.items():
         cluster = _cluster(r, aks_servers)
         if cluster.name in clusters:
             raise r.child("name").fail(f"duplicate cluster name {_show(cluster.name)}")
         _distinct(r, cluster, clusters.values())
         clusters[cluster.name] = cluster
+    return clusters
+
+
+def _gateways(readers: _Reader, clusters: Mapping[str, Cluster]) -> list[GatewayConfig]:
     gateways: list[GatewayConfig] = []
-    gateways_reader = root.child("gateways")
-    for i, r in enumerate(gateways_reader.items()):
+    for r in readers.items():
         gateway = _gateway(r, clusters)
         for other in gateways:
-            if other.ref.key == gateway.ref.key:
-                raise r.child("id").fail(f"gateway {gateway.ref} is registered twice")
-            if other.key_vault_secret.lower() == gateway.key_vault_secret.lower():
-                raise gateways_reader.child(i).fail(
-                    f"Key Vault secret {gateway.key_vault_secret!r} is already used by {other.ref}"
-                )
-            # One Secret key feeds one gateway: under two, each reconcile would overwrite the other's
-            # token and both would report success while one gateway is cut off.
-            theirs = {(t.cluster, t.namespace, t.secret, t.key) for t in other.targets}
-            for j, t in enumerate(gateway.targets):
-                if (t.cluster, t.namespace, t.secret, t.key) in theirs:
-                    raise r.child("targets").child(j).fail(
-                        f"{t.cluster}/{t.namespace}/{t.secret} key {t.key!r} is already a target of {other.ref.id}")
-        for cluster in clusters.values():
-            # With one vault for both, a forced rotation would overwrite the kubeconfig with a token.
-            if (isinstance(cluster.auth, KubeconfigAuth)
-                    and cluster.auth.secret_name.lower() == gateway.key_vault_secret.lower()):
-                raise gateways_reader.child(i).fail(
-                    f"Key Vault secret {gateway.key_vault_secret!r} is the kubeconfig secret of cluster "
-                    f"{cluster.name}")
+            _distinct_gateway(r, gateway, other)
+        _not_a_kubeconfig(r, gateway, clusters.values())
         gateways.append(gateway)
-    return Registry(clusters=clusters, gateways=tuple(gateways))
+    return gateways
+
+
+def _distinct_gateway(r: _Reader, gateway: GatewayConfig, other: GatewayConfig) -> None:
+    if other.ref.key == gateway.ref.key:
+        raise r.child("id").fail(f"gateway {gateway.ref} is registered twice")
+    if other.key_vault_secret.lower() == gateway.key_vault_secret.lower():
+        raise r.fail(f"Key Vault secret {gateway.key_vault_secret!r} is already used by {other.ref}")
+    # One Secret key feeds one gateway: under two, each reconcile would overwrite the other's
+    # token and both would report success while one gateway is cut off.
+    theirs = {(t.cluster, t.namespace, t.secret, t.key) for t in other.targets}
+    for j, t in enumerate(gateway.targets):
+        if (t.cluster, t.namespace, t.secret, t.key) in theirs:
+            raise r.child("targets").child(j).fail(
+                f"{t.cluster}/{t.namespace}/{t.secret} key {t.key!r} is already a target of {other.ref.id}")
+
+
+def _not_a_kubeconfig(r: _Reader, gateway: GatewayConfig, clusters: Iterable[Cluster]) -> None:
+    """With one vault for both, a forced rotation would overwrite the kubeconfig with a token."""
+    for cluster in clusters:
+        if (isinstance(cluster.auth, KubeconfigAuth)
+                and cluster.auth.secret_name.lower() == gateway.key_vault_secret.lower()):
+            raise r.fail(
+                f"Key Vault secret {gateway.key_vault_secret!r} is the kubeconfig secret of cluster "
+                f"{cluster.name}")
