@@ -10,3 +10,10 @@ def service_module() -> Any:
     import rotation.app.rotator as service
 
     return service
+
+
+def fanout_module() -> Any:
+    """The module defining `MAX_FANOUT`, the fan-out limit the benchmarks vary."""
+    import rotation.app.fanout as fanout
+
+    return fanout

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks._app import service_module
+from benchmarks._app import fanout_module
 from benchmarks._proxies import Proxies, running
 from benchmarks._stack import Control, apply_by_namespace, parallel, workload
 from devstack import stack as devstack
@@ -168,7 +168,7 @@ def adapter_floor(rotator: Any, proxies: Proxies, reset_targets: Callable[[], No
     reset_targets()
     proxies.reset()
     wall, cpu = time.perf_counter(), time.process_time()
-    parallel(config.targets, two_writes, workers=service_module().MAX_FANOUT)
+    parallel(config.targets, two_writes, workers=fanout_module().MAX_FANOUT)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stats = proxies.stats()
     return {"wall_s": round(wall, 2), "cpu_ms_per_target": round(cpu * 1000 / TARGETS, 2),
