@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -84,7 +84,7 @@ class Reconcile:
                 # Look first (the happy path writes at once), so a promotion is decided before any
                 # read target is written: each target is written and restarted once.
                 look = replace(plan, look_only=not plan.plan_only)
-                synced = self._pass(scope, look, (), wait=self._look_deadline(plan))
+                synced = self._pass(scope, look, (), cutoff=self._look_deadline(plan))
                 promoted = self._after_promotion(scope, renewal, synced)
                 if promoted is not None:
                     source, rotated = promoted.source, True
@@ -103,20 +103,21 @@ class Reconcile:
             record(self.deps.publisher, self.config, report, deadline=self.deadline)
             return report
 
-    def _look_deadline(self, plan: TargetPlan) -> Deadline:
-        """How long the look waits for every target: half the time left when it may be followed by
-        writes, so one slow or hung cluster is reported `timeout` while the targets that answered still
-        get their writes and restarts (a target that has not answered cannot be promoted from anyway)."""
+    def _look_deadline(self, plan: TargetPlan) -> Deadline | None:
+        """When the look stops waiting for the targets that have not answered, if one that did owes a
+        write: half the time left, so one slow or hung cluster is reported `timeout` while the targets
+        that answered still get their writes and restarts (a target that has not answered cannot be
+        promoted from anyway). None: wait up to the deadline."""
         if plan.plan_only:
-            return self.deadline
+            return None
         clock = self.deadline.clock
         return Deadline(min(self.deadline.end, clock() + self.deadline.left() / 2), clock)
 
     def _pass(self, scope: Scope, plan: TargetPlan, before: tuple[Synced, ...], *,
-              owed_only: bool = False, wait: Deadline | None = None) -> tuple[Synced, ...]:
+              owed_only: bool = False, cutoff: Deadline | None = None) -> tuple[Synced, ...]:
         """Phase 1 for every target in parallel (`owed_only`: only the writes a look-only pass owes); a
         second pass keeps the first pass's `written`, so each target's workloads restart once, for the
-        token it ends with. `wait`: how long to wait for the targets (the reconcile's deadline)."""
+        token it ends with. `cutoff`: see `_look_deadline`."""
         targets = self.config.targets
         started = time.monotonic()
         with fanout.pool(len(targets)) as pool:
@@ -124,7 +125,13 @@ class Reconcile:
                 pool.submit(write_owed, self.deps, scope, t, plan, b) if owed_only
                 else pool.submit(sync_secret, self.deps, scope, t, plan)
                 for t, b in zip(targets, before or [Synced(_EMPTY)] * len(targets), strict=True)]
-            synced = fanout.collect(targets, futures, wait or self.deadline, started)
+            until = self.deadline
+            if cutoff is not None:
+                wait(futures, timeout=cutoff.left())
+                if any(f.done() and not f.cancelled() and f.exception() is None and f.result().owed
+                       for f in futures):
+                    until = cutoff
+            synced = fanout.collect(targets, futures, until, started)
         if not before:
             return synced
         return tuple(s if not b.written or s.written else replace(s, written=True) for s, b in zip(synced, before,
