@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from rotation.core.errors import UpstreamError
-from rotation.core.model import KeyType, RolloutState
+from rotation.core.model import KeyType, RolloutState, Workload
 from rotation.core.status import KeyRollPhase
 from tests.service.conftest import World
 
@@ -27,7 +28,8 @@ def test_roll_moves_to_the_other_key_then_regenerates_the_old(world: World) -> N
 
 def test_roll_stops_before_regenerating_when_a_target_did_not_confirm(world: World) -> None:
     old = world.seed_token(world.gw1, 20 * DAY)
-    world.west.faults.queue["read"] = [UpstreamError("cluster west unreachable")]
+    # Phase 1 writes west without a read (it holds the token Key Vault held): its write fails.
+    world.west.faults.queue["write"] = [UpstreamError("cluster west unreachable")]
     report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
                                      deadline_seconds=5, rollout_wait_seconds=0)
     assert report.phase is KeyRollPhase.PENDING and not report.regenerated and not report.ok
@@ -47,7 +49,13 @@ def test_roll_stops_before_regenerating_when_a_target_did_not_confirm(world: Wor
 
 def test_roll_waits_for_rollouts(world: World) -> None:
     world.seed_token(world.gw1, 20 * DAY)
-    world.east.rollout = lambda namespace, workload, timeout=None: RolloutState(workload, False, "0/1 updated", world.now)  # type: ignore[method-assign]
+    real = world.east.rollout
+
+    def rollout(namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        """Restarted for the roll's token (its fingerprint on the pod template), pods not rolled yet."""
+        return replace(real(namespace, workload, timeout), ready=False, detail="0/1 updated")
+
+    world.east.rollout = rollout  # type: ignore[method-assign]
     report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
                                      deadline_seconds=5, rollout_wait_seconds=0.05, poll_seconds=0.01)
     assert report.phase is KeyRollPhase.PENDING
