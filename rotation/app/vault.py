@@ -34,16 +34,23 @@ def fenced_put(deps: Deps, scope: Scope, record: TokenRecord, based_on: str | No
 
 def owned(config: GatewayConfig, record: TokenRecord) -> bool:
     """Key Vault's value counts as this gateway's only when the product wrote it for this gateway: its
-    `gatewayId` tag is the gateway's full ARM id (a same-named gateway of another service has another)."""
-    return record.gateway_id.lower() == config.ref.id.lower()
+    `gatewayId` tag is the gateway's full ARM id (a same-named gateway of another service has another),
+    and the value names the gateway, as every token ARM generates for it does (tags and value are
+    written separately: whoever wrote another gateway's token under this tag proves nothing)."""
+    return (record.gateway_id.lower() == config.ref.id.lower()
+            and record.token.gateway.lower() == config.ref.gateway.lower())
 
 
 def check_owned(config: GatewayConfig, record: TokenRecord) -> None:
-    if not owned(config, record):
+    if record.gateway_id.lower() != config.ref.id.lower():
         tagged = record.gateway_id or "no gatewayId tag"
         raise UnusableSecret(f"Key Vault secret {config.key_vault_secret!r} holds a token written for "
                              f"{tagged!r}, not {config.ref.id} (fingerprint {record.token.fingerprint}): it is "
                              "never pushed (rotate with force to overwrite it)")
+    if not owned(config, record):
+        raise UnusableSecret(f"Key Vault secret {config.key_vault_secret!r} holds a token of another gateway "
+                             f"(fingerprint {record.token.fingerprint}), not of {config.ref.gateway}, whatever "
+                             "its tags say: it is never pushed (rotate with force to overwrite it)")
 
 
 def authoritative(deps: Deps, scope: Scope, latest: TokenRecord | None, *, repair: bool) -> TokenRecord | None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from rotation.core.model import Outcome
 from tests.memory import sign
 from tests.service.conftest import World
@@ -72,7 +70,6 @@ def test_a_placeholder_that_is_no_token_is_still_written(world: World) -> None:
     assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.UPDATED]
 
 
-@pytest.mark.xfail(strict=True, reason="Key Vault's latest is judged by its gatewayId tag only")
 def test_the_sweeps_fast_path_never_pushes_another_gateways_token_from_key_vault(world: World) -> None:
     """The sweep trusts its own listing's tags (one listing for the whole fleet: benchmarks/sweep.py) and
     reads a token's value only for a target that needs it. Tags in agreement with a value of another
