@@ -3,9 +3,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
+
 from rotation.core.errors import UpstreamError
-from rotation.core.model import KeyType, RolloutState, Workload
+from rotation.core.model import KeyType, Outcome, RolloutState, Workload
 from rotation.core.status import KeyRollPhase
+from rotation.core.token import GatewayToken
 from tests.service.conftest import World
 
 DAY = timedelta(days=1)
@@ -111,3 +114,24 @@ def test_a_later_token_key_vault_never_held_still_blocks_the_roll(world: World) 
     assert report.phase is KeyRollPhase.PENDING and not report.regenerated
     assert report.pending == ("west/gateways/gw1-token: newer",)
     assert world.west.value("gateways", "gw1-token", "value") == foreign
+
+
+@pytest.mark.xfail(strict=True, reason="a later token of the retiring key proven by ARM stays newer during the roll")
+def test_a_later_token_of_the_retiring_key_that_arm_reproduces_is_replaced_by_the_roll(world: World) -> None:
+    """A target runs a later-expiring primary token Key Vault never held (pasted from the portal; ARM
+    reproduces it, so it is the gateway's). Rolling off primary invalidates it: the roll's reconcile
+    overwrites it with the roll's token like any token of the retiring key, instead of keeping it as
+    `newer`, which left the roll pending until that token expired (up to 30 days)."""
+    world.seed_token(world.gw1, 20 * DAY)
+    portal = GatewayToken.parse(world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY,
+                                                            (world.now + 30 * DAY).replace(second=0)))
+    world.issuer.calls.clear()
+    world.east.secrets[("apim", "gw1-token")].data["config.service.auth.key"] = portal.formatted()
+    report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                     deadline_seconds=5, rollout_wait_seconds=0)
+    assert report.rotation is not None and report.rotation.targets[0].outcome is Outcome.UPDATED
+    assert report.phase is KeyRollPhase.COMPLETED, report.pending
+    assert world.issuer.verify(world.gw1.ref, portal.value) is None
+    for value in world.held(world.gw1):
+        assert value is not None and world.issuer.verify(world.gw1.ref, value.removeprefix("GatewayKey ")) \
+            is KeyType.SECONDARY
