@@ -135,6 +135,11 @@ class EvidenceLoader:
                 verdict = Verdict(Provenance.OURS, token)
         return verdict
 
+    def proven_key(self, fingerprint: str) -> KeyType | None:
+        """The key ARM reproduced this token with in this reconcile, if it was asked and did."""
+        with self._lock:
+            return self._proven.get(fingerprint)
+
     def key_of(self, fingerprint: str) -> KeyType | None:
         """Which key signed one of the gateway's verified tokens, as long as that key cannot have been
         regenerated since: ARM's proof (it signs so now), or a version in the newest run of versions of

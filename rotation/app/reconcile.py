@@ -158,7 +158,7 @@ class Reconcile:
             source, self.request.dry_run or source is None, evidence,
             doomed(self.deps, scope, rolling) if rolling is not None and source else frozenset(),
             heal_needed(self.request.heal, source.desired.expires_at if source else None),
-            renewal.previous, self.deps.clock())
+            renewal.previous, self.deps.clock(), retiring=rolling if source else None)
 
     def _after_promotion(self, scope: Scope, renewal: Renewal, synced: tuple[Synced, ...]) -> TargetPlan | None:
         """The second pass, if a target kept a later-expiring verified token of the gateway that is now
