@@ -3,6 +3,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
+
 from rotation.core.errors import UpstreamError
 from rotation.core.model import KeyType, Outcome, RolloutState, Workload
 from rotation.core.status import KeyRollPhase
@@ -121,3 +123,36 @@ def test_a_later_token_of_the_retiring_key_that_arm_reproduces_is_replaced_by_th
     for value in world.held(world.gw1):
         assert value is not None and world.issuer.verify(world.gw1.ref, value.removeprefix("GatewayKey ")) \
             is KeyType.SECONDARY
+
+
+@pytest.mark.xfail(strict=True, reason="the resumed roll's phase 1 fails a target whose pods still roll out")
+def test_a_resumed_roll_waits_for_a_rollout_still_in_progress(world: World) -> None:
+    """The first run's rollouts do not finish within its wait: pending. The operator runs it again while
+    the pods are still rolling: phase 1 finds the workloads restarted for the roll's token and leaves
+    the rollout to phase 2, which waits for it (`rollout_wait_seconds`) and completes."""
+    world.seed_token(world.gw1, 20 * DAY)
+    real = world.east.rollout
+    rolling = [True]
+    calls: list[int] = []
+
+    def rollout(namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        calls.append(1)
+        state = real(namespace, workload, timeout)
+        return replace(state, ready=False, detail="1/2 updated") if rolling[0] else state
+
+    world.east.rollout = rollout  # type: ignore[method-assign]
+    first = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                    deadline_seconds=5, rollout_wait_seconds=0)
+    assert first.phase is KeyRollPhase.PENDING and any("rollout not finished" in p for p in first.pending)
+    calls.clear()
+
+    def finish_after_two_looks(namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        if len(calls) >= 2:
+            rolling[0] = False
+        return rollout(namespace, workload, timeout)
+
+    world.east.rollout = finish_after_two_looks  # type: ignore[method-assign]
+    again = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                    deadline_seconds=5, rollout_wait_seconds=2, poll_seconds=0.01)
+    assert again.phase is KeyRollPhase.COMPLETED and again.resumed, again.pending
+    assert world.issuer.regenerated == [KeyType.PRIMARY]
