@@ -219,7 +219,9 @@ def restart_workloads(deps: Deps, scope: Scope, target: Target, synced: Synced, 
                 state = client.rollout(target.namespace, workload, timeout=scope.check(f"reading {workload}"))
                 action = restart_action(state.token_fingerprint, synced.holds, healing=heal is not None)
                 if action is RestartAction.CURRENT:
-                    if heal is not None and not state.ready:
+                    # An event's instance may be an old pod until the rollout ends: the event fails for
+                    # a retry. A key roll (unrestartable_fails off) waits for rollouts in its phase 2.
+                    if heal is not None and heal.unrestartable_fails and not state.ready:
                         rolling.append(f"{workload} is still rolling out to the token ({state.detail})")
                     continue
             client.restart(target.namespace, workload, deps.clock(), timeout=scope.writing(f"restarting {workload}"),

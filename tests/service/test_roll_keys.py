@@ -3,8 +3,6 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
-import pytest
-
 from rotation.core.errors import UpstreamError
 from rotation.core.model import KeyType, Outcome, RolloutState, Workload
 from rotation.core.status import KeyRollPhase
@@ -125,7 +123,6 @@ def test_a_later_token_of_the_retiring_key_that_arm_reproduces_is_replaced_by_th
             is KeyType.SECONDARY
 
 
-@pytest.mark.xfail(strict=True, reason="the resumed roll's phase 1 fails a target whose pods still roll out")
 def test_a_resumed_roll_waits_for_a_rollout_still_in_progress(world: World) -> None:
     """The first run's rollouts do not finish within its wait: pending. The operator runs it again while
     the pods are still rolling: phase 1 finds the workloads restarted for the roll's token and leaves
