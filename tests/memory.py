@@ -29,6 +29,7 @@ from rotation.core.model import (
     TokenRecord,
     Workload,
 )
+from rotation.core.podspec import SecretUse, UseKind
 from rotation.core.tags import info_from, record_from, tags_for
 from tests import leakcheck
 
@@ -168,6 +169,9 @@ class MemoryCluster:
     secrets: dict[tuple[str, str], _Secret] = field(default_factory=dict)
     restarts: dict[tuple[str, str], list[datetime]] = field(default_factory=dict)
     fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)  # the pod template's annotation
+    # What each workload's pod template reads, {(namespace, "kind/name"): uses}; a workload not listed
+    # reads nothing anyone told this cluster, and its rollout says so with uses=None (unchecked).
+    reads: dict[tuple[str, str], tuple[SecretUse, ...]] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     conflicts: int = 0  # the next N writes find their resourceVersion stale (someone else wrote)
@@ -264,8 +268,15 @@ class MemoryCluster:
         with self.lock:
             restarts = self.restarts.get((namespace, str(workload)))
             fingerprint = self.fingerprints.get((namespace, str(workload)))
-        return RolloutState(workload, True, "1/1 updated", restarts[-1] if restarts else None,
+            uses = self.reads.get((namespace, str(workload)))
+        return RolloutState(workload, True, "1/1 updated", restarts[-1] if restarts else None, uses=uses,
                             token_fingerprint=fingerprint)
+
+    def reading(self, namespace: str, workload: str, secret: str, key: str, container: str = "gateway") -> None:
+        """Say the workload's pod template reads `secret`'s `key` (an env secretKeyRef), besides what
+        it read before."""
+        uses = self.reads.get((namespace, workload), ())
+        self.reads[(namespace, workload)] = (*uses, SecretUse(container, UseKind.ENV, secret, key))
 
     @property
     def writes(self) -> int:

@@ -136,13 +136,25 @@ class EvidenceLoader:
                 verdict = Verdict(Provenance.OURS, token)
         return verdict
 
+    def proven_key(self, fingerprint: str) -> KeyType | None:
+        """The key ARM reproduced this token with in this reconcile, if it was asked and did."""
+        with self._lock:
+            return self._proven.get(fingerprint)
+
     def key_of(self, fingerprint: str) -> KeyType | None:
-        """Which key signed one of the gateway's verified tokens (its version's tag, or ARM's proof)."""
+        """Which key signed one of the gateway's verified tokens, as long as that key cannot have been
+        regenerated since: ARM's proof (it signs so now), or a version in the newest run of versions of
+        one key. An earlier run's key was followed by a move to the other key, which a roll makes by
+        regenerating the key it leaves: its tokens may be dead, so they are nobody's to promote."""
         with self._lock:
             proven = self._proven.get(fingerprint)
         if proven is not None:
             return proven
-        for info in reversed(self.versions()):
+        versions = self.versions()
+        current = versions[-1].key_type if versions else None
+        for info in reversed(versions):
+            if info.key_type is not current:
+                return None
             if info.fingerprint == fingerprint:
                 return info.key_type
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -84,7 +84,7 @@ class Reconcile:
                 # Look first (the happy path writes at once), so a promotion is decided before any
                 # read target is written: each target is written and restarted once.
                 look = replace(plan, look_only=not plan.plan_only)
-                synced = self._pass(scope, look, ())
+                synced = self._pass(scope, look, (), cutoff=self._look_deadline(plan))
                 promoted = self._after_promotion(scope, renewal, synced)
                 if promoted is not None:
                     source, rotated = promoted.source, True
@@ -103,11 +103,21 @@ class Reconcile:
             record(self.deps.publisher, self.config, report, deadline=self.deadline)
             return report
 
+    def _look_deadline(self, plan: TargetPlan) -> Deadline | None:
+        """When the look stops waiting for the targets that have not answered, if one that did owes a
+        write: half the time left, so one slow or hung cluster is reported `timeout` while the targets
+        that answered still get their writes and restarts (a target that has not answered cannot be
+        promoted from anyway). None: wait up to the deadline."""
+        if plan.plan_only:
+            return None
+        clock = self.deadline.clock
+        return Deadline(min(self.deadline.end, clock() + self.deadline.left() / 2), clock)
+
     def _pass(self, scope: Scope, plan: TargetPlan, before: tuple[Synced, ...], *,
-              owed_only: bool = False) -> tuple[Synced, ...]:
+              owed_only: bool = False, cutoff: Deadline | None = None) -> tuple[Synced, ...]:
         """Phase 1 for every target in parallel (`owed_only`: only the writes a look-only pass owes); a
         second pass keeps the first pass's `written`, so each target's workloads restart once, for the
-        token it ends with."""
+        token it ends with. `cutoff`: see `_look_deadline`."""
         targets = self.config.targets
         started = time.monotonic()
         with fanout.pool(len(targets)) as pool:
@@ -115,7 +125,13 @@ class Reconcile:
                 pool.submit(write_owed, self.deps, scope, t, plan, b) if owed_only
                 else pool.submit(sync_secret, self.deps, scope, t, plan)
                 for t, b in zip(targets, before or [Synced(_EMPTY)] * len(targets), strict=True)]
-            synced = fanout.collect(targets, futures, self.deadline, started)
+            until = self.deadline
+            if cutoff is not None:
+                wait(futures, timeout=cutoff.left())
+                if any(f.done() and not f.cancelled() and f.exception() is None and f.result().owed
+                       for f in futures):
+                    until = cutoff
+            synced = fanout.collect(targets, futures, until, started)
         if not before:
             return synced
         return tuple(s if not b.written or s.written else replace(s, written=True) for s, b in zip(synced, before,
@@ -142,7 +158,7 @@ class Reconcile:
             source, self.request.dry_run or source is None, evidence,
             doomed(self.deps, scope, rolling) if rolling is not None and source else frozenset(),
             heal_needed(self.request.heal, source.desired.expires_at if source else None),
-            renewal.previous, self.deps.clock())
+            renewal.previous, self.deps.clock(), retiring=rolling if source else None)
 
     def _after_promotion(self, scope: Scope, renewal: Renewal, synced: tuple[Synced, ...]) -> TargetPlan | None:
         """The second pass, if a target kept a later-expiring verified token of the gateway that is now

@@ -23,7 +23,7 @@ from rotation.app.evidence import EvidenceLoader
 from rotation.app.source import TokenSource
 from rotation.core.convergence import TargetAction
 from rotation.core.errors import Conflict, RotationError
-from rotation.core.model import Outcome, Target, TargetReport
+from rotation.core.model import KeyType, Outcome, Target, TargetReport
 from rotation.core.ports import ClusterClient
 from rotation.core.provenance import Provenance, Verdict, target_action
 from rotation.core.restarts import Heal, RestartAction, restart_action
@@ -48,6 +48,7 @@ class TargetPlan:
     expected: GatewayToken | None = None
     now: datetime | None = None
     look_only: bool = False  # decide, but leave a read target's write for later (a promotion may change it)
+    retiring: KeyType | None = None  # a key roll's key: its tokens ARM reproduced are doomed too
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,7 @@ def sync_secret(deps: Deps, scope: Scope, target: Target, plan: TargetPlan) -> S
                                        timeout=scope.check("reading the Secret"))
             verdict = _verdict(plan, state.value, source)
             action = target_action(verdict, state.value, source.desired.fingerprint, source.desired.expires_at,
-                                   target.format, plan.doomed)
+                                   target.format, _doomed(plan, verdict))
             if action is not TargetAction.WRITE or plan.plan_only:
                 return _without_writing(scope, target, plan, source, verdict, action, done)
             if plan.look_only:
@@ -140,6 +141,17 @@ def _verdict(plan: TargetPlan, value: str | None, source: TokenSource) -> Verdic
     assert plan.evidence is not None
     assert plan.now is not None
     return plan.evidence.verdict(value, source.desired.expires_at, plan.now)
+
+
+def _doomed(plan: TargetPlan, verdict: Verdict) -> frozenset[str]:
+    """The roll's doomed Key Vault versions, and the held token if ARM reproduced it with the retiring
+    key (Key Vault never held it, but regenerating the key kills it all the same)."""
+    token = verdict.token
+    if plan.retiring is None or token is None or plan.evidence is None:
+        return plan.doomed
+    if plan.evidence.proven_key(token.fingerprint) is plan.retiring:
+        return plan.doomed | {token.fingerprint}
+    return plan.doomed
 
 
 def _write_over_expected(scope: Scope, client: ClusterClient, target: Target, plan: TargetPlan,
@@ -227,7 +239,9 @@ def _restart_each(deps: Deps, scope: Scope, target: Target, synced: Synced, heal
         if not synced.written:
             state = client.rollout(target.namespace, workload, timeout=scope.check(f"reading {workload}"))
             if restart_action(state.token_fingerprint, synced.holds) is RestartAction.CURRENT:
-                if heal is not None and not state.ready:
+                # An event's instance may be an old pod until the rollout ends: the event fails for a
+                # retry. A key roll (unrestartable_fails off) waits for rollouts in its phase 2.
+                if heal is not None and heal.unrestartable_fails and not state.ready:
                     rolling.append(f"{workload} is still rolling out to the token ({state.detail})")
                 continue
         client.restart(target.namespace, workload, deps.clock(), timeout=scope.writing(f"restarting {workload}"),

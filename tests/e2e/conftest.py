@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from devstack import stack as devstack
 from rotation import bootstrap
+from rotation.core.model import TOKEN_FINGERPRINT_ANNOTATION
 from tests import leakcheck
 
 
@@ -95,6 +97,32 @@ class World:
         annotations = self.workload(cluster, namespace, ref).spec.template.metadata.annotations or {}
         value = annotations.get("kubectl.kubernetes.io/restartedAt")
         return None if value is None else str(value)
+
+    def token_fingerprint(self, cluster: str, namespace: str, ref: str) -> str | None:
+        """The fingerprint of the token the rotator last restarted the workload for (its pod template's
+        annotation; None: never restarted by the rotator)."""
+        annotations = self.workload(cluster, namespace, ref).spec.template.metadata.annotations or {}
+        value = annotations.get(TOKEN_FINGERPRINT_ANNOTATION)
+        return None if value is None else str(value)
+
+    def wait_rolled_out(self, cluster: str, namespace: str, ref: str, timeout: float = 15.0) -> None:
+        """Until the devstack's stand-in controller (devstack/controller.py) has observed the workload's
+        latest spec: what a heal waits for before it calls an instance current."""
+        end = time.monotonic() + timeout
+        while True:
+            obj = self.workload(cluster, namespace, ref)
+            observed = int(getattr(obj.status, "observed_generation", None) or 0) if obj.status else 0
+            if observed >= int(obj.metadata.generation or 1):
+                return
+            if time.monotonic() > end:
+                raise AssertionError(f"{cluster}/{namespace}/{ref} did not roll out in {timeout} s")
+            time.sleep(0.1)
+
+    def wait_all_rolled_out(self) -> None:
+        for gateway_targets in devstack.targets().values():
+            for t in gateway_targets:
+                for w in t.get("restart", []):
+                    self.wait_rolled_out(t["cluster"], t["namespace"], w)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the app could write: Key Vault versions, every target's resourceVersion, ARM writes."""

@@ -78,8 +78,12 @@ def test_key_vault_failure_leaves_every_cluster_untouched(world: World) -> None:
 
 
 def test_per_instance_events_generate_one_token(world: World) -> None:
+    """APIM sends one event per gateway instance. The first rotates and restarts; an event for an old
+    instance is acknowledged once the restarted workloads rolled out (until then it fails, and Event
+    Grid redelivers it), and never rotates again."""
     for i in range(4):
         deliver(near_expiry(instance=f"pod-{i}"))
+        world.wait_all_rolled_out()
     assert len(world.calls("arm", "generateToken")) == 1
     assert len(world.calls("keyvault", "/secrets/apim-apim-devstack-gw-shared-token", method="PUT")) == 1
     assert_rotated_everywhere(world)
@@ -88,6 +92,7 @@ def test_per_instance_events_generate_one_token(world: World) -> None:
 def test_second_delivery_writes_nothing(world: World) -> None:
     event = near_expiry()
     deliver(event)
+    world.wait_all_rolled_out()  # a redelivery while the restarted pods roll out fails (retried later)
     before = world.snapshot()
     deliver(event)
     assert world.snapshot() == before
@@ -101,6 +106,7 @@ def test_expired_event_with_fresh_key_vault_token_repairs_only_the_stale_target(
     east, west = SHARED_TARGETS
     client.CoreV1Api(world.stack.admin("west")).patch_namespaced_secret(
         "gw-shared-token", "gateways", {"stringData": {"value": world.seeded["gw-shared"]}})
+    world.wait_all_rolled_out()  # the first delivery's restarts: an event meanwhile would be retried
     before = world.snapshot()
     deliver(expired_cloudevent())
     after = world.snapshot()
@@ -172,5 +178,6 @@ def test_unreachable_cluster_fails_its_target_and_the_retry_finishes(world: Worl
     registry["clusters"][0]["server"] = real_server
     monkeypatch.setenv("ROTATION_REGISTRY", json.dumps(registry))
     bootstrap.reset()
+    world.wait_all_rolled_out()  # west's restart rolled out: the redelivery is acknowledged
     deliver(near_expiry())  # Event Grid's redelivery
     assert assert_rotated_everywhere(world) == token

@@ -70,8 +70,6 @@ def frozen() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 @pytest.mark.usefixtures("leases")
-@pytest.mark.xfail(strict=True, reason="Key Vault's latest is trusted as written: a writer's PUT applied after "
-                                       "it lost the lease (a regenerated key's token) is pushed by the next rotate")
 def test_a_late_key_vault_write_makes_status_unhealthy_and_the_next_rotate_repairs_it(
         world: World, frozen: list[subprocess.Popen[str]]) -> None:
     stack = world.stack

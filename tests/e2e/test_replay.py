@@ -252,6 +252,7 @@ def test_replaying_again_writes_nothing(world: World, dead: DeadLetters) -> None
     """Duplicates are harmless: the second replay finds fresh tokens and in-sync targets."""
     dead.put(dead_eventgrid("gw-shared", "pod-a"))
     assert replay()[0] == 0
+    world.wait_all_rolled_out()  # an event replayed while the restarted pods roll out would be kept
     after_first = world.snapshot()
     again = dead.put(dead_eventgrid("gw-shared", "pod-a"), dead_eventgrid("gw-shared", "pod-b"))
     code, out = replay("--json")

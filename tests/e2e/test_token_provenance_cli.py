@@ -191,8 +191,6 @@ def test_validate_registry_live_never_calls_a_planted_value_consumed(
 
 @pytest.mark.parametrize("command", [("rotate", "apim-devstack/gw-shared", "--force", "--reason", "suspected leak"),
                                      ("sweep",)], ids=["rotate-force", "sweep"])
-@pytest.mark.xfail(strict=True, reason="a forged far-future token is `newer` (trusted by the expiry written in "
-                                       "it): rotate --force and sweep exit 0 and leave it")
 def test_a_forged_far_future_token_is_overwritten_and_success_means_it_verifies(
         world: World, command: tuple[str, ...]) -> None:
     """Case 2: someone with patch on one Secret writes `gw-shared&209912312359&<random>` into the west
@@ -209,8 +207,6 @@ def test_a_forged_far_future_token_is_overwritten_and_success_means_it_verifies(
 # --- case 3: same gateway name in another APIM service -------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a token names its gateway by bare name: prod's gw-shared overwrites a "
-                                       "Secret holding apim-staging's gw-shared token")
 def test_the_same_named_gateway_of_another_service_keeps_its_token(world: World,
                                                                    registry_env: dict[str, Any]) -> None:
     """Case 3: dev/staging/prod share gateway names. apim-staging's gw-shared is registered too; prod's
@@ -249,8 +245,6 @@ def test_the_same_named_gateway_of_another_service_keeps_its_token(world: World,
 # --- case 5: the roll respects what workloads read ---------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2 of roll-keys never looks at what the registered workloads "
-                                       "read: it regenerates the key the running pods still use")
 def test_roll_keys_does_not_regenerate_a_key_a_registered_workload_still_reads(world: World) -> None:
     """Case 5: gw-east's registered Deployment reads key `legacy` of its Secret (the primary token),
     not the registered key; `status` calls it a mismatch. `roll-keys --from primary` writes the

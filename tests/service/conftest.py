@@ -32,6 +32,10 @@ class World:
         for cluster, ns, name in ((self.east, "apim", "gw1-token"), (self.west, "gateways", "gw1-token"),
                                   (self.east, "apim", "gw2-token")):
             cluster.seed(ns, name, {})
+        for config in self.registry.gateways:  # each registered workload reads its target's key
+            for t in config.targets:
+                for w in t.restart:
+                    self.cluster(t.cluster).reading(t.namespace, str(w), t.secret, t.key)
         self.publisher = RecordingPublisher()
         self.rotator = Rotator(registry=self.registry, issuer=self.issuer, store=self.store,
                                clusters=MemoryClusters({"east": self.east, "west": self.west}),

@@ -1,10 +1,12 @@
-"""A target whose Secret key holds a valid token of ANOTHER gateway is a registry mistake, not drift.
+"""A target whose Secret key holds a verified token of ANOTHER registered gateway is a registry mistake.
 
 Overwriting it would cut off the gateway that really reads that Secret (its pods would start with a
 token signed for a different gateway), and the rotation would still be reported `updated`. So the
 reconcile writes nothing there and reports the target failed with a message that names both gateways
-and the fix; `status` already calls it `mismatch`. A value that is no token at all (empty, placeholder)
-is still written: that is the onboarding case.
+and the fix; `status` already calls it `mismatch`. "Verified" means one of that gateway's Key Vault
+versions: the gateway name inside a token is whatever its writer put there, so a value merely
+*named* for another gateway is unverified and overwritten like any other. A value that is no token
+at all (empty, placeholder) is still written: that is the onboarding case.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ DAY = timedelta(days=1)
 
 
 def _foreign(world: World) -> str:
-    return sign("gw-other", (world.now + 20 * DAY).replace(second=0, microsecond=0), b"other-key")
+    """gw-2's current token: one of its Key Vault versions (registered, so the rotator can tell)."""
+    return world.seed_token(world.gw2, 20 * DAY, everywhere=False).value
+
+
+def _named(world: World) -> str:
+    """A value that says gw-2 (and expires later than gw-1's token would) but nobody's key signed."""
+    return sign("gw-2", (world.now + 29 * DAY + timedelta(hours=1)).replace(second=0, microsecond=0), b"other-key")
 
 
 def test_a_target_holding_another_gateways_token_is_not_overwritten(world: World) -> None:
@@ -28,7 +36,7 @@ def test_a_target_holding_another_gateways_token_is_not_overwritten(world: World
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
     east, west = report.targets
     assert east.outcome is Outcome.FAILED and west.outcome is Outcome.UPDATED
-    assert east.error is not None and "gw-other" in east.error and "gw-1" in east.error
+    assert east.error is not None and world.gw2.ref.id in east.error and world.gw1.ref.id in east.error
     assert "registry" in east.error
     assert world.east.value("apim", "gw1-token", "config.service.auth.key") == foreign
     assert world.east.restarts.get(("apim", "deployment/gw1"), []) == []
@@ -42,6 +50,18 @@ def test_a_forced_rotation_does_not_overwrite_it_either(world: World) -> None:
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5, force=True)
     assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.FAILED]
     assert world.west.value("gateways", "gw1-token", "value") == foreign
+
+
+def test_a_value_merely_named_for_another_gateway_is_overwritten(world: World) -> None:
+    """Nothing vouches for it (not a Key Vault version of gw-2, not reproduced by ARM for gw-1): it is
+    overwritten with gw-1's token, later expiry or not."""
+    named = f"GatewayKey {_named(world)}"
+    world.east.secrets[("apim", "gw1-token")].data["config.service.auth.key"] = named
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.UPDATED] and report.ok
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert stored is not None
+    assert world.east.value("apim", "gw1-token", "config.service.auth.key") == stored.token.formatted()
 
 
 def test_a_placeholder_that_is_no_token_is_still_written(world: World) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from rotation.core.model import Outcome
+from rotation.core.model import Outcome, RolloutState, Workload
 from rotation.core.restarts import Heal
 from tests.service.conftest import World
 
@@ -15,12 +16,13 @@ DAY = timedelta(days=1)
 
 
 def current_everywhere(world: World) -> None:
-    """gw-1's token in Key Vault and both Secrets; east's workload last restarted a day before it."""
+    """gw-1's token in Key Vault and both Secrets; east's workload last restarted a day before it, by
+    hand (no fingerprint on its pod template: what its pods run is unknown)."""
     world.east.restarts[("apim", "deployment/gw1")] = [world.now - DAY]
     world.seed_token(world.gw1, 20 * DAY)
 
 
-def test_an_event_for_a_current_gateway_restarts_workloads_that_predate_the_token(
+def test_an_event_for_a_current_gateway_restarts_workloads_not_restarted_for_the_token(
         world: World, caplog: pytest.LogCaptureFixture) -> None:
     current_everywhere(world)
     world.now += timedelta(hours=1)
@@ -35,22 +37,40 @@ def test_an_event_for_a_current_gateway_restarts_workloads_that_predate_the_toke
     assert world.store.writes == 0 and world.east.writes == 0 and world.west.writes == 0
     assert 'instance=gw1-7c9d-x2k4q' in caplog.text and 'rotation.heal ' in caplog.text
 
-    # the next instance's event (a duplicate): east restarted after the token was stored -> no restart
+    # the next instance's event (a duplicate): east's pod template names the token now -> no restart
     again = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5,
                                     heal=Heal(instance="gw1-7c9d-zz9", instance_expires_at=world.now))
     assert again.targets[0].restarted == () and len(world.east.restarts[("apim", "deployment/gw1")]) == 2
 
 
-def test_restarts_are_rate_limited_per_workload(world: World) -> None:
+def test_events_restart_a_workload_once_per_token(world: World) -> None:
+    """APIM sends one event per stale instance, and redelivers: the first heal restarts the workload and
+    records the token's fingerprint on its pod template; later events find it restarted for that token
+    and restart nothing (the pod template's fingerprint, not a cooldown on anyone's clock), failing
+    for a retry only while its pods are still rolling out."""
     world.seed_token(world.gw2, 20 * DAY)
     gw1 = world.gw1
-    world.seed_token(gw1, 20 * DAY)
-    world.east.restarts[("apim", "deployment/gw1")] = [world.now - timedelta(minutes=20)]  # before the token
-    # the token was stored "now"; a restart 20 min before it, cooldown 30 min: not restarted again yet
-    report = world.rotator.reconcile(gw1, reason="event", deadline_seconds=5,
-                                     heal=Heal(instance="pod-1", cooldown=timedelta(minutes=30)))
-    east = report.targets[0]
-    assert east.outcome is Outcome.FAILED and "not restarted again within 0:30:00" in (east.error or "")
+    token = world.seed_token(gw1, 20 * DAY)
+    stale = Heal(instance="pod-1", instance_expires_at=token.expires_at - DAY)
+    first = world.rotator.reconcile(gw1, reason="event", deadline_seconds=5, heal=stale)
+    assert first.targets[0].restarted == ("deployment/gw1",)
+    assert world.east.fingerprints[("apim", "deployment/gw1")] == token.fingerprint
+    real = world.east.rollout
+
+    def rolling(namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        return replace(real(namespace, workload, timeout), ready=False, detail="1/2 updated")
+
+    world.east.rollout = rolling  # type: ignore[method-assign]
+    world.now += timedelta(minutes=20)
+    during = world.rotator.reconcile(gw1, reason="event", deadline_seconds=5,
+                                     heal=Heal(instance="pod-2", instance_expires_at=token.expires_at - DAY))
+    east = during.targets[0]
+    assert east.outcome is Outcome.FAILED and "still rolling out to the token (1/2 updated)" in (east.error or "")
+    assert east.restarted == ()
+    world.east.rollout = real  # type: ignore[method-assign]
+    after = world.rotator.reconcile(gw1, reason="event", deadline_seconds=5,
+                                    heal=Heal(instance="pod-3", instance_expires_at=token.expires_at - DAY))
+    assert after.targets[0].outcome is Outcome.IN_SYNC and after.targets[0].restarted == ()
     assert len(world.east.restarts[("apim", "deployment/gw1")]) == 1
 
 

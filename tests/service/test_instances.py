@@ -182,14 +182,23 @@ def test_status_is_not_healthy_when_key_vaults_token_has_expired(world: World) -
 
 
 def test_status_is_not_healthy_while_a_restart_is_pending(world: World) -> None:
-    """The Secret holds the token but its workloads' restart onto it never happened (marker left by a
-    writer that died): the pods run the old token."""
-    token = world.seed_token(world.gw1, 20 * DAY)
-    world.east.secrets[("apim", "gw1-token")].annotations[RESTART_PENDING] = token.fingerprint
+    """The Secret holds the token but its workloads' restart onto it never happened (the writer died
+    between its Secret write and its restart): the pod template still names the token it was restarted
+    for before, so the pods run that one."""
+    world.rotator.reconcile(world.gw1, reason="first", deadline_seconds=5)
+    restarted_for = world.east.fingerprints[("apim", "deployment/gw1")]
+    world.now += timedelta(minutes=5)
+    world.east.faults.queue["restart"] = [UpstreamError("the writer died before restarting")]
+    forced = world.rotator.reconcile(world.gw1, reason="forced", deadline_seconds=5, force=True)
+    assert forced.targets[0].outcome is Outcome.FAILED and forced.fingerprint not in (None, restarted_for)
+    token = world.store.get(world.gw1.key_vault_secret)
+    assert token is not None and token.token.fingerprint == forced.fingerprint
     (status,) = world.rotator.status([world.gw1])
     east = status.targets[0]
-    assert east.state is SyncState.IN_SYNC and east.restart_pending == token.fingerprint
+    assert east.state is SyncState.IN_SYNC and east.restart_pending == forced.fingerprint
     assert not status.healthy and status.to_dict()["healthy"] is False
+    world.rotator.reconcile(world.gw1, reason="retry", deadline_seconds=5)  # owes the restart: does it
+    assert world.rotator.status([world.gw1])[0].healthy
 
 
 def test_the_sweep_reports_a_gateway_whose_lease_another_instance_holds_and_carries_on(world: World) -> None:

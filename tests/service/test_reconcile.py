@@ -9,7 +9,6 @@ import pytest
 from rotation import telemetry
 from rotation.core.errors import AccessDenied, UpstreamError
 from rotation.core.model import KeyType, Outcome
-
 from rotation.core.token import GatewayToken
 from tests.service.conftest import World
 
@@ -28,7 +27,9 @@ def test_first_reconcile_generates_stores_then_updates_every_target(world: World
     assert report.fingerprint == stored.token.fingerprint
     assert report.targets[0].restarted == ("deployment/gw1",)
     assert len(world.east.restarts[("apim", "deployment/gw1")]) == 1
-    assert RESTART_PENDING not in world.east.secrets[("apim", "gw1-token")].annotations
+    # The restart records, on the pod template, which token the workload was restarted for.
+    assert world.east.fingerprints[("apim", "deployment/gw1")] == stored.token.fingerprint
+    assert world.east.secrets[("apim", "gw1-token")].annotations == {}  # nothing left on the Secret
     assert world.publisher.published == [report]
 
 
@@ -148,7 +149,7 @@ def test_a_later_token_that_key_vault_never_held_is_kept_but_not_promoted(world:
     assert world.store.writes == 0 and not report.rotated
 
 
-def test_no_promotion_across_a_key_change_or_during_a_key_roll(world: World) -> None:
+def test_no_promotion_across_a_key_change(world: World) -> None:
     later, _ = _race(world, 29, 28)
     # Since then the gateway moved to the secondary key: the later primary version may be signed by a
     # primary key that was regenerated, so it must not come back.
@@ -157,23 +158,46 @@ def test_no_promotion_across_a_key_change_or_during_a_key_roll(world: World) -> 
     assert [t.outcome for t in report.targets] == [Outcome.UPDATED, Outcome.NEWER]
     assert world.store.writes == 0
     assert world.west.value("gateways", "gw1-token", "value") == later.value
-    # A pending key roll decides alone, whatever targets hold.
+
+
+def test_during_a_key_roll_only_the_rolls_own_tokens_are_promoted(world: World) -> None:
+    """A roll back to the primary key is pending: a primary version from before the gateway moved to the
+    secondary key is signed by the key the earlier roll regenerated (as far as Key Vault can tell), so
+    it is not this roll's token and must not become the latest again, however late it expires."""
+    later, _ = _race(world, 29, 28)
+    world.seed_token(world.gw1, 28 * DAY + timedelta(hours=12), key=KeyType.SECONDARY, everywhere=False)
     world.seed_token(world.gw1, 28 * DAY, key=KeyType.PRIMARY, everywhere=False)
     latest = world.store.get(world.gw1.key_vault_secret)
     assert latest is not None
     world.store.put(world.gw1.key_vault_secret, replace(latest, roll_from=KeyType.SECONDARY, version=None))
     world.store.calls.clear()
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
-    assert Outcome.NEWER in [t.outcome for t in report.targets]
-    assert world.store.writes == 0
+    assert report.targets[1].outcome is Outcome.NEWER
+    assert world.store.writes == 0 and world.store.current(world.gw1.key_vault_secret) != later.value
+    assert world.west.value("gateways", "gw1-token", "value") == later.value
 
 
 def test_a_failed_promotion_leaves_the_first_pass_as_it_was(world: World) -> None:
-    _race(world, 29, 28)
-    world.store.faults.queue["versions"] = [UpstreamError("Key Vault listing failed: 503")]
+    """Storing the later token as Key Vault's latest fails (503): the targets keep what the first pass
+    left, Key Vault keeps its latest."""
+    _, earlier = _race(world, 29, 28)
+    world.store.faults.queue["put"] = [UpstreamError("Key Vault 503")]
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
     assert [t.outcome for t in report.targets] == [Outcome.IN_SYNC, Outcome.NEWER]
-    assert report.ok and world.store.writes == 0
+    assert report.ok and world.store.current(world.gw1.key_vault_secret) == earlier.value
+
+
+def test_a_later_token_that_cannot_be_verified_now_is_left_and_reported(world: World) -> None:
+    """Listing Key Vault's versions fails (503): whether west's later-expiring token is the gateway's
+    cannot be told, so it is neither overwritten (it may be a verified token: never downgrade) nor
+    kept as `newer`; the target fails and the retry decides."""
+    later, earlier = _race(world, 29, 28)
+    world.store.faults.queue["versions"] = [UpstreamError("Key Vault listing failed: 503")]
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert [t.outcome for t in report.targets] == [Outcome.IN_SYNC, Outcome.FAILED]
+    assert "503" in (report.targets[1].error or "")
+    assert world.west.value("gateways", "gw1-token", "value") == later.value
+    assert world.store.current(world.gw1.key_vault_secret) == earlier.value
 
 
 def test_expired_event_with_fresh_key_vault_repairs_only_the_stale_target(world: World) -> None:
@@ -230,15 +254,37 @@ def test_slow_target_times_out_and_others_finish(world: World) -> None:
 
 
 def test_failed_restart_is_redone_by_the_next_reconcile(world: World) -> None:
+    """The workload's pod template names the token it was last restarted for: a restart that failed
+    leaves it naming the previous token, so the next reconcile owes it one (fingerprints compared, no
+    marker on the Secret, no clock)."""
+    world.rotator.reconcile(world.gw1, reason="first", deadline_seconds=5)
+    previous = world.east.fingerprints[("apim", "deployment/gw1")]
     world.east.faults.queue["restart"] = [UpstreamError("cluster east unreachable")]
-    first = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
-    assert first.targets[0].outcome is Outcome.FAILED
-    assert RESTART_PENDING in world.east.secrets[("apim", "gw1-token")].annotations
+    world.now += timedelta(minutes=5)  # a token of another expiry minute
+    first = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5, force=True)
+    assert first.targets[0].outcome is Outcome.FAILED and first.fingerprint != previous
+    assert world.east.fingerprints[("apim", "deployment/gw1")] == previous
     second = world.rotator.reconcile(world.gw1, reason="retry", deadline_seconds=5)
     assert second.targets[0].outcome is Outcome.IN_SYNC
     assert second.targets[0].restarted == ("deployment/gw1",)
-    assert RESTART_PENDING not in world.east.secrets[("apim", "gw1-token")].annotations
-    assert world.east.writes == 1
+    assert world.east.fingerprints[("apim", "deployment/gw1")] == first.fingerprint
+    assert world.east.writes == 2
+    third = world.rotator.reconcile(world.gw1, reason="again", deadline_seconds=5)
+    assert third.targets[0].restarted == ()  # owed once
+
+
+def test_a_workload_never_restarted_by_the_rotator_is_left_by_a_routine_reconcile(world: World) -> None:
+    """No fingerprint on the pod template (restarted by hand, or onboarded with its Secret in sync): a
+    routine reconcile cannot tell what its pods run and leaves it; an event about a stale instance
+    (a heal) restarts it."""
+    from rotation.core.restarts import Heal
+
+    world.seed_token(world.gw1, 20 * DAY)
+    routine = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert routine.targets[0].outcome is Outcome.IN_SYNC and routine.targets[0].restarted == ()
+    healed = world.rotator.reconcile(world.gw1, reason="event", deadline_seconds=5, heal=Heal(instance="pod-1"))
+    assert healed.targets[0].restarted == ("deployment/gw1",)
+    assert world.east.fingerprints[("apim", "deployment/gw1")] == healed.fingerprint
 
 
 def test_dry_run_writes_nothing_and_plans(world: World) -> None:
@@ -286,28 +332,35 @@ def test_kept_token_reports_the_key_that_signed_it(world: World) -> None:
     assert not report.rotated and report.key_type is KeyType.SECONDARY
 
 
-def test_an_updated_target_costs_four_kubernetes_calls(world: World) -> None:
-    """Read, write (with the restart marker), restart, clear the marker: the marker is cleared with the
-    resourceVersion the write answered (nothing changed since, so the marker is still this writer's),
-    not after another read. The 100-target fan-out benchmark is bound by these calls (README)."""
+def test_an_updated_target_costs_two_kubernetes_calls_after_a_renewal(world: World) -> None:
+    """A renewal replaces the token Key Vault held before: a target holding exactly that one is written
+    with a JSON Patch `test` on it (no read), and its workload restarted with the new token's
+    fingerprint on its pod template (no rollout read: it was just written). A first token (nothing to
+    test against) costs a read more. The 100-target fan-out benchmark is bound by these calls (README)."""
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
     assert report.ok
     assert world.east.calls == [("read", "apim/gw1-token"), ("write", "apim/gw1-token"),
-                                ("restart", "apim/deployment/gw1"), ("annotate", "apim/gw1-token")]
-    assert RESTART_PENDING not in world.east.secrets[("apim", "gw1-token")].annotations
+                                ("restart", "apim/deployment/gw1")]
+    world.east.calls.clear()
+    world.now += 23 * DAY  # six days left: renewed
+    renewed = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert renewed.ok and renewed.rotated
+    assert world.east.calls == [("write", "apim/gw1-token"), ("restart", "apim/deployment/gw1")]
+    assert world.east.fingerprints[("apim", "deployment/gw1")] == renewed.fingerprint
+    assert world.east.secrets[("apim", "gw1-token")].annotations == {}
 
 
-def test_a_write_landing_after_ours_keeps_its_marker(world: World) -> None:
-    """If another writer changed the Secret between our write and the clear, the precondition fails and
-    the marker is re-read: a marker naming another token is left for its writer."""
-    original = world.east.restart
-
-    def restart_then_someone_writes(*a: object, **k: object) -> None:
-        original(*a, **k)  # type: ignore[arg-type]
-        secret = world.east.secrets[("apim", "gw1-token")]
-        secret.annotations[RESTART_PENDING] = "someone-elses-fingerprint"
-        secret.resource_version += 1
-
-    world.east.restart = restart_then_someone_writes  # type: ignore[method-assign]
-    world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
-    assert world.east.secrets[("apim", "gw1-token")].annotations[RESTART_PENDING] == "someone-elses-fingerprint"
+def test_a_restart_landing_late_for_an_older_token_is_redone(world: World) -> None:
+    """Our restart PATCH, for the token we wrote, lands after another writer (sharing the lease, after
+    us) wrote a later token and restarted for it: the pod template then names our older token while
+    the Secret holds theirs, so the next reconcile restarts the workload again for what the Secret holds."""
+    ours = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert ours.fingerprint is not None
+    world.now += timedelta(minutes=5)
+    theirs = world.rotator.reconcile(world.gw1, reason="forced elsewhere", deadline_seconds=5, force=True)
+    assert theirs.fingerprint not in (None, ours.fingerprint)
+    assert world.east.fingerprints[("apim", "deployment/gw1")] == theirs.fingerprint
+    world.east.restart("apim", world.gw1.targets[0].restart[0], world.now, fingerprint=ours.fingerprint)  # late
+    again = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert again.fingerprint == theirs.fingerprint and again.targets[0].restarted == ("deployment/gw1",)
+    assert world.east.fingerprints[("apim", "deployment/gw1")] == theirs.fingerprint

@@ -83,7 +83,9 @@ def test_an_unchecked_consumption_needs_the_operators_confirmation(world: World)
     2 waits for `confirm_restarted`, then completes."""
     config = east_only(world)
     leaked = world.seed_token(config, 20 * DAY, key=KeyType.PRIMARY)
-    # The in-memory cluster's `rollout` reports `uses` None: the workload's spec could not be read.
+    # Nobody told the in-memory cluster what the workload reads: `rollout` reports `uses` None, as when
+    # the workload's spec could not be read.
+    world.east.reads.clear()
     report = world.rotator.roll_keys(config, from_key=KeyType.PRIMARY, deadline_seconds=5, rollout_wait_seconds=0)
     assert_not_regenerated(world, config, report, leaked)
     assert any("confirm" in p for p in report.pending), report.pending

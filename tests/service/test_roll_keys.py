@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from rotation.core.errors import UpstreamError
-from rotation.core.model import KeyType, RolloutState
+from rotation.core.model import KeyType, Outcome, RolloutState, Workload
 from rotation.core.status import KeyRollPhase
+from rotation.core.token import GatewayToken
 from tests.service.conftest import World
 
 DAY = timedelta(days=1)
@@ -27,7 +29,8 @@ def test_roll_moves_to_the_other_key_then_regenerates_the_old(world: World) -> N
 
 def test_roll_stops_before_regenerating_when_a_target_did_not_confirm(world: World) -> None:
     old = world.seed_token(world.gw1, 20 * DAY)
-    world.west.faults.queue["read"] = [UpstreamError("cluster west unreachable")]
+    # Phase 1 writes west without a read (it holds the token Key Vault held): its write fails.
+    world.west.faults.queue["write"] = [UpstreamError("cluster west unreachable")]
     report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
                                      deadline_seconds=5, rollout_wait_seconds=0)
     assert report.phase is KeyRollPhase.PENDING and not report.regenerated and not report.ok
@@ -47,7 +50,13 @@ def test_roll_stops_before_regenerating_when_a_target_did_not_confirm(world: Wor
 
 def test_roll_waits_for_rollouts(world: World) -> None:
     world.seed_token(world.gw1, 20 * DAY)
-    world.east.rollout = lambda namespace, workload, timeout=None: RolloutState(workload, False, "0/1 updated", world.now)  # type: ignore[method-assign]
+    real = world.east.rollout
+
+    def rollout(namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        """Restarted for the roll's token (its fingerprint on the pod template), pods not rolled yet."""
+        return replace(real(namespace, workload, timeout), ready=False, detail="0/1 updated")
+
+    world.east.rollout = rollout  # type: ignore[method-assign]
     report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
                                      deadline_seconds=5, rollout_wait_seconds=0.05, poll_seconds=0.01)
     assert report.phase is KeyRollPhase.PENDING
@@ -94,12 +103,53 @@ def test_roll_replaces_a_later_expiring_token_of_the_key_it_regenerates(world: W
     assert world.issuer.verify(world.gw1.ref, old.value) is None
 
 
-def test_a_later_token_key_vault_never_held_still_blocks_the_roll(world: World) -> None:
-    world.seed_token(world.gw1, 20 * DAY, key=KeyType.PRIMARY)
-    foreign = world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY, (world.now + 30 * DAY).replace(second=0))
-    world.west.secrets[("gateways", "gw1-token")].data["value"] = foreign
+def test_a_later_token_of_the_retiring_key_that_arm_reproduces_is_replaced_by_the_roll(world: World) -> None:
+    """A target runs a later-expiring primary token Key Vault never held (pasted from the portal; ARM
+    reproduces it, so it is the gateway's). Rolling off primary invalidates it: the roll's reconcile
+    overwrites it with the roll's token like any token of the retiring key, instead of keeping it as
+    `newer`, which left the roll pending until that token expired (up to 30 days)."""
+    world.seed_token(world.gw1, 20 * DAY)
+    portal = GatewayToken.parse(world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY,
+                                                            (world.now + 30 * DAY).replace(second=0)))
+    world.issuer.calls.clear()
+    world.east.secrets[("apim", "gw1-token")].data["config.service.auth.key"] = portal.formatted()
     report = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
                                      deadline_seconds=5, rollout_wait_seconds=0)
-    assert report.phase is KeyRollPhase.PENDING and not report.regenerated
-    assert report.pending == ("west/gateways/gw1-token: newer",)
-    assert world.west.value("gateways", "gw1-token", "value") == foreign
+    assert report.rotation is not None and report.rotation.targets[0].outcome is Outcome.UPDATED
+    assert report.phase is KeyRollPhase.COMPLETED, report.pending
+    assert world.issuer.verify(world.gw1.ref, portal.value) is None
+    for value in world.held(world.gw1):
+        assert value is not None and world.issuer.verify(world.gw1.ref, value.removeprefix("GatewayKey ")) \
+            is KeyType.SECONDARY
+
+
+def test_a_resumed_roll_waits_for_a_rollout_still_in_progress(world: World) -> None:
+    """The first run's rollouts do not finish within its wait: pending. The operator runs it again while
+    the pods are still rolling: phase 1 finds the workloads restarted for the roll's token and leaves
+    the rollout to phase 2, which waits for it (`rollout_wait_seconds`) and completes."""
+    world.seed_token(world.gw1, 20 * DAY)
+    real = world.east.rollout
+    rolling = [True]
+    calls: list[int] = []
+
+    def rollout(namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        calls.append(1)
+        state = real(namespace, workload, timeout)
+        return replace(state, ready=False, detail="1/2 updated") if rolling[0] else state
+
+    world.east.rollout = rollout  # type: ignore[method-assign]
+    first = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                    deadline_seconds=5, rollout_wait_seconds=0)
+    assert first.phase is KeyRollPhase.PENDING and any("rollout not finished" in p for p in first.pending)
+    calls.clear()
+
+    def finish_after_two_looks(namespace: str, workload: Workload, timeout: float | None = None) -> RolloutState:
+        if len(calls) >= 2:
+            rolling[0] = False
+        return rollout(namespace, workload, timeout)
+
+    world.east.rollout = finish_after_two_looks  # type: ignore[method-assign]
+    again = world.rotator.roll_keys(world.gw1, from_key=KeyType.PRIMARY, confirm_restarted=True,
+                                    deadline_seconds=5, rollout_wait_seconds=2, poll_seconds=0.01)
+    assert again.phase is KeyRollPhase.COMPLETED and again.resumed, again.pending
+    assert world.issuer.regenerated == [KeyType.PRIMARY]

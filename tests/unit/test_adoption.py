@@ -65,7 +65,10 @@ def test_a_token_no_key_reproduces_is_not_adopted(world: World) -> None:
     stored = world.store.get(world.gw1.key_vault_secret)
     assert report.rotated and stored is not None and stored.origin is None
     assert stored.token.value != foreign.value
-    assert report.targets[0].outcome is Outcome.NEWER  # never downgraded, as before
+    # Nothing vouches for it (no Key Vault version, ARM does not reproduce it): it is overwritten, never
+    # kept as `newer` (a value anyone can write would otherwise hold renewals off until its expiry).
+    assert report.targets[0].outcome is Outcome.UPDATED
+    assert world.held(world.gw1)[0] == stored.token.formatted()
 
 
 def test_tokens_due_for_renewal_are_not_adopted_and_nothing_is_reproduced(world: World) -> None:
@@ -98,7 +101,8 @@ def test_a_non_deterministic_generate_token_proves_nothing_and_the_reconcile_min
     as Microsoft documents APIM's SAS tokens; not documented for gateway tokens). If generateToken
     were not deterministic (a nonce, a timestamp inside the signature), no candidate would ever be
     reproduced: nothing is adopted, the reconcile mints exactly as without adoption, and the targets'
-    later-expiring token is kept (`newer`) — safe, only the first-week `newer` state comes back."""
+    later-expiring token, which nothing can verify then, is overwritten with the minted one (never
+    `newer`): safe, the pods restart onto a token ARM just issued."""
     import secrets as random
 
     real = world.issuer.generate_token
@@ -113,8 +117,11 @@ def test_a_non_deterministic_generate_token_proves_nothing_and_the_reconcile_min
     report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
     stored = world.store.get(world.gw1.key_vault_secret)
     assert report.rotated and stored is not None and stored.origin is None and stored.token.value != held.value
-    assert world.issuer.generated == 3  # two reproduction attempts (primary, secondary), then the mint
-    assert report.targets[0].outcome is Outcome.NEWER and world.held(world.gw1)[0] == f"GatewayKey {held.value}"
+    # Adoption's two reproduction attempts (primary, secondary), the mint, then the reconcile's own
+    # provenance check of the held later-expiring value tries both keys again (adoption's failed
+    # attempts are not shared with it).
+    assert world.issuer.generated == 5
+    assert report.targets[0].outcome is Outcome.UPDATED and world.held(world.gw1)[0] == stored.token.formatted()
 
 
 def test_no_adoption_while_a_key_roll_is_pending(world: World) -> None:
@@ -128,4 +135,7 @@ def test_no_adoption_while_a_key_roll_is_pending(world: World) -> None:
     stored = world.store.get(world.gw1.key_vault_secret)
     assert report.rotated and stored is not None and stored.origin is None
     assert stored.key_type is KeyType.SECONDARY and stored.roll_from is KeyType.PRIMARY
-    assert world.issuer.generated == 1  # minted with the key rolled to; nothing reproduced
+    # Minted with the key rolled to; the one reproduction is the reconcile's provenance check of the
+    # held value (ARM reproduces it with the retiring primary key), not an adoption: it is overwritten.
+    assert world.issuer.generated == 2
+    assert report.targets[0].outcome is Outcome.UPDATED and world.held(world.gw1)[0] == stored.token.formatted()
