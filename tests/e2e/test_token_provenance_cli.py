@@ -136,8 +136,6 @@ def planted(world: World) -> Iterator[str]:
         apps(world, "east").delete_namespaced_deployment("edge-gateway", TENANT)
 
 
-@pytest.mark.xfail(strict=True, reason="discover trusts the gateway name written in a token-shaped value: it "
-                                       "proposes a tenant's planted Secret as a second gw-east target")
 def test_discover_does_not_propose_a_planted_secret_and_rotate_never_writes_it(
         world: World, planted: str, registry_env: dict[str, Any], tmp_path: Path) -> None:
     """Case 1: the planted value is no token of gw-east (ARM does not reproduce it, Key Vault never held
@@ -163,8 +161,6 @@ def test_discover_does_not_propose_a_planted_secret_and_rotate_never_writes_it(
     assert parse_stored(world.value("east", TENANT, "planted-token")) == parse_stored(planted)
 
 
-@pytest.mark.xfail(strict=True, reason="validate-registry --live calls a target consumed when its workload "
-                                       "reads a value that merely names the gateway")
 def test_validate_registry_live_never_calls_a_planted_value_consumed(
         world: World, planted: str, tmp_path: Path) -> None:
     """Case 1: registered by hand (with the Role the app needs), the planted target's workload does read
