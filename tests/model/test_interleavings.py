@@ -472,7 +472,8 @@ test_interleavings = Interleavings.TestCase
 def test_the_model_reached_the_hazards(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs after the state machine (file order): it must have interleaved the hazards with the rest,
     and says how much of the space it covered (steps run, distinct interleavings)."""
-    assert STATS["runs"] > 0, "run the module whole: the state machine runs first"
+    if STATS["runs"] == 0:  # e.g. pytest-xdist put the state machine in another worker process
+        pytest.skip("the state machine did not run in this process")
     steps = {step for trace in SEEN for step in trace}
     assert {"late_write_lands", "a_write_lands_after_a_roll", "pause_beyond_the_lease", "roll_keys", "plant",
             "workload_switches_key"} <= steps
