@@ -170,3 +170,19 @@ def test_promotion_writes_and_restarts_each_workload_once_per_reconcile(world: W
     assert fingerprints(world.held(world.gw1)) == [later.fingerprint, later.fingerprint]
     east_writes = world.east.writes
     assert east_writes == 1 and restarts(world) == 1
+
+
+def test_a_later_token_only_arm_vouches_for_is_promoted(world: World) -> None:
+    """A target holds a later-expiring token of the gateway that is no Key Vault version (generated in
+    the portal, or by a racer whose version is off the fenced chain): ARM reproduces it (generateToken
+    with its own expiry minute), so it is `newer` — and the proof paid for that decision must also let
+    the promotion store it as Key Vault's latest, or the targets never converge."""
+    world.seed_token(world.gw1, 20 * DAY)
+    later = world.issuer.generate_token(world.gw1.ref, KeyType.PRIMARY, (world.now + 29 * DAY).replace(second=0))
+    east = world.gw1.targets[0]
+    world.east.secrets[(east.namespace, east.secret)].data[east.key] = f"GatewayKey {later}"
+    report = world.rotator.reconcile(world.gw1, reason="t", deadline_seconds=5)
+    assert report.ok and report.fingerprint == fingerprints([later])[0]
+    stored = world.store.get(world.gw1.key_vault_secret)
+    assert stored is not None and [stored.token.fingerprint] == fingerprints([later])
+    assert fingerprints(world.held(world.gw1)) == fingerprints([later, later])
