@@ -85,7 +85,7 @@ class Reconcile:
                 # read target is written: each target is written and restarted once.
                 look = replace(plan, look_only=not plan.plan_only)
                 synced = self._pass(scope, look, (), cutoff=self._look_deadline(plan))
-                promoted = self._after_promotion(scope, renewal, synced)
+                promoted = self._after_promotion(scope, renewal, synced, plan.evidence)
                 if promoted is not None:
                     source, rotated = promoted.source, True
                     synced = self._pass(scope, promoted, synced)
@@ -160,13 +160,17 @@ class Reconcile:
             heal_needed(self.request.heal, source.desired.expires_at if source else None),
             renewal.previous, self.deps.clock(), retiring=rolling if source else None)
 
-    def _after_promotion(self, scope: Scope, renewal: Renewal, synced: tuple[Synced, ...]) -> TargetPlan | None:
+    def _after_promotion(self, scope: Scope, renewal: Renewal, synced: tuple[Synced, ...],
+                         evidence: EvidenceLoader | None) -> TargetPlan | None:
         """The second pass, if a target kept a later-expiring verified token of the gateway that is now
-        Key Vault's latest (during a key roll only one signed by the key rolled to)."""
+        Key Vault's latest (during a key roll only one signed by the key rolled to). `evidence` is the
+        first pass's: the proofs that made a token `newer` (ARM reproducing it) must also let it be
+        promoted."""
         newer = tuple(s.newer for s in synced if s.newer is not None)
         if not newer or self.request.dry_run or renewal.source is None:
             return None
-        evidence = EvidenceLoader(self.deps, scope, renewal.source.desired.fingerprint)
+        if evidence is None:
+            evidence = EvidenceLoader(self.deps, scope, renewal.source.desired.fingerprint)
         promoted = promote(self.deps, scope, newer, evidence, renewal)
         if promoted is None:
             return None
