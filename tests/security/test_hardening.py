@@ -1,4 +1,4 @@
-"""Issue 12's smaller items, each through the real handlers over the HTTPS fakes (see conftest)."""
+"""Smaller hardening items, each through the real handlers over the HTTPS fakes (see conftest)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 11's three sequences, with the in-memory ports: a key roll must never regenerate the wrong key.
+"""The three key-roll sequences, with the in-memory ports: a key roll must never regenerate the wrong key.
 
 Each test ends with the invariant that matters after any interleaving (`assert_roll_invariant`): every
 target holds a token that verifies against the issuer, Key Vault's latest does too, the key the roll
