@@ -1,4 +1,4 @@
-"""The three key-roll sequences on the devstack on the devstack, entry points racing across processes.
+"""The three key-roll sequences on the devstack, entry points racing across processes.
 
 Real kube-apiservers (RBAC), the ARM and Key Vault fakes over HTTPS, Azurite holding the per-gateway
 blob leases (LEASE_CONTAINER_URL), the CLI as separate processes (`python -m rotation`) and the HTTP and
